@@ -1,0 +1,53 @@
+// Expectations of SPEC §3 over one class count grid. No Python types here.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace mimfast {
+
+// The count grid of one query class (see mimfast/grid.py, ClassGrid).
+struct Grid {
+    int n_cat = 0;
+    int inner = 0, last = 0;
+    int64_t n_rows = 0;
+    const int64_t* counts = nullptr;  // n_rows x n_cat, row-major
+    const int64_t* rest = nullptr;
+    const int64_t* lo = nullptr;
+    const int64_t* hi = nullptr;
+    const double* row_weight = nullptr;
+    const double* t_inner = nullptr;
+    int64_t n_inner = 0, off_inner = 0;
+    const double* t_last = nullptr;
+    int64_t n_last = 0, off_last = 0;
+    const int64_t* blocks = nullptr;  // n_blocks x 3: row, first, stop
+    int64_t n_blocks = 0;
+};
+
+// Per-category constants and key weights of the class at the current state.
+struct Inputs {
+    const double* sizes = nullptr;
+    const double* z = nullptr;
+    const double* s_a = nullptr;
+    const double* s_b = nullptr;
+    const double* delta = nullptr;
+    const double* inv_areas = nullptr;
+    const double* inv_sizes = nullptr;
+    const double* wu = nullptr;
+    const double* wm = nullptr;
+    double wself = 0.0;
+};
+
+// Number of sums: mass, loss, dB_self, alpha[n], dA[n], dB[n].
+inline int n_sums(int n_cat) { return 3 + 3 * n_cat; }
+
+// Throws std::invalid_argument when the grid's indices leave its tables.
+void validate(const Grid& grid);
+
+// Sums of SPEC §3 over the grid into out[n_sums(n_cat)]; each block is summed on its own and
+// the block sums are added in block order, so the result is the same for any thread count.
+void class_sums(const Grid& grid, const Inputs& in, int threads, double* out);
+
+bool openmp_enabled();
+int max_threads();
+
+}  // namespace mimfast

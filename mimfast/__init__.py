@@ -1,0 +1,32 @@
+"""mimfast: exact population dynamics of masked image modeling in a one-layer transformer.
+
+The public API (SPEC §6): :class:`Setting` with its :class:`Cluster` and :class:`Group`,
+:func:`simulate` returning a :class:`Result`, :func:`gradient` for one exact expected gradient
+at a :class:`State`, and :func:`backends`.
+"""
+
+from .backends import backends
+from .model import Gradient, State
+from .setting import Cluster, Group, Setting
+from .simulate import Interrupted, Result, gradient, simulate
+
+try:
+    from importlib.metadata import version as _version
+
+    __version__ = _version("mimfast")
+except Exception:  # pragma: no cover - running from a source tree without metadata
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Cluster",
+    "Gradient",
+    "Group",
+    "Interrupted",
+    "Result",
+    "Setting",
+    "State",
+    "backends",
+    "gradient",
+    "simulate",
+    "__version__",
+]

@@ -1,0 +1,54 @@
+"""The default backend: the C++/OpenMP kernel in ``mimfast._core`` (``cpp/kernel.cpp``)."""
+
+from __future__ import annotations
+
+import os
+
+NAME = "cpp"
+
+try:
+    from .. import _core
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    _core = None
+    _WHY = (
+        f"the compiled extension mimfast._core is not built ({exc}); install mimfast with "
+        "`pip install .` (or `pip install -e .`) from the source tree so that CMake builds it"
+    )
+
+
+def available():
+    """Whether the extension is importable, and whether it runs with OpenMP."""
+    if _core is None:
+        return False, _WHY
+    return True, {"openmp": bool(_core.openmp_enabled()), "max_threads": int(_core.max_threads())}
+
+
+def default_threads():
+    """All cores available to this process."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def check_threads(threads):
+    """The thread count to use: ``threads`` (a positive int) or all cores when None."""
+    if threads is None:
+        return default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise TypeError(f"threads must be a positive integer or None, got {type(threads).__name__}")
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    return threads
+
+
+def kernel(grid, inputs, threads=None):
+    """SPEC §3 sums over one class grid, computed by the C++ kernel (GIL released)."""
+    return _core.class_sums(
+        grid.counts, grid.rest, grid.lo, grid.hi, grid.row_weight,
+        grid.t_inner, grid.off_inner, grid.t_last, grid.off_last,
+        grid.inner, grid.last, grid.blocks,
+        inputs.sizes, inputs.z, inputs.s_a, inputs.s_b, inputs.delta,
+        inputs.inv_areas, inputs.inv_sizes, inputs.wu, inputs.wm, inputs.wself,
+        check_threads(threads),
+    )

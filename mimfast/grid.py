@@ -1,0 +1,395 @@
+"""The count grid of SPEC §3: where the unmasked keys of a masked query can fall.
+
+Given a masked query of group h, the other P - 1 positions split into key categories
+(category 0 is the query's own area, category 1 + g the other areas of group g). The numbers
+of unmasked keys per category are multivariate hypergeometric: u = P - m draws from P - 1.
+
+Probabilities use Loader's saddle-point binomial density (the algorithm of R's ``dbinom``),
+which has no cancellation at any size: for any p in (0, 1) and counts summing to u,
+
+    Pr(U) = prod_i Binom(U_i; N_i, p) / Binom(u; N, p),
+
+so the joint law factorises into one 1-D table per category. The grid keeps these tables over
+a window of each category's count and enumerates points as rows: the counts of the "outer"
+categories are fixed in a row, the "inner" category runs over a contiguous range, and the
+"last" category takes the rest. Memory is O(window) for up to three non-empty categories.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ClassGrid", "build_grid", "build_grids", "log_binom_pmf", "BLOCK"]
+
+DEFAULT_MAX_BYTES = 2 * 2**30
+BLOCK = 2048
+_LN_2PI = math.log(2 * math.pi)
+
+
+def _stirlerr(n):
+    """log(n!) - log(sqrt(2 pi n) (n/e)^n), elementwise for integer n >= 0."""
+    n = np.asarray(n, dtype=np.float64)
+    out = np.empty_like(n)
+    small = n <= 15
+    ns = n[small]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        direct = np.array(
+            [math.lgamma(v + 1) - (v + 0.5) * math.log(v) + v - 0.5 * _LN_2PI if v > 0 else 0.0
+             for v in ns.ravel()]
+        ).reshape(ns.shape)
+    out[small] = direct
+    nl = n[~small]
+    nn = nl * nl
+    s0, s1, s2, s3, s4 = 1 / 12, 1 / 360, 1 / 1260, 1 / 1680, 1 / 1188
+    out[~small] = np.where(
+        nl > 500,
+        (s0 - s1 / nn) / nl,
+        np.where(
+            nl > 80,
+            (s0 - (s1 - s2 / nn) / nn) / nl,
+            np.where(
+                nl > 35,
+                (s0 - (s1 - (s2 - s3 / nn) / nn) / nn) / nl,
+                (s0 - (s1 - (s2 - (s3 - s4 / nn) / nn) / nn) / nn) / nl,
+            ),
+        ),
+    )
+    return out
+
+
+def _bd0(x, np_):
+    """Deviance term x log(x / np) + np - x without cancellation (Loader 2000)."""
+    x = np.asarray(x, dtype=np.float64)
+    np_ = np.broadcast_to(np.asarray(np_, dtype=np.float64), x.shape)
+    out = np.empty_like(x)
+    near = np.abs(x - np_) < 0.1 * (x + np_)
+    xn, mn = x[near], np_[near]
+    v = (xn - mn) / (xn + mn)
+    s = (xn - mn) * v
+    ej = 2 * xn * v
+    v2 = v * v
+    for j in range(1, 40):
+        ej = ej * v2
+        s = s + ej / (2 * j + 1)
+    out[near] = s
+    xf, mf = x[~near], np_[~near]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        far = np.where(xf > 0, xf * np.log(xf / mf) + mf - xf, mf)
+    out[~near] = far
+    return out
+
+
+def log_binom_pmf(x, n, p):
+    """log Binom(x; n, p) for integer arrays x and integer n, accurate at any n.
+
+    Parameters
+    ----------
+    x : array_like of int
+        Counts, 0 <= x <= n (others give -inf).
+    n : int
+        Number of trials (may be 0).
+    p : float
+        Success probability in (0, 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        The log-probabilities, absolute error of order 1e-15 times their magnitude.
+    """
+    x = np.atleast_1d(np.asarray(x, dtype=np.float64))
+    q = 1.0 - p
+    out = np.full(x.shape, -np.inf)
+    if n == 0:
+        out[x == 0] = 0.0
+        return out
+    lo, hi = x == 0, x == n
+    out[lo] = -_bd0(np.array([float(n)]), n * q)[0] - n * p if p < 0.1 else n * math.log(q)
+    out[hi] = -_bd0(np.array([float(n)]), n * p)[0] - n * q if q < 0.1 else n * math.log(p)
+    mid = (x > 0) & (x < n)
+    xm = x[mid]
+    lc = (
+        _stirlerr(n)
+        - _stirlerr(xm)
+        - _stirlerr(n - xm)
+        - _bd0(xm, n * p)
+        - _bd0(n - xm, n * q)
+    )
+    lf = _LN_2PI + np.log(xm) + np.log1p(-xm / n)
+    out[mid] = lc - 0.5 * lf
+    return out
+
+
+@dataclass
+class ClassGrid:
+    """The count grid of one query class (k, h), shared by every backend.
+
+    Attributes
+    ----------
+    sizes : numpy.ndarray of int64, shape (n_cat,)
+        Key positions per category: own area (c_h - 1), then every group's other areas.
+    areas : numpy.ndarray of int64, shape (n_cat,)
+        Areas per category (1 for the own area, n'_g for group g).
+    inner, last : int
+        Category run over a contiguous range in each row, and the category that takes the rest.
+    counts : numpy.ndarray of int64, shape (n_rows, n_cat)
+        Fixed counts of the outer categories in each row (inner and last columns are 0).
+    rest : numpy.ndarray of int64, shape (n_rows,)
+        Unmasked keys left for inner + last in each row.
+    lo, hi : numpy.ndarray of int64, shape (n_rows,)
+        Inclusive range of the inner count in each row.
+    row_weight : numpy.ndarray of float64, shape (n_rows,)
+        Probability factor of the row's outer counts, times the global normaliser.
+    t_inner, t_last : numpy.ndarray of float64
+        Scaled probability tables of the inner and last counts, index ``count - offset``.
+    off_inner, off_last : int
+    blocks : numpy.ndarray of int64, shape (n_blocks, 3)
+        ``(row, first, stop)`` slices of at most :data:`BLOCK` inner values. Compiled kernels sum
+        each block on its own and add the block sums in this order, so their result does not
+        depend on the number of threads.
+    mass : float
+        Total probability of the grid points; ``dropped = 1 - mass``.
+    """
+
+    sizes: np.ndarray
+    areas: np.ndarray
+    inner: int
+    last: int
+    counts: np.ndarray
+    rest: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    row_weight: np.ndarray
+    t_inner: np.ndarray
+    t_last: np.ndarray
+    off_inner: int
+    off_last: int
+    blocks: np.ndarray
+    mass: float = 1.0
+
+    @property
+    def n_cat(self) -> int:
+        """Number of key categories (1 + number of groups)."""
+        return len(self.sizes)
+
+    @property
+    def points(self) -> int:
+        """Number of grid points."""
+        return int(np.sum(self.hi - self.lo + 1))
+
+    @property
+    def dropped(self) -> float:
+        """Probability mass left out of the grid (at most the tail tolerance)."""
+        return max(0.0, 1.0 - self.mass)
+
+    def rows(self):
+        """Yield ``(counts, inner_values, probabilities)`` row by row.
+
+        ``counts`` is an int64 array (n_points, n_cat) of the full count vectors of the row's
+        points; ``probabilities`` their probabilities. Memory O(row length).
+        """
+        for r in range(len(self.rest)):
+            j = np.arange(self.lo[r], self.hi[r] + 1, dtype=np.int64)
+            c = np.repeat(self.counts[r][None, :], len(j), axis=0)
+            c[:, self.inner] = j
+            c[:, self.last] = self.rest[r] - j
+            w = (
+                self.row_weight[r]
+                * self.t_inner[j - self.off_inner]
+                * self.t_last[self.rest[r] - j - self.off_last]
+            )
+            yield c, w
+
+    def probabilities(self):
+        """All grid points at once: ``(counts, probabilities)`` (memory O(grid); for tests)."""
+        parts = list(self.rows())
+        return np.concatenate([c for c, _ in parts]), np.concatenate([w for _, w in parts])
+
+
+def _window(N, Ni, u, tol):
+    """Inclusive window [a, b] of the marginal count of a category of Ni among N, u drawn,
+    leaving at most tol/2 of probability on each side."""
+    p = u / N
+    lo_sup, hi_sup = max(0, u - (N - Ni)), min(Ni, u)
+    mean = Ni * p
+    sd = math.sqrt(max(Ni * p * (1 - p) * (N - Ni) / max(N - 1, 1), 0.0))
+    log_norm = log_binom_pmf([u], N, p)[0]
+    width = 12.0 * sd + 30
+    while True:
+        a = max(lo_sup, math.floor(mean - width))
+        b = min(hi_sup, math.ceil(mean + width))
+        x = np.arange(a, b + 1, dtype=np.int64)
+        pmf = np.exp(log_binom_pmf(x, Ni, p) + log_binom_pmf(u - x, N - Ni, p) - log_norm)
+        # log-concave: the tail beyond an edge is at most pmf(edge) * r / (1 - r)
+        ok = True
+        if a > lo_sup:
+            r = pmf[0] / pmf[1] if len(pmf) > 1 else 1.0
+            ok &= r < 1 and pmf[0] * r / (1 - r) < tol * 1e-3
+        if b < hi_sup:
+            r = pmf[-1] / pmf[-2] if len(pmf) > 1 else 1.0
+            ok &= r < 1 and pmf[-1] * r / (1 - r) < tol * 1e-3
+        if ok:
+            break
+        width *= 2
+    left = np.cumsum(pmf)
+    right = np.cumsum(pmf[::-1])[::-1]
+    i0 = int(np.searchsorted(left, tol / 2, side="right"))
+    i1 = len(pmf) - 1 - int(np.searchsorted(right[::-1], tol / 2, side="right"))
+    i0, i1 = min(i0, len(pmf) - 1), max(i1, 0)
+    if i0 > i1:
+        i0 = i1 = int(np.argmax(pmf))
+    return a + i0, a + i1
+
+
+def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYTES, name=""):
+    """Count grid of one query class.
+
+    Parameters
+    ----------
+    sizes, areas : sequence of int
+        Key positions and areas per category (see :class:`ClassGrid`).
+    unmasked : int
+        Unmasked keys u = P - m, drawn from ``sum(sizes) = P - 1`` positions.
+    tail_tol : float
+        Probability mass the grid may leave out.
+    max_bytes : int
+        Refuse (ValueError) a grid whose row tables would need more memory.
+    name : str
+        Query class, for error messages.
+
+    Returns
+    -------
+    ClassGrid
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    areas = np.asarray(areas, dtype=np.int64)
+    N, u = int(sizes.sum()), int(unmasked)
+    n_cat = len(sizes)
+    live = [i for i in range(n_cat) if sizes[i] > 0]
+    p = u / N
+    share = tail_tol / max(len(live), 1)
+    windows = {i: _window(N, int(sizes[i]), u, share) for i in live}
+    order = sorted(live, key=lambda i: windows[i][1] - windows[i][0])
+    if len(order) >= 2:
+        last, inner, outer = order[-1], order[-2], order[:-2]
+    else:
+        inner = order[0]
+        last = next(i for i in range(n_cat) if sizes[i] == 0)
+        outer = []
+        windows[last] = (0, 0)
+    n_rows = math.prod(windows[i][1] - windows[i][0] + 1 for i in outer)
+    need = n_rows * (n_cat + 4) * 8
+    if need > max_bytes:
+        raise ValueError(
+            f"the count grid of query class {name} would need {need / 2**30:.1f} GiB "
+            f"({n_rows:,} rows over {len(live)} key categories), more than the limit of "
+            f"{max_bytes / 2**30:.1f} GiB; use fewer area groups or a smaller P"
+        )
+
+    def table(i):
+        a, b = windows[i]
+        x = np.arange(a, b + 1, dtype=np.int64)
+        return x, log_binom_pmf(x, int(sizes[i]), p)
+
+    x_in, l_in = table(inner)
+    x_last, l_last = table(last)
+    ref_in, ref_last = l_in.max(), l_last.max()
+    log_norm = log_binom_pmf([u], N, p)[0]
+    outer_tabs = [table(i) for i in outer]
+
+    counts = np.zeros((n_rows, n_cat), dtype=np.int64)
+    logw = np.full(n_rows, ref_in + ref_last - log_norm)
+    if outer:
+        mesh = np.meshgrid(*[x for x, _ in outer_tabs], indexing="ij")
+        lmesh = np.meshgrid(*[lg for _, lg in outer_tabs], indexing="ij")
+        for i, xs, ls in zip(outer, mesh, lmesh):
+            counts[:, i] = xs.ravel()
+            logw = logw + ls.ravel()
+    rest = u - counts.sum(axis=1)
+    lo = np.maximum(x_in[0], rest - x_last[-1])
+    hi = np.minimum(x_in[-1], rest - x_last[0])
+    keep = lo <= hi
+    t_in = np.exp(l_in - ref_in)
+    t_last = np.exp(l_last - ref_last)
+    lo, hi = lo[keep], hi[keep]
+    starts = [np.arange(a, b + 1, BLOCK, dtype=np.int64) for a, b in zip(lo, hi)]
+    blocks = np.zeros((sum(len(s) for s in starts), 3), dtype=np.int64)
+    if len(blocks):
+        blocks[:, 0] = np.repeat(np.arange(len(lo)), [len(s) for s in starts])
+        blocks[:, 1] = np.concatenate(starts)
+        blocks[:, 2] = np.minimum(blocks[:, 1] + BLOCK, hi[blocks[:, 0]] + 1)
+    grid = ClassGrid(
+        sizes=sizes,
+        areas=areas,
+        inner=inner,
+        last=last,
+        counts=counts[keep],
+        rest=rest[keep],
+        lo=lo,
+        hi=hi,
+        row_weight=np.exp(logw[keep]),
+        t_inner=t_in,
+        t_last=t_last,
+        off_inner=int(x_in[0]),
+        off_last=int(x_last[0]),
+        blocks=blocks,
+    )
+    grid.mass = math.fsum(
+        grid.row_weight[r]
+        * float(
+            np.dot(
+                t_in[grid.lo[r] - x_in[0] : grid.hi[r] - x_in[0] + 1],
+                t_last[grid.rest[r] - grid.hi[r] - x_last[0] : grid.rest[r] - grid.lo[r] - x_last[0] + 1][::-1],
+            )
+        )
+        for r in range(len(grid.rest))
+    )
+    return grid
+
+
+def class_categories(setting, k, h):
+    """Key categories of a masked query of group h in cluster k: (sizes, areas, z)."""
+    groups = setting.clusters[k].groups
+    own = groups[h]
+    sizes = [own.size - 1]
+    areas = [1]
+    zs = [own.z]
+    for g, grp in enumerate(groups):
+        n_other = grp.areas - (1 if g == h else 0)
+        sizes.append(n_other * grp.size)
+        areas.append(n_other)
+        zs.append(grp.z)
+    return np.array(sizes, dtype=np.int64), np.array(areas, dtype=np.int64), np.array(zs)
+
+
+def build_grids(setting, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYTES):
+    """Count grids of every query class of a setting, keyed by ``(k, h)``.
+
+    Parameters
+    ----------
+    setting : Setting
+    tail_tol : float, default 1e-15
+        Probability mass each class grid may leave out, in (0, 1e-3].
+    max_bytes : int
+        Memory limit of one class grid's row tables.
+
+    Returns
+    -------
+    dict
+        ``{(k, h): ClassGrid}``.
+    """
+    if not (isinstance(tail_tol, (int, float)) and 0 < tail_tol <= 1e-3):
+        raise ValueError(f"tail_tol must lie in (0, 1e-3], got {tail_tol!r}")
+    grids, built = {}, {}
+    for k, h in setting.classes():
+        sizes, areas, _ = class_categories(setting, k, h)
+        key = (sizes.tobytes(), areas.tobytes())
+        if key not in built:
+            built[key] = build_grid(
+                sizes, areas, setting.unmasked, tail_tol, max_bytes, name=f"(k={k}, h={h})"
+            )
+        grids[k, h] = built[key]
+    return grids
+

@@ -1,0 +1,231 @@
+"""Reduced coordinates (SPEC §2–3): the state, the kernel inputs, and one exact gradient.
+
+Everything here is shared by all backends; a backend only supplies the kernel that turns a
+class grid and its inputs into the sums laid out by :func:`sum_layout`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .grid import class_categories
+
+__all__ = ["State", "Gradient", "ClassInputs", "sum_layout", "evaluate"]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    n: int
+
+    mass = 0
+    loss = 1
+    dB_self = 2
+
+    @property
+    def alpha(self):
+        return slice(3, 3 + self.n)
+
+    @property
+    def dA(self):
+        return slice(3 + self.n, 3 + 2 * self.n)
+
+    @property
+    def dB(self):
+        return slice(3 + 2 * self.n, 3 + 3 * self.n)
+
+    @property
+    def size(self):
+        return 3 + 3 * self.n
+
+
+@lru_cache(maxsize=None)
+def sum_layout(n_cat):
+    """Positions of the kernel's sums for ``n_cat`` key categories.
+
+    ``[mass, loss, dB_self, alpha[0..n), dA[0..n), dB[0..n)]``: total probability, E[l],
+    E[dl/dB_self], E[alpha_c], E[dl/dA_c] (per area), E[dl/dB_c] (per position).
+    """
+    return _Layout(n_cat)
+
+
+@dataclass
+class State:
+    """Reduced state of Q (SPEC §3).
+
+    Attributes
+    ----------
+    fp : list of numpy.ndarray
+        Per cluster k, shape (G_k, 1 + G_k): ``fp[k][h, 0]`` is the FP correlation of a query of
+        group h with its own area's feature, ``fp[k][h, 1 + g]`` with each other area of group g.
+    pp : numpy.ndarray or None
+        Shape (G, 2 + G) for exact PP: column 0 the query's self correlation, column 1 its own
+        area's other positions, column 2 + g the positions of group g's other areas. ``None``
+        when PP is frozen at zero.
+    """
+
+    fp: list
+    pp: np.ndarray | None = None
+
+    @classmethod
+    def zeros(cls, setting):
+        """Q = 0 for ``setting``."""
+        fp = [np.zeros((len(c.groups), 1 + len(c.groups))) for c in setting.clusters]
+        pp = None
+        if setting.pp == "exact":
+            G = len(setting.clusters[0].groups)
+            pp = np.zeros((G, 2 + G))
+        return cls(fp, pp)
+
+    def copy(self):
+        """A deep copy."""
+        return State([a.copy() for a in self.fp], None if self.pp is None else self.pp.copy())
+
+    def check(self, setting):
+        """Raise ValueError unless the shapes fit ``setting`` and every value is finite."""
+        want = State.zeros(setting)
+        if len(self.fp) != len(want.fp) or any(
+            np.shape(a) != b.shape for a, b in zip(self.fp, want.fp)
+        ):
+            raise ValueError(
+                f"state fp shapes {[np.shape(a) for a in self.fp]} do not fit the setting "
+                f"{[b.shape for b in want.fp]}"
+            )
+        if (self.pp is None) != (want.pp is None) or (
+            self.pp is not None and np.shape(self.pp) != want.pp.shape
+        ):
+            raise ValueError(
+                f"state pp shape {None if self.pp is None else np.shape(self.pp)} does not fit "
+                f"the setting's pp={setting.pp!r} ({None if want.pp is None else want.pp.shape})"
+            )
+        values = list(self.fp) + ([] if self.pp is None else [self.pp])
+        if not all(np.all(np.isfinite(a)) for a in values):
+            raise ValueError("state has non-finite values")
+
+    def updated(self, grad, eta):
+        """The state after one GD step ``state - eta * grad``."""
+        fp = [a - eta * g for a, g in zip(self.fp, grad.fp)]
+        pp = None if self.pp is None else self.pp - eta * grad.pp
+        return State(fp, pp)
+
+
+@dataclass
+class Gradient:
+    """One exact expected gradient and the observables at the same state.
+
+    Attributes
+    ----------
+    fp, pp :
+        dL/dA and dL/dB, shaped like :class:`State` (per area and per key position).
+    loss : float
+        Population loss L.
+    attention : list of numpy.ndarray
+        Per cluster, (G_k, 1 + G_k): expected attention of a masked query of group h on the
+        unmasked keys of each category (column 0 its own area).
+    patch_loss : list of numpy.ndarray
+        Per cluster, (G_k,): E[l | k, h] for a masked query of group h.
+    dropped : float
+        Largest probability mass left out of a class grid.
+    """
+
+    fp: list
+    pp: np.ndarray | None
+    loss: float
+    attention: list
+    patch_loss: list
+    dropped: float
+
+
+@dataclass
+class ClassInputs:
+    """Per-category constants of a query class and its key weights at the current state."""
+
+    sizes: np.ndarray
+    z: np.ndarray
+    s_a: np.ndarray
+    s_b: np.ndarray
+    delta: np.ndarray
+    inv_areas: np.ndarray
+    inv_sizes: np.ndarray
+    wu: np.ndarray
+    wm: np.ndarray
+    wself: float
+
+
+def _constants(setting, k, h):
+    sizes, areas, z = class_categories(setting, k, h)
+    C = sizes.astype(np.float64)
+    n = areas.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_areas = np.where(areas > 0, 1.0 / n, 0.0)
+        inv_sizes = np.where(sizes > 0, 1.0 / C, 0.0)
+        # E[S2 | r] = r (1 - 1/n') (C - r) / (C - 1) + r^2 / n'   (SPEC §3)
+        s_a = np.where(areas > 1, (1.0 - inv_areas) / (C - 1.0), 0.0)
+    delta = np.zeros(len(sizes))
+    delta[0] = 1.0
+    return C, z, s_a, inv_areas, delta, inv_areas, inv_sizes
+
+
+def class_inputs(setting, state, k, h):
+    """Kernel inputs of query class (k, h) at ``state``.
+
+    Key weights are exp of the logits (SPEC §2) less their largest value: unmasked keys
+    ``z A + B``, masked keys ``B``, the query itself ``B_self``.
+    """
+    C, z, s_a, s_b, delta, inv_areas, inv_sizes = _constants(setting, k, h)
+    A = state.fp[k][h]
+    if state.pp is None:
+        B, b_self = np.zeros(len(C)), 0.0
+    else:
+        B, b_self = state.pp[h, 1:], state.pp[h, 0]
+    live = C > 0
+    lu, lm = z * A + B, B
+    top = max(b_self, np.max(lu[live], initial=-np.inf), np.max(lm[live], initial=-np.inf))
+    wu = np.where(live, np.exp(lu - top), 0.0)
+    wm = np.where(live, np.exp(lm - top), 0.0)
+    return ClassInputs(C, z, s_a, s_b, delta, inv_areas, inv_sizes, wu, wm, float(np.exp(b_self - top)))
+
+
+def evaluate(setting, grids, state, kernel, threads=None):
+    """Exact expected gradient and observables at ``state`` (SPEC §2–3).
+
+    Parameters
+    ----------
+    setting : Setting
+    grids : dict
+        Class grids from :func:`mimfast.grid.build_grids`.
+    state : State
+    kernel : callable
+        ``kernel(grid, inputs, threads) -> sums`` of a backend.
+    threads : int, optional
+        Threads for compiled kernels.
+
+    Returns
+    -------
+    Gradient
+    """
+    scale = setting.masked / setting.P
+    G_pp = None if state.pp is None else np.zeros_like(state.pp)
+    fp, attention, patch_loss = [], [], []
+    loss, dropped = 0.0, 0.0
+    for k, cluster in enumerate(setting.clusters):
+        pi = setting.weights[k]
+        G = len(cluster.groups)
+        fp.append(np.zeros((G, 1 + G)))
+        attention.append(np.zeros((G, 1 + G)))
+        patch_loss.append(np.zeros(G))
+        for h, group in enumerate(cluster.groups):
+            grid = grids[k, h]
+            sums = np.asarray(kernel(grid, class_inputs(setting, state, k, h), threads))
+            lay = sum_layout(grid.n_cat)
+            fp[k][h] = pi * scale * sums[lay.dA]
+            attention[k][h] = sums[lay.alpha]
+            patch_loss[k][h] = sums[lay.loss]
+            loss += pi * scale * group.patches * sums[lay.loss]
+            dropped = max(dropped, grid.dropped)
+            if G_pp is not None:
+                G_pp[h, 0] += pi * scale * sums[lay.dB_self]
+                G_pp[h, 1:] += pi * scale * sums[lay.dB]
+    return Gradient(fp, G_pp, loss, attention, patch_loss, dropped)
