@@ -186,8 +186,10 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
         ``Interrupted.result`` or a loaded checkpoint): continue from its ``state`` at its
         ``last_step``. The result equals that of an uninterrupted run.
     callback : callable, optional
-        ``callback(t, partial)`` after every completed GD step t, where ``partial()`` builds the
-        :class:`Result` so far (for progress displays and checkpoints).
+        ``callback(t, grad, partial)`` after every completed GD step t: ``grad`` is the
+        :class:`~mimfast.Gradient` evaluated at step t - 1 (its observables), and ``partial()``
+        builds the :class:`Result` so far, state at step t included (for progress displays
+        and checkpoints; it copies the record, so call it only when needed).
 
     Returns
     -------
@@ -246,7 +248,7 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
             t += 1
             current[:] = [t, state]
             if callback is not None:
-                callback(t, partial)
+                callback(t, grad, partial)
     except KeyboardInterrupt:
         if rec["steps"]:
             raise Interrupted(partial()) from None
