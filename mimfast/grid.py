@@ -60,15 +60,20 @@ def _stirlerr(n):
     return out
 
 
-def _bd0(x, np_):
-    """Deviance term x log(x / np) + np - x without cancellation (Loader 2000)."""
+def _bd0(x, np_, diff):
+    """Deviance term x log(x / np) + np - x without cancellation (Loader 2000).
+
+    ``diff`` is x - np, computed by the caller as exactly as it can: near the mean the result
+    depends on it to first order, so it must not carry the rounding of np.
+    """
     x = np.asarray(x, dtype=np.float64)
     np_ = np.broadcast_to(np.asarray(np_, dtype=np.float64), x.shape)
+    diff = np.broadcast_to(np.asarray(diff, dtype=np.float64), x.shape)
     out = np.empty_like(x)
-    near = np.abs(x - np_) < 0.1 * (x + np_)
-    xn, mn = x[near], np_[near]
-    v = (xn - mn) / (xn + mn)
-    s = (xn - mn) * v
+    near = np.abs(diff) < 0.1 * (x + np_)
+    xn, mn, dn = x[near], np_[near], diff[near]
+    v = dn / (xn + mn)
+    s = dn * v
     ej = 2 * xn * v
     v2 = v * v
     for j in range(1, 40):
@@ -91,31 +96,45 @@ def log_binom_pmf(x, n, p):
         Counts, 0 <= x <= n (others give -inf).
     n : int
         Number of trials (may be 0).
-    p : float
-        Success probability in (0, 1).
+    p : float or (int, int)
+        Success probability in (0, 1), or the exact fraction ``a / b`` as a pair of integers
+        (then x - n p is formed in integer arithmetic, which keeps the result accurate to
+        about 1e-15 absolute near the mean even for n ~ 1e9).
 
     Returns
     -------
     numpy.ndarray
-        The log-probabilities, absolute error of order 1e-15 times their magnitude.
+        The log-probabilities.
     """
-    x = np.atleast_1d(np.asarray(x, dtype=np.float64))
+    x = np.atleast_1d(np.asarray(x, dtype=np.int64))
+    if isinstance(p, tuple):
+        a, b = (int(v) for v in p)
+        exact = max(n * a, int(x.max(initial=0)) * b, n * b) < 2**62
+        p = a / b
+    else:
+        exact = False
     q = 1.0 - p
+    xf = x.astype(np.float64)
     out = np.full(x.shape, -np.inf)
     if n == 0:
         out[x == 0] = 0.0
         return out
     lo, hi = x == 0, x == n
-    out[lo] = -_bd0(np.array([float(n)]), n * q)[0] - n * p if p < 0.1 else n * math.log(q)
-    out[hi] = -_bd0(np.array([float(n)]), n * p)[0] - n * q if q < 0.1 else n * math.log(p)
+    nf = np.array([float(n)])
+    out[lo] = -_bd0(nf, n * q, n - n * q)[0] - n * p if p < 0.1 else n * math.log(q)
+    out[hi] = -_bd0(nf, n * p, n - n * p)[0] - n * q if q < 0.1 else n * math.log(p)
     mid = (x > 0) & (x < n)
-    xm = x[mid]
+    xm = xf[mid]
+    if exact:
+        diff = (x[mid] * b - n * a) / b
+    else:
+        diff = xm - n * p
     lc = (
         _stirlerr(n)
         - _stirlerr(xm)
         - _stirlerr(n - xm)
-        - _bd0(xm, n * p)
-        - _bd0(n - xm, n * q)
+        - _bd0(xm, n * p, diff)
+        - _bd0(n - xm, n * q, -diff)
     )
     lf = _LN_2PI + np.log(xm) + np.log1p(-xm / n)
     out[mid] = lc - 0.5 * lf
@@ -211,10 +230,11 @@ class ClassGrid:
 def _window(N, Ni, u, tol):
     """Inclusive window [a, b] of the marginal count of a category of Ni among N, u drawn,
     leaving at most tol/2 of probability on each side."""
-    p = u / N
+    p = (u, N)
     lo_sup, hi_sup = max(0, u - (N - Ni)), min(Ni, u)
-    mean = Ni * p
-    sd = math.sqrt(max(Ni * p * (1 - p) * (N - Ni) / max(N - 1, 1), 0.0))
+    f = u / N
+    mean = Ni * f
+    sd = math.sqrt(max(Ni * f * (1 - f) * (N - Ni) / max(N - 1, 1), 0.0))
     log_norm = log_binom_pmf([u], N, p)[0]
     width = 12.0 * sd + 30
     while True:
@@ -268,7 +288,7 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
     N, u = int(sizes.sum()), int(unmasked)
     n_cat = len(sizes)
     live = [i for i in range(n_cat) if sizes[i] > 0]
-    p = u / N
+    p = (u, N)
     share = tail_tol / max(len(live), 1)
     windows = {i: _window(N, int(sizes[i]), u, share) for i in live}
     order = sorted(live, key=lambda i: windows[i][1] - windows[i][0])

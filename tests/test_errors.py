@@ -1,0 +1,103 @@
+"""Bad input raises ValueError or TypeError whose message names the problem."""
+
+import math
+
+import pytest
+
+import mimfast as mf
+
+G, C = mf.Group, mf.Cluster
+
+
+def small():
+    return mf.Setting([C([G(1, 4), G(3, 2)])])
+
+
+@pytest.mark.parametrize(
+    "make, exc, words",
+    [
+        (lambda: G(0, 2), ValueError, "areas"),
+        (lambda: G(2, 0), ValueError, "size"),
+        (lambda: G(-1, 2), ValueError, "areas"),
+        (lambda: G(1.5, 2), TypeError, "areas"),
+        (lambda: G(1, 2, z=0.0), ValueError, "z"),
+        (lambda: G(1, 2, z=-1.0), ValueError, "z"),
+        (lambda: G(1, 2, z=math.nan), ValueError, "z"),
+        (lambda: G(1, 2, z=math.inf), ValueError, "z"),
+        (lambda: C([]), ValueError, "Group"),
+        (lambda: C([G(1, 2)], weight=0), ValueError, "weight"),
+        (lambda: mf.Setting([]), ValueError, "Cluster"),
+        (lambda: mf.Setting([C([G(1, 4)]), C([G(1, 5)])], pp="frozen"), ValueError, "disagree on"),
+        (lambda: mf.Setting([C([G(1, 4)])], gamma=0.0), ValueError, "gamma"),
+        (lambda: mf.Setting([C([G(1, 4)])], gamma=1.0), ValueError, "gamma"),
+        (lambda: mf.Setting([C([G(1, 4)])], gamma=1.5), ValueError, "gamma"),
+        (lambda: mf.Setting([C([G(1, 4)])], gamma=0.05), ValueError, "masked"),
+        (lambda: mf.Setting([C([G(1, 4)])], masked=0), ValueError, "masked"),
+        (lambda: mf.Setting([C([G(1, 4)])], masked=4), ValueError, "masked"),
+        (lambda: mf.Setting([C([G(1, 4)])], masked=2.0), TypeError, "masked"),
+        (lambda: mf.Setting([C([G(1, 4)]), C([G(2, 2)])], pp="exact"), ValueError, "K = 1"),
+        (lambda: mf.Setting([C([G(1, 4)])], pp="learned"), ValueError, "pp"),
+        (lambda: mf.Setting.paper(10, 0.95, 0.9), ValueError, "no local area"),
+        (lambda: mf.Setting.paper(10**4, 0.3, 0.5), ValueError, "smaller than a local"),
+        (lambda: mf.Setting.paper(10**4, 1.2, 0.3), ValueError, "kappa_c"),
+        (lambda: mf.Setting.paper(10**4, 0.9, 0.0), ValueError, "kappa_s"),
+        (lambda: mf.simulate(small(), eta=math.nan, steps=1), ValueError, "eta"),
+        (lambda: mf.simulate(small(), eta=math.inf, steps=1), ValueError, "eta"),
+        (lambda: mf.simulate(small(), eta=-1.0, steps=1), ValueError, "eta"),
+        (lambda: mf.simulate(small(), eta="1", steps=1), TypeError, "eta"),
+        (lambda: mf.simulate(small(), eta=1.0, steps=-1), ValueError, "steps"),
+        (lambda: mf.simulate(small(), eta=1.0, steps=2.0), TypeError, "steps"),
+        (lambda: mf.simulate(small(), eta=1.0, steps=2, record_every=0), ValueError, "record_every"),
+        (lambda: mf.simulate(small(), eta=1.0, steps=2, backend="fortran"), ValueError, "backend"),
+        (lambda: mf.simulate(small(), eta=1.0, steps=2, threads=0), ValueError, "threads"),
+        (lambda: mf.simulate(small(), eta=1.0, steps=2, tail_tol=0.5), ValueError, "tail_tol"),
+        (lambda: mf.simulate("setting", eta=1.0, steps=2), TypeError, "Setting"),
+        (lambda: mf.gradient(small(), mf.State.zeros(mf.Setting([C([G(1, 2)] * 3)]))),
+         ValueError, "do not fit"),
+    ],
+)
+def test_bad_input(make, exc, words):
+    with pytest.raises(exc, match=words):
+        make()
+
+
+@pytest.fixture(scope="module")
+def run():
+    return mf.simulate(small(), eta=1.0, steps=2, backend="numpy")
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda r: r.fp(0, 0, "global"), "unknown key"),
+        (lambda r: r.fp(0, 0, 2), "out of range"),
+        (lambda r: r.fp(1, 0, "own"), "cluster index"),
+        (lambda r: r.fp(0, 5, "own"), "group index"),
+        (lambda r: r.attention(0, 1, "self"), "unknown key"),
+        (lambda r: r.pp(0, "other"), "unknown key"),
+        (lambda r: r.patch_loss(0, 2), "group index"),
+    ],
+)
+def test_bad_accessor_key(run, call, words):
+    with pytest.raises(ValueError, match=words):
+        call(run)
+
+
+def test_pp_of_frozen_run_is_refused():
+    s = mf.Setting([C([G(1, 4), G(3, 2)])], pp="frozen")
+    r = mf.simulate(s, eta=1.0, steps=1, backend="numpy")
+    with pytest.raises(ValueError, match="frozen"):
+        r.pp(0, "self")
+
+
+def test_grid_too_large_says_how_large():
+    big = 10**9 // 5
+    s = mf.Setting([C([G(1, big), G(1, big), G(1, big), G(1, big), G(1, big)])])
+    with pytest.raises(ValueError, match=r"would need [0-9.,]+ GiB"):
+        mf.simulate(s, eta=1.0, steps=1)
+
+
+def test_diverging_run_is_reported():
+    s = mf.Setting.paper(1000, 0.9, 0.3)
+    with pytest.raises(FloatingPointError, match="eta"):
+        mf.simulate(s, eta=1e300, steps=3)

@@ -1,0 +1,102 @@
+"""The count grid (SPEC §3): accurate probabilities at any P, bounded dropped mass, small memory."""
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+from scipy.stats import multivariate_hypergeom
+
+import mimfast as mf
+from mimfast.grid import build_grid, build_grids, log_binom_pmf
+
+
+def mp_log_binom(x, n, p):
+    p = mpmath.mpf(p)
+    return (mpmath.loggamma(n + 1) - mpmath.loggamma(x + 1) - mpmath.loggamma(n - x + 1)
+            + x * mpmath.log(p) + (n - x) * mpmath.log(1 - p))
+
+
+@pytest.mark.parametrize("n, p", [(7, 0.3125), (60, 0.5), (10**5, 0.375), (10**9, 0.5), (10**9, 0.25)])
+def test_log_binom_pmf_matches_mpmath(n, p):
+    mpmath.mp.dps = 40
+    mean, sd = n * p, math.sqrt(n * p * (1 - p))
+    xs = sorted({0, n, *[int(min(n, max(0, round(mean + t * sd)))) for t in (-8, -3, -1, 0, 2, 7)]})
+    got = log_binom_pmf(xs, n, p)
+    want = np.array([float(mp_log_binom(x, n, p)) for x in xs])
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+CASES = [
+    ([15, 3984, 6000], [1, 1, 375], 5000),
+    ([3, 400, 600, 996], [1, 2, 3, 4], 1000),
+    ([0, 1200, 799], [1, 1, 17], 700),
+    ([9, 0, 990], [1, 0, 90], 300),
+]
+
+
+@pytest.mark.parametrize("sizes, areas, u", CASES)
+def test_grid_probabilities_match_scipy(sizes, areas, u):
+    grid = build_grid(sizes, areas, u, tail_tol=1e-15)
+    counts, prob = grid.probabilities()
+    assert np.all(counts.sum(axis=1) == u)
+    assert len(np.unique(counts, axis=0)) == len(counts)
+    live = [i for i, s in enumerate(sizes) if s > 0]
+    want = multivariate_hypergeom.pmf(counts[:, live], [sizes[i] for i in live], u)
+    np.testing.assert_allclose(prob, want, rtol=1e-9)
+    assert math.fsum(prob) == pytest.approx(grid.mass, abs=1e-15)
+    # dropped = 1 - mass also carries the ~1e-15 relative rounding of the probabilities
+    assert grid.dropped <= 1e-15 + 1e-14
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-6])
+def test_dropped_mass_is_what_the_grid_leaves_out(tol):
+    sizes, areas, u = [40, 6000, 3959], [1, 1, 99], 5000
+    grid = build_grid(sizes, areas, u, tail_tol=tol)
+    counts, _ = grid.probabilities()
+    inside = math.fsum(multivariate_hypergeom.pmf(counts, sizes, u))
+    assert 0 < grid.dropped <= tol
+    # scipy's own pmf is good to ~1e-11 here
+    assert grid.dropped == pytest.approx(1 - inside, rel=1e-4)
+
+
+def test_exact_points_against_mpmath():
+    mpmath.mp.dps = 40
+    sizes, areas, u = [31, 31616, 68352], [1, 1, 2136], 50000
+    grid = build_grid(sizes, areas, u)
+    counts, prob = grid.probabilities()
+    rng = np.random.default_rng(1)
+    for i in rng.choice(len(prob), 8, replace=False):
+        exact = mpmath.fprod(mpmath.binomial(s, int(c)) for s, c in zip(sizes, counts[i]))
+        exact /= mpmath.binomial(sum(sizes), u)
+        assert float(prob[i] / exact - 1) == pytest.approx(0, abs=1e-13)
+
+
+def test_memory_grows_with_windows_not_p():
+    s = mf.Setting.paper(10**9, 0.9, 0.3)
+    grids = build_grids(s)
+    for grid in grids.values():
+        nbytes = sum(a.nbytes for a in (grid.counts, grid.rest, grid.lo, grid.hi,
+                                        grid.row_weight, grid.t_inner, grid.t_last, grid.blocks))
+        assert nbytes < 4 * 2**20
+        assert grid.dropped <= 1e-15 + 1e-14
+    local = grids[0, 1]
+    assert local.points > 10**7  # the sum itself runs over ~1.5e7 points
+
+
+def test_paper_sizes():
+    s = mf.Setting.paper(10**6, 0.9, 0.3)
+    (glob, loc) = s.clusters[0].groups
+    c_l = round(10 ** (6 * 0.3))
+    n_l = round((10**6 - 10 ** (6 * 0.9)) / c_l)
+    assert (loc.size, loc.areas) == (c_l, n_l) == (63, 11886)
+    assert (glob.areas, glob.size) == (1, 10**6 - n_l * c_l)
+    assert s.P == 10**6 and s.masked == 500000 and s.pp == "exact" and s.K == 1
+    assert s.delta == pytest.approx(0.5)
+    assert s.delta_actual == pytest.approx(
+        (1 - math.log(63, 10**6)) - 2 * (1 - math.log(glob.size, 10**6)))
+    s3 = mf.Setting.paper(10**4, 0.6, 0.3, gamma=0.25, K=3, z=(2.0, 0.5))
+    assert s3.K == 3 and s3.pp == "frozen" and s3.masked == 2500
+    assert s3.delta == pytest.approx(-0.1)
+    assert [g.z for g in s3.clusters[2].groups] == [2.0, 0.5]
+    assert mf.Setting.paper(100, 0.9, 0.1).clusters[0].groups[1].size == 2
