@@ -1,0 +1,139 @@
+"""The compiled backends: equal to numpy at large P, identical for any thread count,
+errors as ValueError, Ctrl-C keeps what was computed."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import mimfast as mf
+from mimfast import _core
+from mimfast.grid import build_grids
+from mimfast.model import class_inputs
+
+COMPILED = ["cpp", "numba"]
+
+
+def test_backends_report_themselves():
+    info = mf.backends()
+    assert set(info) == {"cpp", "numba", "numpy"}
+    assert info["cpp"]["openmp"] is True
+    assert info["cpp"]["max_threads"] >= 1
+
+
+def state_at(setting):
+    state = mf.State.zeros(setting)
+    state.fp[0][:] = [[2.0, 0.0, -0.3], [3.0, -2.5, 0.2]]
+    state.pp[:] = [[0.03, -2e-3, 0.0, 5e-4], [0.04, 0.02, -1e-3, 2e-4]]
+    return state
+
+
+@pytest.mark.parametrize("P", [10**5, 10**6, 10**7])
+@pytest.mark.parametrize("backend", COMPILED)
+def test_equal_to_numpy_at_large_p(backend, P):
+    s = mf.Setting.paper(P, 0.9, 0.3)
+    state = state_at(s)
+    want = mf.gradient(s, state, backend="numpy")
+    got = mf.gradient(s, state, backend=backend)
+    np.testing.assert_allclose(got.fp[0], want.fp[0], rtol=1e-10, atol=0)
+    np.testing.assert_allclose(got.pp, want.pp, rtol=1e-10, atol=1e-300)
+    np.testing.assert_allclose(got.attention[0], want.attention[0], rtol=1e-10)
+    np.testing.assert_allclose(got.patch_loss[0], want.patch_loss[0], rtol=1e-10)
+    assert got.loss == pytest.approx(want.loss, rel=1e-10)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_same_bytes_for_any_thread_count(backend):
+    s = mf.Setting.paper(10**6, 0.9, 0.3)
+    runs = [mf.simulate(s, eta=2000.0, steps=5, backend=backend, threads=t) for t in (1, 2, 3)]
+    for r in runs[1:]:
+        assert r.loss.tobytes() == runs[0].loss.tobytes()
+        assert r.state.fp[0].tobytes() == runs[0].state.fp[0].tobytes()
+        assert r.state.pp.tobytes() == runs[0].state.pp.tobytes()
+        for k in ("own", 0, 1):
+            assert r.attention(0, 1, k).tobytes() == runs[0].attention(0, 1, k).tobytes()
+
+
+def test_cpp_and_numba_agree_to_1e12():
+    s = mf.Setting.paper(10**6, 0.9, 0.3)
+    state = state_at(s)
+    a, b = mf.gradient(s, state, backend="cpp"), mf.gradient(s, state, backend="numba")
+    np.testing.assert_allclose(a.fp[0], b.fp[0], rtol=1e-12)
+    np.testing.assert_allclose(a.pp, b.pp, rtol=1e-12)
+
+
+def test_kernel_errors_cross_as_value_error():
+    s = mf.Setting.paper(10**4, 0.9, 0.3)
+    grid = build_grids(s)[0, 1]
+    inp = class_inputs(s, mf.State.zeros(s), 0, 1)
+    args = [grid.counts, grid.rest, grid.lo, grid.hi, grid.row_weight, grid.t_inner,
+            grid.off_inner, grid.t_last, grid.off_last, grid.inner, grid.last, grid.blocks,
+            inp.sizes, inp.z, inp.s_a, inp.s_b, inp.delta, inp.inv_areas, inp.inv_sizes,
+            inp.wu, inp.wm, inp.wself, 1]
+    assert np.all(np.isfinite(_core.class_sums(*args)))
+    bad = list(args)
+    bad[5] = grid.t_inner[:3]  # inner table too short for the rows
+    with pytest.raises(ValueError, match="inner table"):
+        _core.class_sums(*bad)
+    bad = list(args)
+    bad[1] = grid.rest[:-1]
+    with pytest.raises(ValueError, match="rest must be a 1-D array"):
+        _core.class_sums(*bad)
+    bad = list(args)
+    bad[11] = grid.blocks + np.array([0, 0, 10**6])
+    with pytest.raises(ValueError, match="block 0 is not inside its row"):
+        _core.class_sums(*bad)
+    bad = list(args)
+    bad[-1] = 0
+    with pytest.raises(ValueError, match="threads"):
+        _core.class_sums(*bad)
+
+
+def test_interrupt_keeps_recorded_steps_and_resumes_exactly():
+    s = mf.Setting.paper(10**4, 0.9, 0.3)
+    full = mf.simulate(s, eta=20.0, steps=40, record_every=3)
+
+    def stop_at_17(t, grad, partial):
+        if t == 17:
+            raise KeyboardInterrupt
+
+    with pytest.raises(mf.Interrupted) as info:
+        mf.simulate(s, eta=20.0, steps=40, record_every=3, callback=stop_at_17)
+    part = info.value.result
+    assert isinstance(info.value, KeyboardInterrupt)
+    assert list(part.steps) == [0, 3, 6, 9, 12, 15] and part.last_step == 17
+    np.testing.assert_array_equal(part.loss, full.loss[:6])
+    done = mf.simulate(s, eta=20.0, steps=40, record_every=3, resume=part)
+    np.testing.assert_array_equal(done.steps, full.steps)
+    for a, b in [(done.loss, full.loss), (done.fp(0, 1, 0), full.fp(0, 1, 0)),
+                 (done.pp(1, "own"), full.pp(1, "own")), (done.state.fp[0], full.state.fp[0])]:
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_stops_a_long_run_within_a_second(tmp_path):
+    script = textwrap.dedent("""
+        import sys, time
+        import mimfast as mf
+        s = mf.Setting.paper(10**8, 0.9, 0.3)
+        print("ready", flush=True)
+        try:
+            mf.simulate(s, eta=1e5, steps=10**6, record_every=10)
+        except mf.Interrupted as e:
+            print("stopped", time.monotonic(), len(e.result.steps), e.result.last_step, flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(4.0)
+    sent = time.monotonic()
+    os.kill(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    word, when, recorded, last = out.split()
+    assert word == "stopped"
+    assert float(when) - sent < 1.0
+    assert int(recorded) >= 1 and int(last) >= 0

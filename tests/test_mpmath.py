@@ -1,0 +1,140 @@
+"""One exact gradient at P = 10^5 against a 30-digit mpmath evaluation of SPEC §3."""
+
+import functools
+
+import mpmath
+import numpy as np
+import pytest
+
+import mimfast as mf
+
+DPS = 30
+
+
+def mp_expectations(sizes, areas, z, A, B, b_self, u, half_width=9.0):
+    """E over the unmasked counts of (l, alpha_c, dA_c, dB_self, dB_c), in mpmath.
+
+    Written from SPEC §3 as stated there (own area and groups handled separately), with the
+    hypergeometric probabilities built by exact ratio recurrences over +-half_width sd.
+    Category 0 is the own area; categories 1.. the groups; the last category takes the rest.
+    """
+    mp = mpmath.mpf
+    n = len(sizes)
+    N = sum(sizes)
+    wu = [mpmath.exp(mp(z[c]) * mp(A[c]) + mp(B[c])) for c in range(n)]
+    wm = [mpmath.exp(mp(B[c])) for c in range(n)]
+    ws = mpmath.exp(mp(b_self))
+    free = [c for c in range(n - 1) if sizes[c] > 0]
+    assert len(free) <= 2 and sizes[n - 1] > 0
+
+    def ranges(c, left, pool):
+        mean = mp(sizes[c]) * left / pool
+        sd = mpmath.sqrt(mean * (1 - mp(sizes[c]) / pool) * (pool - left) / pool)
+        lo = max(0, int(mean - half_width * sd) - 2, left - (pool - sizes[c]))
+        hi = min(sizes[c], left, int(mean + half_width * sd) + 2)
+        return lo, hi
+
+    def pmf(c, x, left, pool):
+        return (mpmath.binomial(sizes[c], x) * mpmath.binomial(pool - sizes[c], left - x)
+                / mpmath.binomial(pool, left))
+
+    sums = {"loss": mp(0), "bself": mp(0), "mass": mp(0)}
+    for key in ("alpha", "dA", "dB"):
+        sums[key] = [mp(0)] * n
+
+    def point(U, w):
+        D = ws + sum(U[c] * wu[c] + (sizes[c] - U[c]) * wm[c] for c in range(n))
+        alpha = [U[c] * wu[c] / D for c in range(n)]
+        mu = [(sizes[c] - U[c]) * wm[c] / D for c in range(n)]
+        sigma = [mp(0)] * n
+        for c in range(1, n):
+            r, k = mp(U[c]), areas[c]
+            if k == 1:
+                s2 = r * r
+            elif k > 1:
+                f, Cc = mp(1) / k, mp(sizes[c])
+                s2 = k * (r * f * (1 - f) * (Cc - r) / (Cc - 1) + (r * f) ** 2)
+            else:
+                s2 = mp(0)
+            sigma[c] = s2 * (wu[c] / D) ** 2
+        z2 = [mp(v) ** 2 for v in z]
+        loss = (z2[0] * (alpha[0] - 1) ** 2 + sum(z2[c] * sigma[c] for c in range(1, n))) / 2
+        gbar = z2[0] * alpha[0] * (alpha[0] - 1) + sum(z2[c] * sigma[c] for c in range(1, n))
+        dA = [z[0] * alpha[0] * (z2[0] * (alpha[0] - 1) - gbar)]
+        dA += [z[c] * (z2[c] * sigma[c] - gbar * alpha[c]) / areas[c] if areas[c] else mp(0)
+               for c in range(1, n)]
+        dB = [(z2[0] * alpha[0] * (alpha[0] - 1) - gbar * (alpha[0] + mu[0])) / sizes[0]
+              if sizes[0] else mp(0)]
+        dB += [(z2[c] * sigma[c] - gbar * (alpha[c] + mu[c])) / sizes[c] if sizes[c] else mp(0)
+               for c in range(1, n)]
+        sums["mass"] += w
+        sums["loss"] += w * loss
+        sums["bself"] += w * (-gbar * ws / D)
+        for c in range(n):
+            sums["alpha"][c] += w * alpha[c]
+            sums["dA"][c] += w * dA[c]
+            sums["dB"][c] += w * dB[c]
+
+    c0 = free[0]
+    lo0, hi0 = ranges(c0, u, N)
+    for x0 in range(lo0, hi0 + 1):
+        w0 = pmf(c0, x0, u, N)
+        if len(free) == 1:
+            U = [0] * n
+            U[c0], U[n - 1] = x0, u - x0
+            point(U, w0)
+            continue
+        c1 = free[1]
+        left, pool = u - x0, N - sizes[c0]
+        lo1, hi1 = ranges(c1, left, pool)
+        w = w0 * pmf(c1, lo1, left, pool)
+        for x1 in range(lo1, hi1 + 1):
+            U = [0] * n
+            U[c0], U[c1], U[n - 1] = x0, x1, left - x1
+            point(U, w)
+            # ratio recurrence to the next x1
+            rest = left - x1
+            w = w * mp(sizes[c1] - x1) / (x1 + 1) * rest / (sizes[n - 1] - rest + 1)
+    return sums
+
+
+SETTING = mf.Setting.paper(10**5, 0.9, 0.3)
+
+
+def nonzero_state():
+    state = mf.State.zeros(SETTING)
+    state.fp[0][:] = [[1.3, 0.0, -0.4], [2.1, -1.2, 0.3]]
+    state.pp[:] = [[0.02, -1e-3, 0.0, 4e-4], [0.05, 0.01, -2e-3, 1e-3]]
+    return state
+
+
+@functools.lru_cache(maxsize=None)
+def reference(h):
+    mpmath.mp.dps = DPS
+    s, state = SETTING, nonzero_state()
+    groups = s.clusters[0].groups
+    sizes = [groups[h].size - 1] + [(grp.areas - (g_ == h)) * grp.size
+                                    for g_, grp in enumerate(groups)]
+    areas = [1] + [grp.areas - (g_ == h) for g_, grp in enumerate(groups)]
+    z = [groups[h].z] + [grp.z for grp in groups]
+    ref = mp_expectations(sizes, areas, z, state.fp[0][h], state.pp[h, 1:], state.pp[h, 0],
+                          s.unmasked)
+    return sizes, ref
+
+
+@pytest.mark.parametrize("h", [0, 1])
+def test_gradient_matches_mpmath(backend, h):
+    s = SETTING
+    g = mf.gradient(s, nonzero_state(), backend=backend)
+    sizes, ref = reference(h)
+    assert abs(float(ref["mass"]) - 1) < 1e-14
+    scale = s.masked / s.P
+    want_fp = [float(scale * v) for v in ref["dA"]]
+    want_pp = [float(scale * ref["bself"])] + [float(scale * v) for v in ref["dB"]]
+    live = [c for c in range(len(sizes)) if sizes[c] > 0]
+    np.testing.assert_allclose(g.fp[0][h, live], np.array(want_fp)[live], rtol=1e-10)
+    np.testing.assert_allclose(g.pp[h, [0] + [1 + c for c in live]],
+                               np.array(want_pp)[[0] + [1 + c for c in live]], rtol=1e-10)
+    np.testing.assert_allclose(g.attention[0][h, live],
+                               [float(ref["alpha"][c]) for c in live], rtol=1e-10)
+    np.testing.assert_allclose(g.patch_loss[0][h], float(ref["loss"]), rtol=1e-10)
