@@ -27,7 +27,7 @@ py::array_t<double> class_sums(Arr<int64_t> counts, Arr<int64_t> rest, Arr<int64
                                int64_t off_inner, Arr<double> t_last, int64_t off_last,
                                int inner, int last, Arr<int64_t> blocks, Arr<double> sizes,
                                Arr<double> z, Arr<double> s_a, Arr<double> s_b,
-                               Arr<double> delta, Arr<double> inv_areas, Arr<double> inv_sizes,
+                               Arr<double> inv_areas, Arr<double> inv_sizes,
                                Arr<double> wu, Arr<double> wm, double wself, int threads) {
     if (counts.ndim() != 2) throw std::invalid_argument("counts must be a 2-D array");
     if (blocks.ndim() != 2 || blocks.shape(1) != 3)
@@ -57,7 +57,6 @@ py::array_t<double> class_sums(Arr<int64_t> counts, Arr<int64_t> rest, Arr<int64
     in.z = data(z, n, "z");
     in.s_a = data(s_a, n, "s_a");
     in.s_b = data(s_b, n, "s_b");
-    in.delta = data(delta, n, "delta");
     in.inv_areas = data(inv_areas, n, "inv_areas");
     in.inv_sizes = data(inv_sizes, n, "inv_sizes");
     in.wu = data(wu, n, "wu");

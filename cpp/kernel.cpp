@@ -1,6 +1,16 @@
+// The expectations of SPEC §3 over one class count grid.
+//
+// Inside a block the inner count runs over consecutive values j = x0 + x (x centred on the
+// block) and the last category takes rest - j, so every count is affine in x and so is the
+// softmax denominator D(x). Every quantity of SPEC §3 is then a polynomial in x (degree <= 3)
+// times a power of i = 1 / D(x) (power <= 3). The hot loop therefore only accumulates the ten
+// moments  m[a][b] = sum_x w(x) x^a i^b  (b <= 3, a <= b), and each block turns its moments
+// into the SPEC sums with the polynomial coefficients of its row. With beta = 1 - alpha_own
+// formed from the positive terms of D, no quantity is a difference of nearly equal sums.
 #include "kernel.hpp"
 
 #include <algorithm>
+#include <array>
 #include <stdexcept>
 #include <string>
 
@@ -11,110 +21,140 @@
 namespace mimfast {
 namespace {
 
-constexpr int LANES = 8;
+using Poly = std::array<double, 4>;  // c0 + c1 x + c2 x^2 + c3 x^3
 
-// NC > 0: category count known at compile time, so the per-point loops unroll and the lane
-// loop vectorises; NC = 0 reads it at run time (MAXC bounds it).
-template <int NC, int MAXC>
-void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
-    const int n = NC ? NC : g.n_cat;
-    const int64_t row = g.blocks[3 * b];
-    const int64_t first = g.blocks[3 * b + 1];
-    const int64_t stop = g.blocks[3 * b + 2];
-    const int64_t rest = g.rest[row];
-    const double rw = g.row_weight[row];
-    const int64_t* cnt = g.counts + row * g.n_cat;
+Poly affine(double c0, double c1) { return {c0, c1, 0.0, 0.0}; }
 
-    double C[MAXC], z[MAXC], z2[MAXC], sa[MAXC], sb[MAXC], dl[MAXC], ia[MAXC], is[MAXC],
-        wu[MAXC], wm[MAXC], base[MAXC];
-    for (int c = 0; c < n; ++c) {
-        C[c] = in.sizes[c];
-        z[c] = in.z[c];
-        z2[c] = z[c] * z[c];
-        sa[c] = in.s_a[c];
-        sb[c] = in.s_b[c];
-        dl[c] = in.delta[c];
-        ia[c] = in.inv_areas[c];
-        is[c] = in.inv_sizes[c];
-        wu[c] = in.wu[c];
-        wm[c] = in.wm[c];
-        base[c] = static_cast<double>(cnt[c]);
-    }
-    const double wself = in.wself;
-    const int ci = g.inner, cl = g.last;
-
-    double a_mass[LANES] = {}, a_loss[LANES] = {}, a_bself[LANES] = {};
-    double a_alpha[MAXC][LANES] = {}, a_dA[MAXC][LANES] = {}, a_dB[MAXC][LANES] = {};
-
-    for (int64_t j0 = first; j0 < stop; j0 += LANES) {
-#pragma omp simd
-        for (int l = 0; l < LANES; ++l) {
-            const int64_t j = std::min<int64_t>(j0 + l, stop - 1);
-            const double w = (j0 + l < stop)
-                                 ? rw * g.t_inner[j - g.off_inner] * g.t_last[rest - j - g.off_last]
-                                 : 0.0;
-            double U[MAXC];
-            for (int c = 0; c < n; ++c) U[c] = base[c];
-            U[ci] = static_cast<double>(j);
-            U[cl] = static_cast<double>(rest - j);
-            double D = wself;
-            for (int c = 0; c < n; ++c) D += U[c] * wu[c] + (C[c] - U[c]) * wm[c];
-            const double inv = 1.0 / D;
-            double alpha[MAXC], mu[MAXC], e[MAXC];
-            double loss = 0.0, gbar = 0.0;
-            for (int c = 0; c < n; ++c) {
-                alpha[c] = U[c] * wu[c] * inv;
-                mu[c] = (C[c] - U[c]) * wm[c] * inv;
-                const double r = wu[c] * inv;
-                const double sigma = (sa[c] * U[c] * (C[c] - U[c]) + sb[c] * U[c] * U[c]) * r * r;
-                e[c] = z2[c] * (sigma - dl[c] * alpha[c]);
-                loss += z2[c] * (sigma - 2.0 * dl[c] * alpha[c] + dl[c]);
-                gbar += e[c];
-            }
-            a_mass[l] += w;
-            a_loss[l] += w * (0.5 * loss);
-            a_bself[l] += w * (-gbar * wself * inv);
-            for (int c = 0; c < n; ++c) {
-                a_alpha[c][l] += w * alpha[c];
-                a_dA[c][l] += w * (z[c] * (e[c] - gbar * alpha[c]) * ia[c]);
-                a_dB[c][l] += w * ((e[c] - gbar * (alpha[c] + mu[c])) * is[c]);
-            }
-        }
-    }
-    auto lanes = [](const double* a) {
-        double s = 0.0;
-        for (int l = 0; l < LANES; ++l) s += a[l];
-        return s;
-    };
-    out[0] = lanes(a_mass);
-    out[1] = lanes(a_loss);
-    out[2] = lanes(a_bself);
-    for (int c = 0; c < n; ++c) {
-        out[3 + c] = lanes(a_alpha[c]);
-        out[3 + n + c] = lanes(a_dA[c]);
-        out[3 + 2 * n + c] = lanes(a_dB[c]);
-    }
+Poly mul(const Poly& p, const Poly& q) {
+    Poly r{};
+    for (int a = 0; a < 4; ++a)
+        for (int b = 0; a + b < 4; ++b) r[a + b] += p[a] * q[b];
+    return r;
 }
 
-template <int NC, int MAXC>
-void all_sums(const Grid& g, const Inputs& in, int threads, double* out) {
-    const int ns = n_sums(g.n_cat);
-    std::vector<double> part(static_cast<size_t>(g.n_blocks) * ns, 0.0);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-#endif
-    for (int64_t b = 0; b < g.n_blocks; ++b) block_sums<NC, MAXC>(g, in, b, &part[b * ns]);
-    (void)threads;
-    std::fill(out, out + ns, 0.0);
-    for (int64_t b = 0; b < g.n_blocks; ++b)
-        for (int s = 0; s < ns; ++s) out[s] += part[b * ns + s];
+Poly axpy(double s, const Poly& p, const Poly& q) {  // s p + q
+    Poly r;
+    for (int a = 0; a < 4; ++a) r[a] = s * p[a] + q[a];
+    return r;
+}
+
+struct Moments {
+    double m[4][4] = {};  // m[a][b] = sum w x^a i^b, a <= b
+
+    // E[P(x) i^b]
+    double operator()(const Poly& p, int b) const {
+        double s = 0.0;
+        for (int a = 0; a <= b; ++a) s += p[a] * m[a][b];
+        return s;
+    }
+};
+
+Moments block_moments(const Grid& g, int64_t row, int64_t first, int64_t stop, int64_t x0,
+                      double d0, double d1) {
+    const double rw = g.row_weight[row];
+    const int64_t rest = g.rest[row];
+    const double* tin = g.t_inner - g.off_inner;
+    const double* tlast = g.t_last - g.off_last;
+    double m00 = 0, m01 = 0, m11 = 0, m02 = 0, m12 = 0, m22 = 0, m03 = 0, m13 = 0, m23 = 0,
+           m33 = 0;
+#pragma omp simd reduction(+ : m00, m01, m11, m02, m12, m22, m03, m13, m23, m33)
+    for (int64_t j = first; j < stop; ++j) {
+        const double x = static_cast<double>(j - x0);
+        const double w = rw * tin[j] * tlast[rest - j];
+        const double i = 1.0 / (d0 + d1 * x);
+        const double p1 = w * i, p2 = p1 * i, p3 = p2 * i;
+        const double x2 = x * x;
+        m00 += w;
+        m01 += p1;
+        m11 += p1 * x;
+        m02 += p2;
+        m12 += p2 * x;
+        m22 += p2 * x2;
+        m03 += p3;
+        m13 += p3 * x;
+        m23 += p3 * x2;
+        m33 += p3 * x2 * x;
+    }
+    Moments mo;
+    mo.m[0][0] = m00;
+    mo.m[0][1] = m01;
+    mo.m[1][1] = m11;
+    mo.m[0][2] = m02;
+    mo.m[1][2] = m12;
+    mo.m[2][2] = m22;
+    mo.m[0][3] = m03;
+    mo.m[1][3] = m13;
+    mo.m[2][3] = m23;
+    mo.m[3][3] = m33;
+    return mo;
+}
+
+void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
+    const int n = g.n_cat;
+    const int64_t row = g.blocks[3 * b], first = g.blocks[3 * b + 1], stop = g.blocks[3 * b + 2];
+    const int64_t x0 = (first + stop - 1) / 2;
+    const int64_t* cnt = g.counts + row * n;
+
+    // counts U_c(x) = u[c] + a[c] x and free keys V_c(x) = C_c - U_c(x)
+    std::vector<double> u(n), a(n, 0.0);
+    for (int c = 0; c < n; ++c) u[c] = static_cast<double>(cnt[c]);
+    u[g.inner] = static_cast<double>(x0);
+    a[g.inner] = 1.0;
+    u[g.last] = static_cast<double>(g.rest[row] - x0);
+    a[g.last] = -1.0;
+
+    // D = d0 + d1 x; R = D - wu_0 U_0 = r0 + r1 x (R / D = beta = 1 - alpha_own)
+    double r0 = in.wself + in.wm[0] * (in.sizes[0] - u[0]);
+    double r1 = -a[0] * in.wm[0];
+    for (int c = 1; c < n; ++c) {
+        r0 += in.wu[c] * u[c] + in.wm[c] * (in.sizes[c] - u[c]);
+        r1 += a[c] * (in.wu[c] - in.wm[c]);
+    }
+    const double d0 = r0 + in.wu[0] * u[0];
+    const double d1 = r1 + a[0] * in.wu[0];
+    const Moments mo = block_moments(g, row, first, stop, x0, d0, d1);
+
+    // numerators: alpha_c = Al_c i, mu_c = Mu_c i, sigma_c = Sg_c i^2, beta = R i
+    const double z0 = in.z[0], z02 = z0 * z0;
+    std::vector<Poly> Al(n), Mu(n), E(n);
+    const Poly R = affine(r0, r1);
+    Poly L = mul(R, R);
+    for (int c = 0; c < 4; ++c) L[c] *= z02;  // 2 loss = L i^2
+    for (int c = 0; c < n; ++c) {
+        Al[c] = affine(in.wu[c] * u[c], in.wu[c] * a[c]);
+        Mu[c] = affine(in.wm[c] * (in.sizes[c] - u[c]), -in.wm[c] * a[c]);
+    }
+    // e_c = E_c i^2: own -z0^2 alpha beta, group z_c^2 sigma_c
+    E[0] = mul(Al[0], R);
+    for (int k = 0; k < 4; ++k) E[0][k] *= -z02;
+    Poly Gb = E[0];  // gbar = Gb i^2
+    for (int c = 1; c < n; ++c) {
+        const Poly U = affine(u[c], a[c]);
+        const Poly V = affine(in.sizes[c] - u[c], -a[c]);
+        const Poly S2 = axpy(in.s_a[c], mul(U, V), mul(affine(in.s_b[c], 0.0), mul(U, U)));
+        const double k2 = in.z[c] * in.z[c] * in.wu[c] * in.wu[c];
+        for (int k = 0; k < 4; ++k) E[c][k] = k2 * S2[k];
+        L = axpy(1.0, E[c], L);
+        Gb = axpy(1.0, E[c], Gb);
+    }
+    out[0] = mo.m[0][0];
+    out[1] = 0.5 * mo(L, 2);
+    out[2] = -in.wself * mo(Gb, 3);
+    for (int c = 0; c < n; ++c) {
+        out[3 + c] = mo(Al[c], 1);
+        const double ga = mo(mul(Gb, Al[c]), 3);
+        // own: dA = -2 z alpha l = -z Al L i^3 (no cancellation); group: z (e - gbar alpha) / n'
+        out[3 + n + c] = (c == 0) ? -z0 * mo(mul(Al[0], L), 3)
+                                  : in.z[c] * (mo(E[c], 2) - ga) * in.inv_areas[c];
+        out[3 + 2 * n + c] = (mo(E[c], 2) - ga - mo(mul(Gb, Mu[c]), 3)) * in.inv_sizes[c];
+    }
 }
 
 }  // namespace
 
 void validate(const Grid& g) {
     auto fail = [](const std::string& what) { throw std::invalid_argument("count grid: " + what); };
-    if (g.n_cat < 2 || g.n_cat > 64) fail("number of key categories must be in [2, 64]");
+    if (g.n_cat < 2) fail("there must be at least two key categories");
     if (g.inner < 0 || g.inner >= g.n_cat || g.last < 0 || g.last >= g.n_cat || g.inner == g.last)
         fail("inner and last categories must be two different categories");
     for (int64_t r = 0; r < g.n_rows; ++r) {
@@ -132,13 +172,16 @@ void validate(const Grid& g) {
 }
 
 void class_sums(const Grid& g, const Inputs& in, int threads, double* out) {
-    switch (g.n_cat) {
-        case 2: return all_sums<2, 2>(g, in, threads, out);
-        case 3: return all_sums<3, 3>(g, in, threads, out);
-        case 4: return all_sums<4, 4>(g, in, threads, out);
-        case 5: return all_sums<5, 5>(g, in, threads, out);
-        default: return all_sums<0, 64>(g, in, threads, out);
-    }
+    const int ns = n_sums(g.n_cat);
+    std::vector<double> part(static_cast<size_t>(g.n_blocks) * ns, 0.0);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#endif
+    for (int64_t b = 0; b < g.n_blocks; ++b) block_sums(g, in, b, &part[b * ns]);
+    (void)threads;
+    std::fill(out, out + ns, 0.0);
+    for (int64_t b = 0; b < g.n_blocks; ++b)
+        for (int s = 0; s < ns; ++s) out[s] += part[b * ns + s];
 }
 
 bool openmp_enabled() {

@@ -23,13 +23,12 @@ struct Grid {
     int64_t n_blocks = 0;
 };
 
-// Per-category constants and key weights of the class at the current state.
+// Per-category constants of the class (category 0: the own area) and its key weights.
 struct Inputs {
     const double* sizes = nullptr;
     const double* z = nullptr;
     const double* s_a = nullptr;
     const double* s_b = nullptr;
-    const double* delta = nullptr;
     const double* inv_areas = nullptr;
     const double* inv_sizes = nullptr;
     const double* wu = nullptr;

@@ -170,6 +170,9 @@ class ClassGrid:
         depend on the number of threads.
     mass : float
         Total probability of the grid points; ``dropped = 1 - mass``.
+    fsizes, inv_sizes, inv_areas, s_a, s_b : numpy.ndarray
+        Per-category constants of SPEC §3: sizes as floats, 1 / C and 1 / n' (0 when empty),
+        and the coefficients of E[S2 | r] = s_a r (C - r) + s_b r^2.
     """
 
     sizes: np.ndarray
@@ -187,6 +190,17 @@ class ClassGrid:
     off_last: int
     blocks: np.ndarray
     mass: float = 1.0
+
+    def __post_init__(self):
+        C = self.sizes.astype(np.float64)
+        n = self.areas.astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.inv_areas = np.where(self.areas > 0, 1.0 / n, 0.0)
+            self.inv_sizes = np.where(self.sizes > 0, 1.0 / C, 0.0)
+            # E[S2 | r] = s_a r (C - r) + s_b r^2 = r (1 - 1/n') (C - r) / (C - 1) + r^2 / n'
+            self.s_a = np.where(self.areas > 1, (1.0 - self.inv_areas) / (C - 1.0), 0.0)
+        self.s_b = self.inv_areas
+        self.fsizes = C
 
     @property
     def n_cat(self) -> int:

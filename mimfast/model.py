@@ -11,7 +11,6 @@ from functools import lru_cache
 
 import numpy as np
 
-from .grid import class_categories
 
 __all__ = ["State", "Gradient", "ClassInputs", "sum_layout", "evaluate"]
 
@@ -140,52 +139,38 @@ class Gradient:
 
 @dataclass
 class ClassInputs:
-    """Per-category constants of a query class and its key weights at the current state."""
+    """Key weights of a query class at the current state, with its latents.
 
-    sizes: np.ndarray
+    ``wu[c]`` and ``wm[c]`` weigh one unmasked and one masked key of category c, ``wself``
+    the query itself (exp of the logits of SPEC §2 less their largest value; 0 for an empty
+    category); ``z[c]`` is the latent of category c (category 0: the query's own area).
+    """
+
     z: np.ndarray
-    s_a: np.ndarray
-    s_b: np.ndarray
-    delta: np.ndarray
-    inv_areas: np.ndarray
-    inv_sizes: np.ndarray
     wu: np.ndarray
     wm: np.ndarray
     wself: float
 
 
-def _constants(setting, k, h):
-    sizes, areas, z = class_categories(setting, k, h)
-    C = sizes.astype(np.float64)
-    n = areas.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv_areas = np.where(areas > 0, 1.0 / n, 0.0)
-        inv_sizes = np.where(sizes > 0, 1.0 / C, 0.0)
-        # E[S2 | r] = r (1 - 1/n') (C - r) / (C - 1) + r^2 / n'   (SPEC §3)
-        s_a = np.where(areas > 1, (1.0 - inv_areas) / (C - 1.0), 0.0)
-    delta = np.zeros(len(sizes))
-    delta[0] = 1.0
-    return C, z, s_a, inv_areas, delta, inv_areas, inv_sizes
-
-
-def class_inputs(setting, state, k, h):
+def class_inputs(setting, state, k, h, grid):
     """Kernel inputs of query class (k, h) at ``state``.
 
     Key weights are exp of the logits (SPEC §2) less their largest value: unmasked keys
     ``z A + B``, masked keys ``B``, the query itself ``B_self``.
     """
-    C, z, s_a, s_b, delta, inv_areas, inv_sizes = _constants(setting, k, h)
+    groups = setting.clusters[k].groups
+    z = np.array([groups[h].z] + [g.z for g in groups])
     A = state.fp[k][h]
     if state.pp is None:
-        B, b_self = np.zeros(len(C)), 0.0
+        B, b_self = np.zeros(len(z)), 0.0
     else:
         B, b_self = state.pp[h, 1:], state.pp[h, 0]
-    live = C > 0
-    lu, lm = z * A + B, B
-    top = max(b_self, np.max(lu[live], initial=-np.inf), np.max(lm[live], initial=-np.inf))
+    live = grid.sizes > 0
+    lu = z * A + B
+    top = max(b_self, np.max(lu[live]), np.max(B[live]))
     wu = np.where(live, np.exp(lu - top), 0.0)
-    wm = np.where(live, np.exp(lm - top), 0.0)
-    return ClassInputs(C, z, s_a, s_b, delta, inv_areas, inv_sizes, wu, wm, float(np.exp(b_self - top)))
+    wm = np.where(live, np.exp(B - top), 0.0)
+    return ClassInputs(z, wu, wm, float(np.exp(b_self - top)))
 
 
 def evaluate(setting, grids, state, kernel, threads=None):
@@ -218,7 +203,7 @@ def evaluate(setting, grids, state, kernel, threads=None):
         patch_loss.append(np.zeros(G))
         for h, group in enumerate(cluster.groups):
             grid = grids[k, h]
-            sums = np.asarray(kernel(grid, class_inputs(setting, state, k, h), threads))
+            sums = np.asarray(kernel(grid, class_inputs(setting, state, k, h, grid), threads))
             lay = sum_layout(grid.n_cat)
             fp[k][h] = pi * scale * sums[lay.dA]
             attention[k][h] = sums[lay.alpha]

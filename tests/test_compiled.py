@@ -70,10 +70,10 @@ def test_cpp_and_numba_agree_to_1e12():
 def test_kernel_errors_cross_as_value_error():
     s = mf.Setting.paper(10**4, 0.9, 0.3)
     grid = build_grids(s)[0, 1]
-    inp = class_inputs(s, mf.State.zeros(s), 0, 1)
+    inp = class_inputs(s, mf.State.zeros(s), 0, 1, grid)
     args = [grid.counts, grid.rest, grid.lo, grid.hi, grid.row_weight, grid.t_inner,
             grid.off_inner, grid.t_last, grid.off_last, grid.inner, grid.last, grid.blocks,
-            inp.sizes, inp.z, inp.s_a, inp.s_b, inp.delta, inp.inv_areas, inp.inv_sizes,
+            grid.fsizes, inp.z, grid.s_a, grid.s_b, grid.inv_areas, grid.inv_sizes,
             inp.wu, inp.wm, inp.wself, 1]
     assert np.all(np.isfinite(_core.class_sums(*args)))
     bad = list(args)

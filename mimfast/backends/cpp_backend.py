@@ -48,7 +48,7 @@ def kernel(grid, inputs, threads=None):
         grid.counts, grid.rest, grid.lo, grid.hi, grid.row_weight,
         grid.t_inner, grid.off_inner, grid.t_last, grid.off_last,
         grid.inner, grid.last, grid.blocks,
-        inputs.sizes, inputs.z, inputs.s_a, inputs.s_b, inputs.delta,
-        inputs.inv_areas, inputs.inv_sizes, inputs.wu, inputs.wm, inputs.wself,
+        grid.fsizes, inputs.z, grid.s_a, grid.s_b, grid.inv_areas, grid.inv_sizes,
+        inputs.wu, inputs.wm, inputs.wself,
         check_threads(threads),
     )

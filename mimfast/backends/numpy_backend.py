@@ -1,26 +1,29 @@
 """The readable kernel: SPEC §3 at every grid point, vectorised over one grid row at a time.
 
-This is the contract every backend kernel implements. Inputs are a :class:`~mimfast.grid.ClassGrid`
-and a :class:`~mimfast.model.ClassInputs` (per-category constants and the current key weights);
-the output is the vector of expectations laid out by :func:`mimfast.model.sum_layout`::
+This is the contract every backend kernel implements: from a
+:class:`~mimfast.grid.ClassGrid` (counts, probabilities and per-category constants) and a
+:class:`~mimfast.model.ClassInputs` (latents and key weights at the current state) it returns
+the expectations laid out by :func:`mimfast.model.sum_layout`::
 
     [mass, loss, dB_self, alpha[0..n), dA[0..n), dB[0..n)]
 
-At a grid point with unmasked counts U (n = number of key categories):
+At a grid point with unmasked counts U (category 0 is the query's own area, 1.. the groups):
 
     D       = w_self + sum_c (U_c wu_c + (C_c - U_c) wm_c)
-    alpha_c = U_c wu_c / D                       attention on unmasked keys of c
-    mu_c    = (C_c - U_c) wm_c / D               attention on masked keys of c
-    sigma_c = E[S2_c | U_c] (wu_c / D)^2,        E[S2 | r] = s_a r (C - r) + s_b r^2
-    e_c     = z_c^2 (sigma_c - delta_c alpha_c)  (delta_c = 1 for the own area only)
-    loss    = 1/2 sum_c z_c^2 (sigma_c - 2 delta_c alpha_c + delta_c)
+    alpha_c = U_c wu_c / D                   attention on the unmasked keys of c
+    mu_c    = (C_c - U_c) wm_c / D           attention on the masked keys of c
+    beta    = 1 - alpha_0                    (formed as (D - U_0 wu_0) / D)
+    sigma_c = E[S2_c | U_c] (wu_c / D)^2,    E[S2 | r] = s_a r (C - r) + s_b r^2   (c >= 1)
+    e_0     = -z_0^2 alpha_0 beta,  e_c = z_c^2 sigma_c
+    loss    = 1/2 (z_0^2 beta^2 + sum_{c>=1} z_c^2 sigma_c)
     gbar    = sum_c e_c
-    dA_c    = z_c (e_c - gbar alpha_c) / areas_c
+    dA_0    = -2 z_0 alpha_0 loss,  dA_c = z_c (e_c - gbar alpha_c) / areas_c
     dB_self = -gbar w_self / D
     dB_c    = (e_c - gbar (alpha_c + mu_c)) / C_c
 
-(1 / areas_c and 1 / C_c are 0 for an empty category.) Each quantity is weighted by the
-point's probability and summed.
+(1 / areas_c and 1 / C_c are 0 for an empty category.) These are SPEC §3's formulas with
+alpha_own - 1 written as -beta, so that nothing cancels when attention nears 1. Each quantity
+is weighted by the point's probability and summed.
 """
 
 from __future__ import annotations
@@ -39,29 +42,28 @@ def available():
 
 def kernel(grid, inputs, threads=None):
     """Expectations of SPEC §3 over one class grid (see the module docstring)."""
-    n = grid.n_cat
-    lay = sum_layout(n)
+    lay = sum_layout(grid.n_cat)
     out = np.zeros(lay.size)
-    C = inputs.sizes[:, None]
-    wu = inputs.wu[:, None]
-    wm = inputs.wm[:, None]
-    z2 = (inputs.z**2)[:, None]
-    delta = inputs.delta[:, None]
+    C = grid.fsizes[:, None]
+    wu, wm = inputs.wu[:, None], inputs.wm[:, None]
+    z = inputs.z[:, None]
     for counts, prob in grid.rows():
         U = counts.T.astype(np.float64)
-        D = inputs.wself + np.sum(U * wu + (C - U) * wm, axis=0)
-        alpha = U * wu / D
-        mu = (C - U) * wm / D
-        sigma = (inputs.s_a[:, None] * U * (C - U) + inputs.s_b[:, None] * U**2) * (wu / D) ** 2
-        e = z2 * (sigma - delta * alpha)
-        loss = 0.5 * np.sum(z2 * (sigma - 2 * delta * alpha + delta), axis=0)
+        unmasked, masked = U * wu, (C - U) * wm
+        D = inputs.wself + np.sum(unmasked + masked, axis=0)
+        alpha, mu = unmasked / D, masked / D
+        beta = (D - unmasked[0]) / D
+        sigma = (grid.s_a[:, None] * U * (C - U) + grid.s_b[:, None] * U**2) * (wu / D) ** 2
+        e = z**2 * sigma
+        e[0] = -z[0] ** 2 * alpha[0] * beta
+        loss = 0.5 * (z[0] ** 2 * beta**2 + np.sum(e[1:], axis=0))
         gbar = np.sum(e, axis=0)
-        dA = inputs.z[:, None] * (e - gbar * alpha) * inputs.inv_areas[:, None]
-        dB_self = -gbar * inputs.wself / D
-        dB = (e - gbar * (alpha + mu)) * inputs.inv_sizes[:, None]
+        dA = z * (e - gbar * alpha) * grid.inv_areas[:, None]
+        dA[0] = -2 * z[0] * alpha[0] * loss
+        dB = (e - gbar * (alpha + mu)) * grid.inv_sizes[:, None]
         out[lay.mass] += prob.sum()
         out[lay.loss] += prob @ loss
-        out[lay.dB_self] += prob @ dB_self
+        out[lay.dB_self] += prob @ (-gbar * inputs.wself / D)
         out[lay.alpha] += alpha @ prob
         out[lay.dA] += dA @ prob
         out[lay.dB] += dB @ prob
