@@ -1,0 +1,131 @@
+"""Measure the table of docs/performance.md (run from the repository root, on a quiet machine).
+
+    python benchmarks/performance_table.py            # full table, ~5 minutes on 2 cores
+    python benchmarks/performance_table.py --quick    # P up to 10^6
+
+Every number in one run of this script comes from the same machine state, so ratios between
+backends (and with the minimal loop of benchmarks/roofline.cpp) are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def best_time(fn, seconds=1.0, repeats=5):
+    """Smallest mean time of ``fn`` over ``repeats`` rounds of about ``seconds / repeats``."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            dt = time.perf_counter() - t0
+            if dt > seconds / repeats:
+                break
+        best = min(best, dt / n)
+    return best
+
+
+def measure_one(P, backends, threads):
+    """Per-step time of each backend at P, in this process (run as a child for its peak RSS)."""
+    import mimfast as mf
+    from mimfast.backends import get_kernel
+    from mimfast.grid import build_grids
+    from mimfast.model import State, evaluate
+
+    s = mf.Setting.paper(P, 0.9, 0.3)
+    t0 = time.perf_counter()
+    grids = build_grids(s)
+    t_grid = time.perf_counter() - t0
+    state = State.zeros(s)
+    state.fp[0][:] = [[2.0, 0.0, -0.3], [3.0, -2.5, 0.2]]
+    points = sum(grids[c].points for c in s.classes())
+    row = {"P": P, "points": points, "grid_s": t_grid}
+    for b in backends:
+        kernel = get_kernel(b)
+        row[b] = best_time(lambda: evaluate(s, grids, state, kernel, threads))
+    row["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return row
+
+
+def roofline(threads):
+    """ns per point of the minimal loops in roofline.cpp (None without a C++ compiler)."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        return None
+    exe = Path(tempfile.mkdtemp()) / "roofline"
+    subprocess.run([cxx, "-O3", "-march=native", "-fopenmp", str(HERE / "roofline.cpp"),
+                    "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe)], env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                         capture_output=True, text=True, check=True).stdout
+    return {line.split()[0]: float(line.split("ns/point=")[1].split()[0])
+            for line in out.splitlines()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="P up to 10^6 only")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--backends", default="cpp,numba,numpy", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(measure_one(args.child, args.backends.split(","), args.threads)))
+        return
+    import mimfast as mf
+
+    exps = range(4, 7) if args.quick else range(4, 10)
+    rows = []
+    for e in exps:
+        backends = "cpp,numba,numpy" if e <= 6 else "cpp,numba"
+        out = subprocess.run([sys.executable, __file__, "--child", str(10**e), "--backends",
+                              backends, "--threads", str(args.threads)],
+                             capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out.splitlines()[-1]))
+        print(f"measured P = 10^{e}", file=sys.stderr, flush=True)
+    # 1,000 GD steps at the largest P, wall clock
+    P_big = 10 ** exps[-1]
+    t0 = time.perf_counter()
+    mf.simulate(mf.Setting.paper(P_big, 0.9, 0.3), eta=1e3, steps=1000, record_every=100,
+                threads=args.threads)
+    t_1000 = time.perf_counter() - t0
+    roof = roofline(args.threads)
+
+    print(f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.machine()}, "
+          f"{os.cpu_count()} cores, threads={args.threads}; mimfast {mf.__version__}")
+    print()
+    print("| P | grid points per step | grid build (s) | cpp s/step | cpp ns/point | "
+          "numba s/step | numba/cpp | numpy s/step | numpy/cpp | peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        npy = f"{r['numpy']:.3g} | {r['numpy'] / r['cpp']:.0f}x" if "numpy" in r else "– | –"
+        print(f"| 10^{len(str(r['P'])) - 1} | {r['points']:,} | {r['grid_s']:.3f} | "
+              f"{r['cpp']:.3g} | {r['cpp'] / r['points'] * 1e9:.2f} | {r['numba']:.3g} | "
+              f"{r['numba'] / r['cpp']:.2f} | {npy} | {r['rss_mib']:.0f} |")
+    print()
+    print(f"1,000 GD steps at P = 10^{exps[-1]} (simulate, cpp): {t_1000:.1f} s")
+    if roof:
+        big = rows[-1]
+        kernel_ns = big["cpp"] / big["points"] * 1e9
+        print(f"minimal loops of benchmarks/roofline.cpp (paper grid of ~1.5e7 points): "
+              f"direct SPEC formulas {roof['direct']:.2f} ns/point, bare moment sums "
+              f"{roof['moments']:.2f} ns/point; mimfast cpp at P = {big['P']:.0e}: "
+              f"{kernel_ns:.2f} ns/point")
+
+
+if __name__ == "__main__":
+    main()
