@@ -2,9 +2,12 @@
 
 The public API (SPEC §6): :class:`Setting` with its :class:`Cluster` and :class:`Group`,
 :func:`simulate` returning a :class:`Result`, :func:`gradient` for one exact expected gradient
-at a :class:`State`, and :func:`backends`.
+at a :class:`State`, and :func:`backends`. :mod:`mimfast.analysis` measures a run in the terms
+of Theorem 4.1, :mod:`mimfast.io` saves and loads runs, :mod:`mimfast.plots` draws them and
+:mod:`mimfast.cli` is the ``mimfast`` command.
 """
 
+from . import analysis, io
 from .backends import backends
 from .model import Gradient, State
 from .setting import Cluster, Group, Setting
@@ -25,8 +28,10 @@ __all__ = [
     "Result",
     "Setting",
     "State",
+    "__version__",
+    "analysis",
     "backends",
     "gradient",
+    "io",
     "simulate",
-    "__version__",
 ]

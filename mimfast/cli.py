@@ -1,0 +1,515 @@
+"""The ``mimfast`` command: run the paper's setting, save, plot and summarise (Theorem 4.1).
+
+``mimfast run`` builds a setting from a preset, a TOML config file and command-line options
+(later ones win), runs exact population GD with a progress bar and periodic checkpoints, and
+writes to its output folder:
+
+- ``result.nc``: the results file (:mod:`mimfast.io`), analysis included;
+- ``trajectories.csv``: the trajectories as a flat table;
+- ``fp.png``, ``attention.png``, ``pp.png``: the figures (:mod:`mimfast.plots`);
+- ``summary.txt``: the summary table, also printed on standard output;
+- ``checkpoint.nc`` while the run is unfinished (removed when it completes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+PRESETS = {
+    "paper-positive": {"P": 10**6, "kappa_c": 0.9, "kappa_s": 0.3},
+    "paper-negative": {"P": 10**6, "kappa_c": 0.6, "kappa_s": 0.3},
+}
+# Preset learning rate at P <= 10^6; above, the own-feature gradient shrinks like P^-(1-kappa_s)
+# and eta grows with it, so the phases happen at the same steps for every P.
+PRESET_ETA, PRESET_P = 100.0, 10**6
+DEFAULTS = {"preset": "paper-positive", "gamma": 0.5, "K": 1, "z": 1.0, "pp": "auto",
+            "steps": 1000, "record_every": 1, "backend": "cpp", "threads": None,
+            "tail_tol": 1e-15, "epsilon": 0.05, "checkpoint_every": 100, "out": "mimfast-run",
+            "plots": True}
+# may change when a saved run is resumed; everything else is the saved run's
+RESUME_KEYS = {"resume", "steps", "threads", "checkpoint_every", "progress", "plots", "epsilon"}
+RESULT, CHECKPOINT = "result.nc", "checkpoint.nc"
+PAPER_KEYS = ("P", "kappa_c", "kappa_s", "K", "z")
+# what each config key must hold
+_INT, _NUM, _STR, _BOOL = (int,), (int, float), (str,), (bool,)
+CONFIG_TYPES = {
+    "P": _INT, "K": _INT, "steps": _INT, "record_every": _INT, "threads": _INT,
+    "checkpoint_every": _INT, "masked": _INT, "kappa_c": _NUM, "kappa_s": _NUM, "gamma": _NUM,
+    "eta": _NUM, "tail_tol": _NUM, "epsilon": _NUM, "z": _NUM + (list,), "preset": _STR,
+    "pp": _STR, "backend": _STR, "out": _STR, "plots": _BOOL, "progress": _BOOL,
+    "clusters": (list,),
+}
+
+EPILOG = """\
+exit codes:
+  0    success
+  1    the run failed (e.g. eta so large that the state diverges) or another error
+  2    bad command line: unknown option, or an option value mimfast refuses
+       (also when the value comes from a config file)
+  3    an input file is missing, unreadable or malformed: the config file, a results file,
+       or the folder given to --resume
+  130  interrupted (Ctrl-C or SIGTERM); `mimfast run` saves a checkpoint first, and
+       `mimfast run --resume DIR` continues it
+
+examples:
+  mimfast run --preset paper-positive --out runs/positive
+  mimfast run --preset paper-negative --P 1e5 --steps 2000 --out runs/negative
+  mimfast run --config my.toml
+  mimfast run --resume runs/positive
+  mimfast summary runs/positive/result.nc
+  mimfast plot runs/positive/result.nc --out figures/
+"""
+
+CONFIG_HELP = """\
+config file (TOML): the keys are the option names with underscores, e.g.
+
+  preset = "paper-negative"
+  P = 100000
+  kappa_c = 0.6          # kappa_s, gamma, K, z (one number or [global, local]), pp
+  eta = 20.0             # steps, record_every, backend, threads, tail_tol
+  epsilon = 0.05         # checkpoint_every, plots, out (relative to the file's folder)
+
+or, instead of the paper's setting, any setting (then eta is required):
+
+  masked = 5             # or gamma
+  eta = 3.0
+  [[clusters]]
+  weight = 1.0
+  groups = [{areas = 1, size = 4}, {areas = 3, size = 2, z = 1.0}]
+
+options on the command line override the file; the file overrides the preset.
+"""
+
+
+class UsageError(Exception):
+    """A bad option or option value (exit code 2)."""
+
+
+class InputError(Exception):
+    """A missing or malformed input file (exit code 3)."""
+
+
+def _count(text):
+    """A whole-number option that also accepts 1e6 and 10**6."""
+    try:
+        if "**" in text:
+            base, power = text.split("**")
+            return int(base) ** int(power)
+        value = float(text)
+        if value.is_integer():
+            return int(value)
+    except (ValueError, OverflowError):
+        pass
+    raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+
+
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="mimfast", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Exact population dynamics of masked image modeling in a one-layer "
+                    "transformer: watch Theorem 4.1 of the paper happen.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    S = argparse.SUPPRESS
+
+    run = sub.add_parser(
+        "run", help="run a preset or configured setting, save results, figures and summary",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CONFIG_HELP + "\n" + EPILOG,
+        description="Run exact population GD and check Theorem 4.1. Unset options come from "
+                    "--config, then from the preset.", argument_default=S)
+    run.add_argument("--preset", choices=sorted(PRESETS),
+                     help="the paper's regime: positive (kappa_c 0.9, Delta = 0.5) or negative "
+                          "(kappa_c 0.6, Delta = -0.1) information gap, P = 10^6, kappa_s 0.3 "
+                          "(default: paper-positive)")
+    run.add_argument("--config", type=Path, metavar="FILE", help="TOML file of options")
+    g = run.add_argument_group("setting (Setting.paper)")
+    g.add_argument("--P", type=_count, help="number of patches (accepts 1e6, 10**6)")
+    g.add_argument("--kappa-c", type=_number, dest="kappa_c", help="global area ~ P^kappa_c")
+    g.add_argument("--kappa-s", type=_number, dest="kappa_s", help="local areas ~ P^kappa_s")
+    g.add_argument("--gamma", type=_number, help="masking ratio (default 0.5)")
+    g.add_argument("--K", type=_count, help="number of clusters (default 1)")
+    g.add_argument("--z", type=_number, nargs="+", metavar="Z",
+                   help="latent of the features: one value, or global and local (default 1)")
+    g.add_argument("--pp", choices=["auto", "exact", "frozen"],
+                   help="PP correlations: learned exactly (K = 1) or frozen at 0 (default auto)")
+    g = run.add_argument_group("gradient descent")
+    g.add_argument("--eta", type=_number, help="learning rate (preset: 100 up to P = 10^6, "
+                                               "times (P/10^6)^(1 - kappa_s) above)")
+    g.add_argument("--steps", type=_count, help="GD steps (default 1000)")
+    g.add_argument("--record-every", type=_count, dest="record_every",
+                   help="record every N steps (default 1; phase switch and T_eps are "
+                        "known to this granularity)")
+    g.add_argument("--backend", help="kernel backend: cpp, numba or numpy (default cpp)")
+    g.add_argument("--threads", type=_count, help="threads of a compiled kernel (default all)")
+    g.add_argument("--tail-tol", type=_number, dest="tail_tol",
+                   help="probability mass a count grid may leave out (default 1e-15)")
+    g = run.add_argument_group("analysis and output")
+    g.add_argument("--epsilon", type=_number, help="tolerance of Theorem 4.1 (default 0.05)")
+    g.add_argument("--out", type=Path, metavar="DIR", help="output folder (default mimfast-run)")
+    g.add_argument("--plots", action=argparse.BooleanOptionalAction,
+                   help="write the figures (default: yes)")
+    g = run.add_argument_group("long runs")
+    g.add_argument("--checkpoint-every", type=_count, dest="checkpoint_every", metavar="N",
+                   help="save DIR/checkpoint.nc every N steps (default 100; 0: never)")
+    g.add_argument("--resume", type=Path, metavar="DIR",
+                   help="continue the unfinished run saved in DIR (with its own settings; "
+                        "--steps may extend it)")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction,
+                   help="progress bar on standard error (default: only on a terminal)")
+
+    for name, text in (("summary", "print the summary table of a saved run"),
+                       ("plot", "write the figures of a saved run")):
+        q = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        q.add_argument("file", type=Path, metavar="FILE", help="results file (result.nc)")
+        q.add_argument("--epsilon", type=_number,
+                       help="tolerance of Theorem 4.1 (default: the one saved with the run)")
+        if name == "plot":
+            q.add_argument("--out", type=Path, metavar="DIR",
+                           help="folder of the figures (default: the folder of FILE)")
+    return p
+
+
+def _version():
+    from . import __version__
+
+    return __version__
+
+
+def _read_config(path):
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+
+    try:
+        with open(path, "rb") as f:
+            config = tomllib.load(f)
+    except FileNotFoundError:
+        raise InputError(f"config file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(f"cannot read config file {path}: {exc}") from None
+    unknown = sorted(set(config) - set(CONFIG_TYPES))
+    if unknown:
+        raise InputError(f"config file {path}: unknown key(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(CONFIG_TYPES))}")
+    for key, value in config.items():
+        types = CONFIG_TYPES[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise InputError(f"config file {path}: {key} = {value!r} should be "
+                             + " or ".join(t.__name__ for t in types))
+    if "out" in config:
+        config["out"] = Path(path).parent / config["out"]
+    return config
+
+
+def _options(args):
+    """Effective options of a fresh run: defaults < preset < config file < command line."""
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    config = _read_config(args.config) if "config" in vars(args) else {}
+    preset = given.get("preset", config.get("preset", DEFAULTS["preset"]))
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    base = {} if "clusters" in config else PRESETS[preset]
+    opts = {**DEFAULTS, **base, **config, **given, "preset": preset}
+    if "clusters" in opts:
+        opts.pop("preset")
+        clash = [k for k in PAPER_KEYS if k in given or k in config]
+        if clash:
+            raise UsageError(f"the config file gives clusters; drop {', '.join(clash)}")
+        if "eta" not in opts:
+            raise UsageError("a setting given by clusters needs eta (--eta or eta = ...)")
+    elif "eta" not in opts:
+        opts["eta"] = PRESET_ETA * max(1.0, opts["P"] / PRESET_P) ** (1 - opts["kappa_s"])
+    return opts
+
+
+def _setting(opts):
+    import mimfast as mf
+
+    pp = None if opts.get("pp", "auto") == "auto" else opts["pp"]
+    try:
+        if "clusters" in opts:
+            clusters = [mf.Cluster([mf.Group(**g) for g in c["groups"]], c.get("weight", 1.0))
+                        for c in opts["clusters"]]
+            if "masked" in opts:
+                return mf.Setting(clusters, masked=opts["masked"], pp=pp)
+            return mf.Setting(clusters, gamma=opts["gamma"], pp=pp)
+        z = opts["z"]
+        if isinstance(z, (list, tuple)):
+            if not 1 <= len(z) <= 2:
+                raise ValueError(f"z takes one value or two (global, local), got {len(z)}")
+            z = z[0] if len(z) == 1 else tuple(z)
+        return mf.Setting.paper(opts["P"], opts["kappa_c"], opts["kappa_s"],
+                                gamma=opts["gamma"], K=opts["K"], z=z, pp=pp)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UsageError(f"bad setting: {exc}") from None
+
+
+def _saved_options(out):
+    """Options and result of the run saved in folder ``out`` (checkpoint first)."""
+    from . import io
+
+    if not out.is_dir():
+        raise InputError(f"--resume: no such folder: {out}")
+    for name in (CHECKPOINT, RESULT):
+        if (out / name).is_file():
+            path = out / name
+            break
+    else:
+        raise InputError(f"--resume: {out} holds no {CHECKPOINT} or {RESULT} to continue")
+    try:
+        ds = io.open_dataset(path)
+        opts = json.loads(ds.attrs["run_options"])
+        return opts, io.from_dataset(ds)
+    except (io.ResultFileError, KeyError, ValueError) as exc:
+        raise InputError(f"--resume: {path} is not a resumable mimfast run ({exc})") from None
+
+
+class _Interrupts:
+    """Ctrl-C (SIGINT) and SIGTERM as KeyboardInterrupt, held back while :meth:`hold` is active.
+
+    An interrupt that lands inside a file write (netCDF, under xarray's locks) or inside the
+    progress bar could leave a lock taken or a file half written; there it is only noted, and
+    raised when the held section ends.
+    """
+
+    def __init__(self):
+        self.holding = self.pending = False
+        self.previous = {}
+
+    def _handler(self, signum, frame):
+        if self.holding:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: leave the handlers alone
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    @contextmanager
+    def hold(self):
+        """Run the block without interruption; raise a noted interrupt at its end."""
+        self.holding, outer = True, self.holding
+        try:
+            yield
+        finally:
+            self.holding = outer
+            if self.pending and not outer:
+                self.pending = False
+                raise KeyboardInterrupt
+
+
+class _Progress:
+    """Step callback: progress bar (tqdm) and checkpoints every N steps, not interruptible."""
+
+    def __init__(self, show, start, total, checkpoint, every, interrupts):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=start, unit="step", disable=not show,
+                        file=sys.stderr, dynamic_ncols=True, mininterval=0.25)
+        self.checkpoint, self.every, self.interrupts = checkpoint, every, interrupts
+
+    def __call__(self, t, grad, partial):
+        with self.interrupts.hold():
+            self.bar.update(1)
+            if not self.bar.disable:
+                own = min(float(a[:, 0].min()) for a in grad.attention)
+                self.bar.set_postfix_str(f"own-area attention (min) {own:.4f}", refresh=False)
+            if self.every and t % self.every == 0:
+                self.checkpoint(partial())
+
+    def close(self):
+        with self.interrupts.hold():
+            self.bar.close()
+
+
+def _run(args):
+    import mimfast as mf
+
+    from . import io
+    from .analysis import analyze
+
+    given = {k: v for k, v in vars(args).items() if k != "command"}
+    resume = None
+    if "resume" in given:
+        extra = sorted(set(given) - RESUME_KEYS)
+        if extra:
+            raise UsageError("--resume continues the saved run with its own settings; drop "
+                             + ", ".join("--" + k.replace("_", "-") for k in extra))
+        opts, resume = _saved_options(args.resume)
+        opts.update({k: v for k, v in given.items() if k in RESUME_KEYS}, out=str(args.resume))
+        opts.pop("resume")
+    else:
+        opts = _options(args)
+    out = Path(opts["out"])
+    setting = _setting(opts)
+    for key, least in (("steps", 0), ("record_every", 1), ("checkpoint_every", 0)):
+        if opts[key] < least:
+            raise UsageError(f"{key.replace('_', '-')} must be at least {least}, got {opts[key]}")
+    if not 0 < opts["epsilon"] < 1:
+        raise UsageError(f"epsilon must lie in (0, 1), got {opts['epsilon']}")
+    if opts["backend"] not in mf.backends():
+        raise UsageError(f"backend {opts['backend']!r} is not available here; "
+                         f"available: {', '.join(mf.backends())}")
+    if resume is not None and opts["steps"] < resume.last_step:
+        raise UsageError(f"--steps {opts['steps']}: the saved run is already at step "
+                         f"{resume.last_step}")
+    if resume is None and (out / CHECKPOINT).exists():
+        raise UsageError(f"{out} holds an unfinished run ({CHECKPOINT}): continue it with "
+                         f"`mimfast run --resume {out}`, or delete it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    saved = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()
+             if k not in ("progress", "threads")}
+    attrs = {"run_options": json.dumps(saved, sort_keys=True)}
+
+    def checkpoint(partial):
+        io.save(partial, out / CHECKPOINT, attrs=attrs)
+
+    show = opts.get("progress")
+    show = sys.stderr.isatty() if show is None else show
+    start = 0 if resume is None else resume.last_step
+    with _Interrupts() as interrupts:
+        progress = _Progress(show, start, opts["steps"], checkpoint, opts["checkpoint_every"],
+                             interrupts)
+        try:
+            result = mf.simulate(setting, float(opts["eta"]), opts["steps"],
+                                 opts["record_every"], backend=opts["backend"],
+                                 threads=opts.get("threads"), tail_tol=opts["tail_tol"],
+                                 resume=resume, callback=progress)
+        except mf.Interrupted as exc:
+            progress.close()
+            with interrupts.hold():
+                checkpoint(exc.result)
+            print(f"mimfast: interrupted after step {exc.result.last_step}; checkpoint saved "
+                  f"to {out / CHECKPOINT}; continue with `mimfast run --resume {out}`",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except KeyboardInterrupt:
+            progress.close()
+            print("mimfast: interrupted before the first step; nothing saved", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        progress.close()
+        with interrupts.hold():
+            analysis = analyze(result, opts["epsilon"])
+            _write_outputs(result, analysis, out, attrs, opts["plots"])
+            (out / CHECKPOINT).unlink(missing_ok=True)
+    return EXIT_OK
+
+
+def _write_outputs(result, analysis, out, attrs, plots):
+    from . import io
+
+    files = [io.save(result, out / RESULT, analysis, attrs),
+             io.export(result, out / "trajectories.csv")]
+    text = analysis.table()
+    (out / "summary.txt").write_text(text + "\n")
+    files.append(out / "summary.txt")
+    if plots:
+        from .plots import save_figures
+
+        files += save_figures(result, out, analysis)
+    print(text)
+    print("wrote " + ", ".join(str(f) for f in files), file=sys.stderr)
+
+
+def _load(path):
+    from . import io
+
+    try:
+        ds = io.open_dataset(path)
+        return io.from_dataset(ds), ds.attrs
+    except (FileNotFoundError, io.ResultFileError) as exc:
+        raise InputError(str(exc)) from None
+
+
+def _saved_analysis(args):
+    from .analysis import EPSILON, analyze
+
+    result, attrs = _load(args.file)
+    eps = getattr(args, "epsilon", None)
+    eps = float(attrs.get("analysis_epsilon", EPSILON)) if eps is None else eps
+    if not 0 < eps < 1:
+        raise UsageError(f"epsilon must lie in (0, 1), got {eps}")
+    return result, analyze(result, eps)
+
+
+def _summary(args):
+    print(_saved_analysis(args)[1].table())
+    return EXIT_OK
+
+
+def _plot(args):
+    from .plots import save_figures
+
+    result, analysis = _saved_analysis(args)
+    out = args.out if args.out is not None else args.file.parent
+    paths = save_figures(result, out, analysis)
+    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return EXIT_OK
+
+
+def main(argv=None):
+    """Entry point of the ``mimfast`` command; returns the exit code.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 success, 1 run failed, 2 bad usage, 3 bad input file, 130 interrupted.
+    """
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) and usage errors (2)
+        return int(exc.code or 0)
+    command = {"run": _run, "summary": _summary, "plot": _plot}[args.command]
+    try:
+        return command(args)
+    except UsageError as exc:
+        print(f"mimfast {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except InputError as exc:
+        print(f"mimfast {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("mimfast: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into a reader that stopped (e.g. `| head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+    except (FloatingPointError, ValueError, ImportError, OSError) as exc:
+        print(f"mimfast {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

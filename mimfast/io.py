@@ -1,0 +1,371 @@
+"""Saved results: one self-describing NetCDF file per run, and a flat table export.
+
+A results file (NetCDF-4, written through xarray with the netCDF4 engine) holds the setting,
+every recorded trajectory on named dimensions, the state after the last completed step, the
+analysis of Theorem 4.1, the mimfast version and the backend. Floats are stored as float64,
+so :func:`load` gives back a :class:`~mimfast.Result` equal bit for bit to the saved one
+(:func:`equal`); a saved unfinished run can therefore be resumed exactly.
+
+Layout (dimension names)::
+
+    step          recorded steps (coordinate)
+    cluster       k
+    query_group   h, the group of the query (padded to the largest cluster with NaN)
+    key           "own", "group0", "group1", ...: the key categories of a query
+    pp_key        "self", "own", "group0", ...: the PP key categories (exact PP only)
+    claim         the claims of Theorem 4.1 checked by the analysis
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import numpy as np
+
+from .model import State
+from .setting import Cluster, Group, Setting
+from .simulate import Result
+
+__all__ = ["FORMAT", "ResultFileError", "equal", "export", "from_dataset", "load",
+           "open_dataset", "save", "table", "to_dataset"]
+
+FORMAT = 1
+ENGINE = "netcdf4"
+
+
+class ResultFileError(ValueError):
+    """A file that is not a readable mimfast results file."""
+
+
+def _pad(arrays, shape):
+    out = np.full((len(arrays),) + shape, np.nan)
+    for i, a in enumerate(arrays):
+        out[(i,) + tuple(slice(0, n) for n in np.shape(a))] = a
+    return out
+
+
+def _keys(G, pp=False):
+    return (["self"] if pp else []) + ["own"] + [f"group{g}" for g in range(G)]
+
+
+def to_dataset(result, analysis=None, attrs=None):
+    """The :class:`xarray.Dataset` that :func:`save` writes.
+
+    Parameters
+    ----------
+    result : Result
+    analysis : Analysis, optional
+        Stored as per-class variables and the ``claim`` dimension.
+    attrs : dict, optional
+        Extra global attributes (str, int or float values).
+
+    Returns
+    -------
+    xarray.Dataset
+    """
+    import xarray as xr
+
+    from . import __version__
+
+    s = result.setting
+    K, G = s.K, max(len(c.groups) for c in s.clusters)
+    per_class = ("step", "cluster", "query_group", "key")
+    n = len(result.steps)
+
+    def by_class(get, with_key=True):
+        shape = (n, K, G, 1 + G) if with_key else (n, K, G)
+        out = np.full(shape, np.nan)
+        for k, h in s.classes():
+            if with_key:
+                for j, key in enumerate(["own"] + list(range(len(s.clusters[k].groups)))):
+                    out[:, k, h, j] = get(k, h, key)
+            else:
+                out[:, k, h] = get(k, h)
+        return out
+
+    groups = [c.groups for c in s.clusters]
+    data = {
+        "loss": (("step",), result.loss, {"long_name": "population loss L"}),
+        "fp": (per_class, by_class(result.fp),
+               {"long_name": "FP correlation A[k][h][key], per area"}),
+        "fp_grad": (per_class, by_class(result.fp_grad),
+                    {"long_name": "dL/dA[k][h][key], per area"}),
+        "attention": (per_class, by_class(result.attention),
+                      {"long_name": "expected attention of a masked query on the unmasked keys "
+                                    "of the category"}),
+        "patch_loss": (per_class[:3], by_class(result.patch_loss, False),
+                       {"long_name": "E[l | k, h], expected loss of a masked query"}),
+        "state_fp": (("cluster", "query_group", "key"),
+                     _pad(result.state.fp, (G, 1 + G)),
+                     {"long_name": "FP correlations after the last completed step"}),
+        "areas": (("cluster", "query_group"), _pad_int([[g.areas for g in gs] for gs in groups], G),
+                  {"long_name": "areas of the group (0: no such group)"}),
+        "size": (("cluster", "query_group"), _pad_int([[g.size for g in gs] for gs in groups], G),
+                 {"long_name": "patches per area"}),
+        "z": (("cluster", "query_group"), _pad([[g.z for g in gs] for gs in groups], (G,)),
+              {"long_name": "latent of the group's features"}),
+        "weight": (("cluster",), np.array([c.weight for c in s.clusters]),
+                   {"long_name": "unnormalised prior weight of the cluster"}),
+    }
+    coords = {"step": result.steps, "cluster": np.arange(K), "query_group": np.arange(G),
+              "key": _keys(G)}
+    if s.pp == "exact":
+        pp = np.stack([np.stack([result.pp(h, key) for key in ["self", "own"] + list(range(G))],
+                                axis=-1) for h in range(G)], axis=1)
+        data["pp"] = (("step", "query_group", "pp_key"), pp,
+                      {"long_name": "PP correlation B[h][key], per key position"})
+        data["state_pp"] = (("query_group", "pp_key"), result.state.pp,
+                            {"long_name": "PP correlations after the last completed step"})
+        coords["pp_key"] = _keys(G, pp=True)
+    info = {
+        "title": "mimfast run: exact population GD of masked image modeling",
+        "mimfast_format": FORMAT,
+        "mimfast_version": __version__,
+        "backend": result.backend,
+        "eta": float(result.eta),
+        "record_every": int(result.record_every),
+        "last_step": int(result.last_step),
+        "dropped": float(result.dropped),
+        "P": int(s.P),
+        "masked": int(s.masked),
+        "pp": s.pp,
+    }
+    if s.kappa is not None:
+        info["kappa_c"], info["kappa_s"] = map(float, s.kappa)
+    ds = xr.Dataset({k: xr.Variable(d, v, a) for k, (d, v, a) in data.items()}, coords=coords,
+                    attrs=info)
+    if analysis is not None:
+        extra = _analysis_dataset(analysis, K, G)
+        ds = ds.merge(extra)
+        ds.attrs = {**info, **extra.attrs}
+    ds.attrs.update(attrs or {})
+    return ds
+
+
+def _pad_int(rows, G):
+    out = np.zeros((len(rows), G), dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _analysis_dataset(analysis, K, G):
+    import xarray as xr
+
+    def field(name, missing=-1, dtype=np.int64):
+        out = np.full((K, G), missing, dtype=dtype)
+        for c in analysis.classes:
+            v = getattr(c, name)
+            out[c.k, c.h] = missing if v is None else v
+        return ("cluster", "query_group"), out
+
+    dims_int = {"phase_switch": "first recorded step where the own feature has the largest FP "
+                                "gradient (-1: never)",
+                "convergence_time": "T_eps, first recorded step with own-area attention >= "
+                                    "1 - eps (-1: never)",
+                "global_fp_min_step": "recorded step of the global FP minimum (-1: none)"}
+    variables = {name: xr.Variable(*field(name), {"long_name": text})
+                 for name, text in dims_int.items()}
+    variables["irreducible_loss"] = xr.Variable(
+        *field("irreducible", np.nan, np.float64),
+        {"long_name": "irreducible part of E[l | k, h]: z_h^2 Pr(U_own = 0) / 2"})
+    variables["global_fp_min"] = xr.Variable(
+        *field("global_fp_min", np.nan, np.float64),
+        {"long_name": "minimum over the run of the global FP correlation"})
+    holds = [-1 if c.holds is None else int(c.holds) for c in analysis.claims]
+    variables["claim_holds"] = xr.Variable(
+        ("claim",), np.array(holds, dtype=np.int8),
+        {"long_name": "claim of Theorem 4.1 holds (1), fails (0), not applicable (-1)"})
+    variables["claim_detail"] = xr.Variable(("claim",), [c.detail for c in analysis.claims])
+    variables["claim_statement"] = xr.Variable(("claim",), [c.statement for c in analysis.claims])
+    attrs = {"analysis_epsilon": analysis.epsilon, "analysis_summary": analysis.table()}
+    if analysis.delta is not None:
+        attrs["information_gap"] = analysis.delta
+        attrs["information_gap_actual"] = analysis.delta_actual
+    return xr.Dataset(variables, coords={"claim": [c.name for c in analysis.claims]},
+                      attrs=attrs)
+
+
+def save(result, path, analysis=None, attrs=None):
+    """Write ``result`` (and its analysis) to a NetCDF results file, atomically.
+
+    The file is written next to ``path`` and renamed over it, so an interrupted save never
+    leaves a truncated file behind.
+
+    Parameters
+    ----------
+    result : Result
+    path : str or Path
+    analysis : Analysis, optional
+    attrs : dict, optional
+        Extra global attributes.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    path = Path(path)
+    ds = to_dataset(result, analysis, attrs)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        ds.to_netcdf(tmp, engine=ENGINE)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def open_dataset(path):
+    """Read a results file into memory as an :class:`xarray.Dataset`.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist.
+    ResultFileError
+        When it is not a readable mimfast results file.
+    """
+    import xarray as xr
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such results file: {path}")
+    try:
+        with xr.open_dataset(path, engine=ENGINE) as ds:
+            ds = ds.load()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ResultFileError(f"{path} is not a readable NetCDF file ({exc})") from None
+    version = ds.attrs.get("mimfast_format")
+    if version is None:
+        raise ResultFileError(f"{path} is a NetCDF file but not a mimfast results file")
+    if int(version) > FORMAT:
+        raise ResultFileError(f"{path} has results format {version}; this mimfast reads up to "
+                              f"{FORMAT} (upgrade mimfast)")
+    return ds
+
+
+def from_dataset(ds):
+    """Rebuild the :class:`Result` stored in a results dataset (see :func:`to_dataset`)."""
+    try:
+        return _from_dataset(ds)
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise ResultFileError(f"incomplete or inconsistent mimfast results file ({exc})") from None
+
+
+def _from_dataset(ds):
+    a = ds.attrs
+    areas, size, z = ds["areas"].values, ds["size"].values, ds["z"].values
+    clusters, sizes = [], []
+    for k, w in enumerate(ds["weight"].values):
+        G = int(np.count_nonzero(areas[k]))
+        clusters.append(Cluster([Group(int(areas[k, h]), int(size[k, h]), float(z[k, h]))
+                                 for h in range(G)], weight=float(w)))
+        sizes.append(G)
+    setting = Setting(clusters, masked=int(a["masked"]), pp=str(a["pp"]))
+    if "kappa_c" in a:
+        setting.kappa = (float(a["kappa_c"]), float(a["kappa_s"]))
+
+    def per(name):
+        return [ds[name].values[:, k, :G, : 1 + G] for k, G in enumerate(sizes)]
+
+    pp = ds["pp"].values if "pp" in ds else None
+    state = State([ds["state_fp"].values[k, :G, : 1 + G].copy() for k, G in enumerate(sizes)],
+                  ds["state_pp"].values.copy() if "state_pp" in ds else None)
+    state.check(setting)
+    return Result(
+        setting, str(a["backend"]), float(a["eta"]), ds["step"].values, ds["loss"].values,
+        per("fp"), per("fp_grad"), per("attention"),
+        [ds["patch_loss"].values[:, k, :G] for k, G in enumerate(sizes)], pp, state,
+        float(a["dropped"]), last_step=int(a["last_step"]), record_every=int(a["record_every"]))
+
+
+def load(path):
+    """Load the :class:`Result` saved in a results file.
+
+    Raises
+    ------
+    FileNotFoundError, ResultFileError
+    """
+    return from_dataset(open_dataset(path))
+
+
+def equal(a, b):
+    """Whether two results are equal bit for bit: setting, run parameters, every recorded
+    trajectory and the state after the last completed step."""
+    s = a.setting
+    if (s != b.setting or s.kappa != b.setting.kappa or a.backend != b.backend
+            or a.eta != b.eta or a.record_every != b.record_every or a.last_step != b.last_step
+            or a.dropped != b.dropped or not np.array_equal(a.steps, b.steps)
+            or not np.array_equal(a.loss, b.loss)):
+        return False
+    for k, h in s.classes():
+        for key in ["own"] + list(range(len(s.clusters[k].groups))):
+            for name in ("fp", "fp_grad", "attention"):
+                if not np.array_equal(getattr(a, name)(k, h, key), getattr(b, name)(k, h, key)):
+                    return False
+        if not np.array_equal(a.patch_loss(k, h), b.patch_loss(k, h)):
+            return False
+    states = [(a.state.fp, b.state.fp)]
+    if s.pp == "exact":
+        G = len(s.clusters[0].groups)
+        for h in range(G):
+            for key in ["self", "own"] + list(range(G)):
+                if not np.array_equal(a.pp(h, key), b.pp(h, key)):
+                    return False
+        states.append(([a.state.pp], [b.state.pp]))
+    return all(len(x) == len(y) and all(np.array_equal(u, v) for u, v in zip(x, y))
+               for x, y in states)
+
+
+def table(result):
+    """The trajectories as a flat :class:`pandas.DataFrame`, one row per (step, k, h).
+
+    Columns: ``step``, ``cluster``, ``group``, ``class``, ``loss`` (population), ``patch_loss``,
+    ``loss_gap``, then ``attention_<key>``, ``fp_<key>``, ``fp_grad_<key>`` and (exact PP)
+    ``pp_<key>`` for the keys ``own``, ``group0``, ... (and ``self`` for PP).
+    """
+    import pandas as pd
+
+    from .analysis import class_name, loss_gap
+
+    s = result.setting
+    parts = []
+    for k, h in s.classes():
+        G = len(s.clusters[k].groups)
+        cols = {"step": result.steps, "cluster": k, "group": h, "class": class_name(s, k, h),
+                "loss": result.loss, "patch_loss": result.patch_loss(k, h),
+                "loss_gap": loss_gap(result, k, h)}
+        for name in ("attention", "fp", "fp_grad"):
+            for key, label in zip(["own"] + list(range(G)), _keys(G)):
+                cols[f"{name}_{label}"] = getattr(result, name)(k, h, key)
+        if s.pp == "exact":
+            for key, label in zip(["self", "own"] + list(range(G)), _keys(G, pp=True)):
+                cols[f"pp_{label}"] = result.pp(h, key)
+        parts.append(pd.DataFrame(cols))
+    return pd.concat(parts, ignore_index=True).sort_values(["step", "cluster", "group"],
+                                                          kind="stable", ignore_index=True)
+
+
+def export(result, path):
+    """Write :func:`table` to ``path``: Parquet for a ``.parquet`` suffix, else CSV.
+
+    CSV floats are written with full precision (they read back to the same float64).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    path = Path(path)
+    df = table(result)
+    if path.suffix == ".parquet":
+        try:
+            df.to_parquet(path, index=False)
+        except ImportError as exc:
+            raise ImportError(f"Parquet export needs pyarrow or fastparquet ({exc}); "
+                              "use a .csv path instead") from None
+    else:
+        df.to_csv(path, index=False)
+    return path

@@ -1,0 +1,196 @@
+"""Figures of a run (matplotlib, headless): FP correlations with the phase switch, own-area
+attention and loss gap on log axes, PP beside FP on the same scale.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly, so no GUI backend and no
+global pyplot state is involved; matplotlib is imported only when a figure is made.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .analysis import analyze, class_name, fp_keys, paper_shaped, pp_fp_sizes
+
+__all__ = ["FIGURES", "attention_figure", "fp_figure", "pp_figure", "save_figures"]
+
+DPI = 130
+
+
+def _figure(ncols, width=5.2, height=3.8):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def _key_label(setting, h, g):
+    """What the FP/PP key category ``g`` (a group index) is, seen from a query of group h."""
+    if paper_shaped(setting):
+        return "global area" if g == 0 else ("other local areas" if h == 1 else "local areas")
+    return f"group {g}" + (" (other areas)" if g == h else "")
+
+
+def _color(key):
+    """One color per key category in every figure: own area, group 0, group 1, ..., self."""
+    return {"own": "C0", "self": "0.45"}.get(key) or f"C{1 + key}"
+
+
+def fp_figure(result, analysis=None):
+    """FP correlations over time, one panel per query class, phase switch marked.
+
+    Parameters
+    ----------
+    result : Result
+    analysis : Analysis, optional
+        Its phase switches are marked (computed when not given).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    s = result.setting
+    analysis = analysis or analyze(result)
+    fig, axes = _figure(len(analysis.classes))
+    for ax, c in zip(axes, analysis.classes):
+        for key in fp_keys(s, c.k, c.h):
+            label = "own area" if key == "own" else _key_label(s, c.h, key)
+            ax.plot(result.steps, result.fp(c.k, c.h, key), color=_color(key), label=label,
+                    lw=1.8)
+        if c.phase_switch is None:
+            note = "own feature never leads"
+        elif c.phase_switch == 0:
+            note = "one phase: own feature leads from step 0"
+        else:
+            note = f"phase switch at step {c.phase_switch}"
+            ax.axvline(c.phase_switch, color="0.3", ls="--", lw=1, label=note)
+        ax.axhline(0, color="0.8", lw=0.8, zorder=0)
+        ax.set_title(f"{c.name} query ({c.areas} x {c.size} patches)\n{note}", fontsize=10)
+        ax.set_xlabel("GD step")
+        ax.set_ylabel(r"FP correlation $e_p^\top Q\, v$ (per area)")
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(_title(result, "FP correlations"), fontsize=11)
+    return fig
+
+
+def attention_figure(result, analysis=None):
+    """Own-area attention (logit axis) and loss gap (log axis) over time, per query class.
+
+    Parameters
+    ----------
+    result : Result
+    analysis : Analysis, optional
+        Its epsilon and convergence times T_eps are marked (computed when not given).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from .analysis import loss_gap
+
+    analysis = analysis or analyze(result)
+    eps = analysis.epsilon
+    fig, (left, right) = _figure(2)
+    for i, c in enumerate(analysis.classes):
+        color = f"C{i}"
+        a = result.attention(c.k, c.h, "own")
+        left.plot(result.steps, np.clip(a, 1e-12, 1 - 1e-12), color=color, lw=1.8, label=c.name)
+        if c.convergence_time is not None:
+            left.plot([c.convergence_time], [1 - eps], "o", color=color, ms=5,
+                      label=f"{c.name}: T_eps = {c.convergence_time}")
+        gap = loss_gap(result, c.k, c.h)
+        right.plot(result.steps, np.where(gap > 0, gap, np.nan), color=color, lw=1.8,
+                   label=c.name)
+    left.axhline(1 - eps, color="0.3", ls="--", lw=1, label=f"1 - eps = {1 - eps:g}")
+    left.set_yscale("logit")
+    left.set_ylabel("own-area attention (logit scale)")
+    left.set_title("expected attention of a masked query\non the unmasked patches of its own area",
+                   fontsize=10)
+    right.axhline(eps, color="0.3", ls="--", lw=1, label=f"eps = {eps:g}")
+    right.set_yscale("log")
+    right.set_ylabel("loss gap  E[l | k, h] - irreducible")
+    right.set_title("expected loss of a masked query\nabove its irreducible part", fontsize=10)
+    for ax in (left, right):
+        ax.set_xlabel("GD step")
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(_title(result, "convergence"), fontsize=11)
+    return fig
+
+
+def pp_figure(result):
+    """PP correlations beside the FP correlations, on the same vertical scale.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    s = result.setting
+    fig, (left, right) = _figure(2)
+    right.sharey(left)
+    styles = ["-", "--", ":", "-."]
+    for i, (k, h) in enumerate(s.classes()):
+        name = class_name(s, k, h)
+        for key in fp_keys(s, k, h):
+            label = "own area" if key == "own" else _key_label(s, h, key)
+            left.plot(result.steps, result.fp(k, h, key), color=_color(key), ls=styles[i % 4],
+                      lw=1.6, label=f"{name} query, {label}")
+    if s.pp == "exact":
+        for i, (_, h) in enumerate(s.classes()):
+            name = class_name(s, 0, h)
+            for key in ["self"] + fp_keys(s, 0, h):
+                label = {"self": "itself", "own": "own area"}.get(key) or _key_label(s, h, key)
+                right.plot(result.steps, result.pp(h, key), color=_color(key), ls=styles[i % 4],
+                           lw=1.6, label=f"{name} query, {label}")
+        right.legend(fontsize=7, loc="upper right")
+        pp, fp = pp_fp_sizes(result)
+        right.text(0.5, 0.3, f"largest |PP| = {pp:.3g}\n= {pp / fp:.1%} of the largest |FP|",
+                   ha="center", va="center", transform=right.transAxes, fontsize=9,
+                   bbox={"facecolor": "white", "edgecolor": "0.7"})
+    else:
+        right.text(0.5, 0.5, "PP correlations frozen at 0\n(pp='frozen')", ha="center",
+                   va="center", transform=right.transAxes)
+    left.set_title(r"FP correlations $e_p^\top Q\, v$ (per area)", fontsize=10)
+    right.set_title(r"PP correlations $e_p^\top Q\, e_q$ (per key position)", fontsize=10)
+    left.set_ylabel("correlation (same scale in both panels)")
+    for ax in (left, right):
+        ax.axhline(0, color="0.8", lw=0.8, zorder=0)
+        ax.set_xlabel("GD step")
+    left.legend(fontsize=7, loc="best")
+    fig.suptitle(_title(result, "PP stays small beside FP"), fontsize=11)
+    return fig
+
+
+def _title(result, what):
+    s = result.setting
+    gap = f", Delta = {s.delta:+.2f}" if paper_shaped(s) else ""
+    return f"{what}: P = {s.P:,}, masked {s.masked:,}{gap}, eta = {result.eta:g}"
+
+
+FIGURES = {"fp": fp_figure, "attention": attention_figure, "pp": pp_figure}
+
+
+def save_figures(result, folder, analysis=None):
+    """Write every figure of :data:`FIGURES` as ``<folder>/<name>.png``.
+
+    Parameters
+    ----------
+    result : Result
+    folder : str or Path
+        Created if missing.
+    analysis : Analysis, optional
+
+    Returns
+    -------
+    list of pathlib.Path
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    analysis = analysis or analyze(result)
+    paths = []
+    for name, make in FIGURES.items():
+        fig = make(result) if name == "pp" else make(result, analysis)
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=DPI)
+        paths.append(path)
+    return paths

@@ -1,0 +1,163 @@
+"""mimfast.analysis on hand-made trajectories with known answers, and on real runs."""
+
+from fractions import Fraction
+from math import comb
+
+import numpy as np
+import pytest
+
+import mimfast as mf
+from mimfast import analysis as A
+
+STEPS = np.array([0, 10, 20, 30])
+
+
+def paper(P=100, kappa_c=0.9):
+    return mf.Setting.paper(P, kappa_c, 0.3)  # P = 100: global 1 x 64, local 9 x 4
+
+
+def known_result(setting, own_grad, global_grad, attention_own, fp_global, pp=None,
+                 patch_loss=0.3):
+    """A Result whose local class (k=0, h=1) has the given trajectories.
+
+    The global class (h=0) leads with its own feature from the start and has converged.
+    Columns: own, group 0, group 1.
+    """
+    n = len(STEPS)
+    fp = np.zeros((n, 2, 3))
+    grad = np.zeros((n, 2, 3))
+    att = np.zeros((n, 2, 3))
+    fp[:, 1, 1] = fp_global
+    fp[:, 0, 0] = fp[:, 1, 0] = np.linspace(0, 5, n)
+    grad[:, 1, 0], grad[:, 1, 1], grad[:, 1, 2] = own_grad, global_grad, 1e-3
+    grad[:, 0, 0], grad[:, 0, 2] = -1.0, 0.5
+    att[:, 1, 0] = attention_own
+    att[:, 0, 0] = 0.99
+    loss = np.full((n, 2), patch_loss)
+    state = mf.State.zeros(setting)
+    pp_traj = None
+    if setting.pp == "exact":
+        pp_traj = np.zeros((n, 2, 4)) if pp is None else pp
+    return mf.Result(setting, "cpp", 1.0, STEPS, np.linspace(3, 1, n), [fp], [grad], [att],
+                     [loss], pp_traj, state, 0.0, record_every=10)
+
+
+TWO_PHASES = {"own_grad": [-1.0, -2.0, -5.0, -6.0], "global_grad": [4.0, 3.0, 4.0, 1.0],
+              "attention_own": [0.01, 0.5, 0.96, 0.999], "fp_global": [0.0, -2.0, -3.0, -2.5]}
+
+
+def test_phase_switch_is_first_recorded_step_where_own_gradient_leads():
+    r = known_result(paper(), **TWO_PHASES)
+    assert A.phase_switch(r, 0, 1) == 20  # |-5| >= 4 first at step 20 (|-2| < 3 before)
+    assert A.phase_switch(r, 0, 0) == 0  # the global query leads from the start
+    r = known_result(paper(), **{**TWO_PHASES, "own_grad": [-9.0, -9.0, -9.0, -9.0]})
+    assert A.phase_switch(r, 0, 1) == 0
+    r = known_result(paper(), **{**TWO_PHASES, "own_grad": [-1.0, -1.0, -1.0, -0.5]})
+    assert A.phase_switch(r, 0, 1) is None
+    # equality counts as leading; the other local areas' gradient is a rival too
+    r = known_result(paper(), **{**TWO_PHASES, "own_grad": [4.0, 1e-4, 1e-4, 1e-4]})
+    assert A.phase_switch(r, 0, 1) == 0
+    r = known_result(paper(), **{**TWO_PHASES, "global_grad": [0.0] * 4,
+                                 "own_grad": [1e-4, 1e-2, 1e-2, 1e-2]})
+    assert A.phase_switch(r, 0, 1) == 10
+
+
+def test_convergence_time_and_global_minimum():
+    r = known_result(paper(), **TWO_PHASES)
+    assert A.convergence_time(r, 0, 1, 0.05) == 20
+    assert A.convergence_time(r, 0, 1, 0.5) == 10
+    assert A.convergence_time(r, 0, 1, 1e-4) is None
+    assert A.global_fp_min(r, 0, 1) == (-3.0, 20)
+    assert A.global_fp_min(r, 0, 0) is None  # the global query has no other global area
+
+
+def test_irreducible_loss_matches_exact_hypergeometric():
+    s = mf.Setting([mf.Cluster([mf.Group(1, 7, z=1.5), mf.Group(4, 3, z=0.5)])], masked=11)
+    P, u = s.P, s.unmasked
+    for h, (c, z) in enumerate([(7, 1.5), (3, 0.5)]):
+        exact = 0.5 * z**2 * comb(P - c, u) / comb(P - 1, u)
+        assert A.irreducible_loss(s, 0, h) == pytest.approx(exact, rel=1e-13)
+    # the own area has no other position: always "entirely masked"
+    s1 = mf.Setting([mf.Cluster([mf.Group(1, 3), mf.Group(2, 1)])], masked=2)
+    assert A.irreducible_loss(s1, 0, 1) == pytest.approx(0.5, rel=1e-15)
+
+
+def test_irreducible_loss_is_accurate_at_a_billion_patches():
+    s = mf.Setting.paper(10**9, 0.9, 0.3)
+    P, u = s.P, s.unmasked
+    for h in (0, 1):
+        c = s.clusters[0].groups[h].size
+        # Pr(U_own = 0) = prod_{i < c-1} (P-1-u-i) / (P-1-i), exactly in rationals (local) or
+        # through its logarithm (the huge global area underflows to 0 anyway)
+        if c < 1000:
+            pr = Fraction(1)
+            for i in range(c - 1):
+                pr *= Fraction(P - 1 - u - i, P - 1 - i)
+            assert A.irreducible_loss(s, 0, h) == pytest.approx(float(pr) / 2, rel=1e-12)
+        else:
+            assert A.irreducible_loss(s, 0, h) == 0.0
+
+
+def test_loss_gap_subtracts_the_irreducible_part():
+    s = paper()
+    r = known_result(s, **TWO_PHASES)
+    np.testing.assert_allclose(A.loss_gap(r, 0, 1), 0.3 - A.irreducible_loss(s, 0, 1))
+    assert A.irreducible_loss(s, 0, 1) == pytest.approx(0.5 * comb(96, 50) / comb(99, 50))
+
+
+def test_analyze_says_which_claims_hold():
+    s = paper()  # Delta = 0.5 > 0: two phases predicted for the local areas
+    r = known_result(s, **TWO_PHASES, patch_loss=1e-3)
+    a = A.analyze(r, epsilon=0.05)
+    claims = {c.name: c.holds for c in a.claims}
+    assert claims == {"loss_gap": True, "attention": True, "local_phases": True,
+                      "global_phases": True, "pp_small": True}
+    local = a.classes[1]
+    assert (local.name, local.phase_switch, local.phases, local.convergence_time) == \
+        ("local", 20, 2, 20)
+    assert (local.global_fp_min, local.global_fp_min_step) == (-3.0, 20)
+    assert a.holds
+    text = a.table()
+    for word in ("global", "local", "Delta = +0.5000", "holds", "-3.0000 @ 20"):
+        assert word in text
+
+    # one phase although Delta > 0, attention short of 1 - eps, loss gap too large, big PP
+    pp = np.zeros((len(STEPS), 2, 4))
+    pp[-1, 1, 1] = 4.0
+    r = known_result(s, **{**TWO_PHASES, "own_grad": [-9.0] * 4,
+                           "attention_own": [0.1, 0.2, 0.3, 0.4]}, pp=pp, patch_loss=0.2)
+    a = A.analyze(r, epsilon=0.05)
+    claims = {c.name: c.holds for c in a.claims}
+    assert claims == {"loss_gap": False, "attention": False, "local_phases": False,
+                      "global_phases": True, "pp_small": False}
+    assert not a.holds and "FAILS" in a.table()
+
+
+def test_analyze_outside_the_paper_shape_marks_phase_claims_not_applicable():
+    s = mf.Setting([mf.Cluster([mf.Group(1, 4), mf.Group(3, 2)]),
+                    mf.Cluster([mf.Group(2, 3), mf.Group(2, 2)])], gamma=0.5)
+    r = mf.simulate(s, 3.0, 20, threads=1)
+    a = A.analyze(r)
+    claims = {c.name: c for c in a.claims}
+    assert claims["local_phases"].holds is None and claims["global_phases"].holds is None
+    assert claims["pp_small"].holds is True  # frozen
+    assert [c.name for c in a.classes] == ["k0 group 0", "k0 group 1", "k1 group 0", "k1 group 1"]
+    assert a.delta is None and "n/a" in a.table()
+    with pytest.raises(ValueError, match="epsilon"):
+        A.analyze(r, epsilon=1.5)
+
+
+@pytest.mark.parametrize("kappa_c, phases", [(0.9, 2), (0.6, 1)])
+def test_the_paper_regimes_at_small_P(kappa_c, phases):
+    s = mf.Setting.paper(10**4, kappa_c, 0.3)
+    r = mf.simulate(s, 20.0, 300, record_every=2, threads=1)
+    a = A.analyze(r)
+    assert a.holds, a.table()
+    glob, local = a.classes
+    assert glob.phases == 1 and local.phases == phases
+    # for the local query the largest rival gradient is the global-decoupling one (SPEC §5)
+    own, glob_grad = np.abs(r.fp_grad(0, 1, "own")), np.abs(r.fp_grad(0, 1, 0))
+    assert local.phase_switch == r.steps[np.argmax(own >= glob_grad)]
+    assert local.phase_switch % 2 == 0  # a recorded step
+    if phases == 2:
+        assert 0 < local.phase_switch < local.convergence_time

@@ -1,0 +1,212 @@
+"""The mimfast command: options, config file, bad input, exit codes, figures, kill and resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import mimfast as mf
+from mimfast import io
+from mimfast.cli import main
+
+# one thread: the machine running the tests may be busy, and OpenMP spin-waits then
+SMALL = ["--P", "1e3", "--eta", "5", "--steps", "40", "--no-plots", "--threads", "1"]
+
+
+def run_ok(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out, err
+
+
+def test_run_writes_results_figures_and_summary(tmp_path, capsys):
+    out, _ = run_ok(["run", "--preset", "paper-negative", "--P", "10**3", "--eta", "5",
+                     "--steps", "60", "--record-every", "3", "--threads", "1",
+                     "--out", str(tmp_path)], capsys)
+    assert "Theorem 4.1" in out and "local" in out and "Delta = -0.1000" in out
+    assert (tmp_path / "summary.txt").read_text().strip() == out.strip()
+    for name in ("fp.png", "attention.png", "pp.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 20_000, name
+    r = io.load(tmp_path / "result.nc")
+    assert r.setting == mf.Setting.paper(1000, 0.6, 0.3) and r.setting.kappa == (0.6, 0.3)
+    assert (r.eta, r.last_step, r.record_every) == (5.0, 60, 3)
+    assert io.equal(r, mf.simulate(r.setting, 5.0, 60, record_every=3, threads=1))
+    assert (tmp_path / "trajectories.csv").stat().st_size > 0
+    assert not (tmp_path / "checkpoint.nc").exists()
+
+    out, _ = run_ok(["summary", str(tmp_path / "result.nc")], capsys)
+    assert out.strip() == (tmp_path / "summary.txt").read_text().strip()
+    figures = tmp_path / "figures"
+    run_ok(["plot", str(tmp_path / "result.nc"), "--out", str(figures), "--epsilon", "0.1"],
+           capsys)
+    assert sorted(p.name for p in figures.iterdir()) == ["attention.png", "fp.png", "pp.png"]
+    assert all(p.stat().st_size > 20_000 for p in figures.iterdir())
+
+
+def test_options_override_config_which_overrides_preset(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('preset = "paper-negative"\nP = 2000\nkappa_s = 0.4\neta = 2.5\n'
+                      'steps = 30\nz = [1.0, 0.8]\nout = "result-folder"\nplots = false\n'
+                      'threads = 1\n')
+    run_ok(["run", "--config", str(config), "--steps", "12", "--gamma", "0.25"], capsys)
+    r = io.load(tmp_path / "result-folder" / "result.nc")
+    assert r.setting == mf.Setting.paper(2000, 0.6, 0.4, gamma=0.25, z=(1.0, 0.8))
+    assert (r.eta, r.last_step) == (2.5, 12)
+
+
+def test_config_with_any_setting(tmp_path, capsys):
+    config = tmp_path / "any.toml"
+    config.write_text("masked = 4\neta = 3.0\nsteps = 10\nplots = false\nthreads = 1\n"
+                      "[[clusters]]\ngroups = [{areas = 1, size = 4}, {areas = 3, size = 2}]\n"
+                      "[[clusters]]\nweight = 2.0\n"
+                      "groups = [{areas = 2, size = 3, z = 1.5}, {areas = 2, size = 2}]\n")
+    out, _ = run_ok(["run", "--config", str(config), "--out", str(tmp_path / "o")], capsys)
+    r = io.load(tmp_path / "o" / "result.nc")
+    assert r.setting.K == 2 and r.setting.masked == 4 and r.setting.pp == "frozen"
+    assert r.setting.clusters[1].groups[0].z == 1.5 and "n/a" in out
+
+
+def test_help_and_version(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "exit codes" in text and "130" in text
+    assert main(["run", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--resume" in text and "--checkpoint-every" in text and "TOML" in text
+    assert main(["--version"]) == 0
+    assert mf.__version__ in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    ([], 2, "required"),
+    (["run", "--bogus"], 2, "unrecognized"),
+    (["run", "--P", "abc"], 2, "not a whole number"),
+    (["run", "--preset", "nope"], 2, "invalid choice"),
+    (["run", "--kappa-c", "1.5"] + SMALL, 2, "kappa_c must lie in (0, 1)"),
+    (["run", "--backend", "fortran"] + SMALL, 2, "backend 'fortran' is not available"),
+    (["run", "--steps", "-1", "--P", "1e3"], 2, "steps must be at least 0"),
+    (["run", "--z", "1", "2", "3"] + SMALL, 2, "z takes one value or two"),
+    (["run", "--eta", "1e9", "--P", "1e3", "--steps", "5", "--no-plots", "--threads", "1"], 1,
+     "too large"),
+    (["run", "--config", "missing.toml"], 3, "config file not found"),
+    (["summary", "missing.nc"], 3, "no such results file"),
+    (["plot", "missing.nc"], 3, "no such results file"),
+    (["run", "--resume", "no-such-folder"], 3, "no such folder"),
+])
+def test_bad_input_exit_codes(argv, code, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == code
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("P = [1, 2", "cannot read config file"),
+    ("steps = 10\ncolour = 3\n", "unknown key(s) colour"),
+    ('steps = "ten"\n', "steps = 'ten' should be int"),
+])
+def test_bad_config_file(text, message, tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    assert main(["run", "--config", str(config)]) == 3
+    assert message in capsys.readouterr().err
+
+
+def test_bad_config_values_and_clusters(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text("gamma = 2.0\n")
+    assert main(["run", "--config", str(config)] + SMALL) == 2
+    assert "gamma must lie in (0, 1)" in capsys.readouterr().err
+    config.write_text("steps = 5\n[[clusters]]\ngroups = [{areas = 1, size = 4}]\n")
+    assert main(["run", "--config", str(config)]) == 2
+    assert "needs eta" in capsys.readouterr().err
+    assert main(["run", "--config", str(config), "--eta", "1", "--P", "10"]) == 2
+    assert "drop P" in capsys.readouterr().err
+
+
+def test_bad_results_file(tmp_path, capsys):
+    junk = tmp_path / "junk.nc"
+    junk.write_text("hello")
+    assert main(["summary", str(junk)]) == 3
+    assert "not a readable NetCDF" in capsys.readouterr().err
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "checkpoint.nc").write_text("hello")
+    assert main(["run", "--resume", str(folder)]) == 3
+    assert main(["run", "--out", str(folder)] + SMALL) == 2  # would overwrite an unfinished run
+    assert "--resume" in capsys.readouterr().err
+
+
+def cli(*args):
+    return [sys.executable, "-m", "mimfast", *args]
+
+
+def test_module_entry_point_runs():
+    done = subprocess.run(cli("--version"), check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and mf.__version__ in done.stdout
+
+
+# A run slow enough to kill: a checkpoint after every step.
+KILLED = ["--P", "1e4", "--eta", "4", "--steps", "1500", "--record-every", "25", "--no-plots",
+          "--threads", "1"]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 130),
+                                       (signal.SIGKILL, -9)])
+def test_resume_after_kill_equals_uninterrupted_run(sig, code, tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cli("run", *KILLED, "--checkpoint-every", "1", "--out", str(out)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = out / "checkpoint.nc"
+    deadline = time.monotonic() + 60
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    if code == 130:
+        assert "--resume" in err
+    saved = io.load(checkpoint)
+    assert 0 < saved.last_step < 1500
+    assert not (out / "result.nc").exists()
+
+    assert main(["run", "--resume", str(out), "--checkpoint-every", "0", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert not checkpoint.exists()
+    resumed = io.load(out / "result.nc")
+    full = mf.simulate(mf.Setting.paper(10**4, 0.9, 0.3), 4.0, 1500, record_every=25,
+                       threads=1)
+    assert io.equal(resumed, full)
+    np.testing.assert_array_equal(resumed.fp(0, 1, "own"), full.fp(0, 1, "own"))
+
+
+def test_resume_rules(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out)] + SMALL) == 0
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out), "--eta", "3"]) == 2
+    assert "drop --eta" in capsys.readouterr().err
+    assert main(["run", "--resume", str(out), "--steps", "10"]) == 2
+    # a finished run can be extended; the result equals a longer run
+    assert main(["run", "--resume", str(out), "--steps", "55", "--threads", "1"]) == 0
+    capsys.readouterr()
+    longer = mf.simulate(mf.Setting.paper(1000, 0.9, 0.3), 5.0, 55, threads=1)
+    assert io.equal(io.load(out / "result.nc"), longer)
+
+
+def test_progress_bar_only_when_asked(tmp_path):
+    done = subprocess.run(cli("run", *SMALL, "--progress", "--out", str(tmp_path)),
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "step/s" in done.stderr and "own-area attention" in done.stderr
+    assert "Theorem 4.1" in done.stdout and "step/s" not in done.stdout
+    done = subprocess.run(cli("run", *SMALL, "--out", str(tmp_path)),  # not a terminal
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "step/s" not in done.stderr
