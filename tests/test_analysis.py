@@ -161,3 +161,19 @@ def test_the_paper_regimes_at_small_P(kappa_c, phases):
     assert local.phase_switch % 2 == 0  # a recorded step
     if phases == 2:
         assert 0 < local.phase_switch < local.convergence_time
+
+
+def test_evolution_table_lists_events_and_values():
+    import mimfast as mf
+    from mimfast.analysis import convergence_time, evolution, phase_switch
+
+    r = mf.simulate(mf.Setting.paper(10**4, 0.9, 0.3), eta=20.0, steps=200, threads=1)
+    text = evolution(r)
+    lines = text.splitlines()
+    assert lines[1].split()[:2] == ["step", "global"]
+    steps = [int(line.split()[0]) for line in lines[2:]]
+    assert steps[0] == 0 and steps[-1] == 200 and steps == sorted(steps)
+    assert phase_switch(r, 0, 1) in steps and convergence_time(r, 0, 1) in steps
+    last = lines[-1].split()
+    assert float(last[3]) == pytest.approx(r.fp(0, 1, "own")[-1], rel=1e-4)
+    assert float(last[5]) == pytest.approx(r.attention(0, 1, "own")[-1], rel=1e-4)

@@ -137,3 +137,21 @@ def test_ctrl_c_stops_a_long_run_within_a_second(tmp_path):
     assert word == "stopped"
     assert float(when) - sent < 1.0
     assert int(recorded) >= 1 and int(last) >= 0
+
+
+def test_without_numba_the_backend_is_omitted_and_explained():
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["numba"] = None  # makes `import numba` fail
+        import mimfast as mf
+        assert "numba" not in mf.backends(), mf.backends()
+        assert {"cpp", "numpy"} <= set(mf.backends())
+        s = mf.Setting.paper(1000, 0.9, 0.3)
+        try:
+            mf.simulate(s, eta=1.0, steps=1, backend="numba")
+        except ImportError as e:
+            print(e)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    assert "numba is not installed" in out and "pip install mimfast[numba]" in out

@@ -25,6 +25,7 @@ __all__ = [
     "analyze",
     "class_name",
     "convergence_time",
+    "evolution",
     "fp_keys",
     "global_fp_min",
     "irreducible_loss",
@@ -331,3 +332,50 @@ def _claims(result, rows, epsilon, pp_ratio, delta):
 
 def _steps(rows):
     return ", ".join("never" if r.phase_switch is None else str(r.phase_switch) for r in rows)
+
+
+def evolution(result, rows=8, epsilon=EPSILON):
+    """How the FP correlations, own-area attention and loss evolve, as a text table.
+
+    One line per selected recorded step: step 0, steps spread geometrically up to the last,
+    and each class's phase switch and T_eps. Per class: the FP correlation with its own area's
+    feature, with the global area's (paper's shape), and its own-area attention.
+
+    Parameters
+    ----------
+    result : Result
+    rows : int
+        Number of geometrically spread steps (besides the events).
+    epsilon : float
+        Tolerance of T_eps.
+
+    Returns
+    -------
+    str
+    """
+    s = result.setting
+    steps = result.steps
+    last = int(steps[-1])
+    wanted = {0, last} | {int(round(last ** (i / (rows - 1)))) for i in range(1, rows - 1)}
+    for k, h in s.classes():
+        for event in (phase_switch(result, k, h), convergence_time(result, k, h, epsilon)):
+            if event is not None:
+                wanted.add(event)
+    index = sorted({int(np.searchsorted(steps, t)) for t in wanted if t <= last})
+    cols = ["step"]
+    series = []
+    for k, h in s.classes():
+        name = class_name(s, k, h)
+        cols.append(f"{name} A_own")
+        series.append(result.fp(k, h, "own"))
+        if paper_shaped(s) and h == 1:
+            cols.append(f"{name} A_global")
+            series.append(result.fp(k, h, 0))
+        cols.append(f"{name} attention")
+        series.append(result.attention(k, h, "own"))
+    cols.append("loss")
+    series.append(result.loss)
+    table = [[str(int(steps[i]))] + [f"{x[i]:.5g}" for x in series] for i in index]
+    width = [max(len(r[c]) for r in [cols] + table) for c in range(len(cols))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(r, width)) for r in [cols] + table]
+    return "\n".join(["how the FP correlations and own-area attention evolve:"] + lines)

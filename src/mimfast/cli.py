@@ -426,7 +426,7 @@ def _write_outputs(result, analysis, out, attrs, plots):
 
     files = [io.save(result, out / RESULT, analysis, attrs),
              io.export(result, out / "trajectories.csv")]
-    text = analysis.table()
+    text = _report(result, analysis)
     (out / "summary.txt").write_text(text + "\n")
     files.append(out / "summary.txt")
     if plots:
@@ -458,8 +458,15 @@ def _saved_analysis(args):
     return result, analyze(result, eps)
 
 
+def _report(result, analysis):
+    """What a run prints: how the correlations evolve, then the summary table and claims."""
+    from .analysis import evolution
+
+    return evolution(result, epsilon=analysis.epsilon) + "\n\n" + analysis.table()
+
+
 def _summary(args):
-    print(_saved_analysis(args)[1].table())
+    print(_report(*_saved_analysis(args)))
     return EXIT_OK
 
 
