@@ -68,7 +68,7 @@ def roofline(threads):
     if cxx is None:
         return None
     exe = Path(tempfile.mkdtemp()) / "roofline"
-    subprocess.run([cxx, "-O3", "-march=native", "-fopenmp", str(HERE / "roofline.cpp"),
+    subprocess.run([cxx, "-O3", "-march=native", "-fopenmp", "-fno-math-errno", str(HERE / "roofline.cpp"),
                     "-o", str(exe)], check=True)
     out = subprocess.run([str(exe)], env={**os.environ, "OMP_NUM_THREADS": str(threads)},
                          capture_output=True, text=True, check=True).stdout

@@ -22,6 +22,7 @@ namespace mimfast {
 namespace {
 
 constexpr int64_t MIN_POINTS_PER_THREAD = 50000;
+constexpr int MAX_CAT = 64;  // key categories = 1 + area groups
 
 using Poly = std::array<double, 4>;  // c0 + c1 x + c2 x^2 + c3 x^3
 
@@ -98,8 +99,11 @@ void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
     const int64_t* cnt = g.counts + row * n;
 
     // counts U_c(x) = u[c] + a[c] x and free keys V_c(x) = C_c - U_c(x)
-    std::vector<double> u(n), a(n, 0.0);
-    for (int c = 0; c < n; ++c) u[c] = static_cast<double>(cnt[c]);
+    double u[MAX_CAT], a[MAX_CAT];
+    for (int c = 0; c < n; ++c) {
+        u[c] = static_cast<double>(cnt[c]);
+        a[c] = 0.0;
+    }
     u[g.inner] = static_cast<double>(x0);
     a[g.inner] = 1.0;
     u[g.last] = static_cast<double>(g.rest[row] - x0);
@@ -118,7 +122,7 @@ void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
 
     // numerators: alpha_c = Al_c i, mu_c = Mu_c i, sigma_c = Sg_c i^2, beta = R i
     const double z0 = in.z[0], z02 = z0 * z0;
-    std::vector<Poly> Al(n), Mu(n), E(n);
+    Poly Al[MAX_CAT], Mu[MAX_CAT], E[MAX_CAT];
     const Poly R = affine(r0, r1);
     Poly L = mul(R, R);
     for (int c = 0; c < 4; ++c) L[c] *= z02;  // 2 loss = L i^2
@@ -156,7 +160,8 @@ void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
 
 void validate(const Grid& g) {
     auto fail = [](const std::string& what) { throw std::invalid_argument("count grid: " + what); };
-    if (g.n_cat < 2) fail("there must be at least two key categories");
+    if (g.n_cat < 2 || g.n_cat > MAX_CAT)
+        fail("the number of key categories must be in [2, " + std::to_string(MAX_CAT) + "]");
     if (g.inner < 0 || g.inner >= g.n_cat || g.last < 0 || g.last >= g.n_cat || g.inner == g.last)
         fail("inner and last categories must be two different categories");
     for (int64_t r = 0; r < g.n_rows; ++r) {

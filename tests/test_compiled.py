@@ -73,25 +73,25 @@ def test_kernel_errors_cross_as_value_error():
     inp = class_inputs(s, mf.State.zeros(s), 0, 1, grid)
     args = [grid.counts, grid.rest, grid.lo, grid.hi, grid.row_weight, grid.t_inner,
             grid.off_inner, grid.t_last, grid.off_last, grid.inner, grid.last, grid.blocks,
-            grid.fsizes, inp.z, grid.s_a, grid.s_b, grid.inv_areas, grid.inv_sizes,
-            inp.wu, inp.wm, inp.wself, 1]
-    assert np.all(np.isfinite(_core.class_sums(*args)))
-    bad = list(args)
-    bad[5] = grid.t_inner[:3]  # inner table too short for the rows
-    with pytest.raises(ValueError, match="inner table"):
-        _core.class_sums(*bad)
-    bad = list(args)
-    bad[1] = grid.rest[:-1]
-    with pytest.raises(ValueError, match="rest must be a 1-D array"):
-        _core.class_sums(*bad)
-    bad = list(args)
-    bad[11] = grid.blocks + np.array([0, 0, 10**6])
-    with pytest.raises(ValueError, match="block 0 is not inside its row"):
-        _core.class_sums(*bad)
-    bad = list(args)
-    bad[-1] = 0
+            grid.fsizes, grid.s_a, grid.s_b, grid.inv_areas, grid.inv_sizes]
+    handle = _core.ClassGrid(*args)
+    assert np.all(np.isfinite(handle.sums(inp.z, inp.wu, inp.wm, inp.wself, 1)))
+    for index, value, words in [
+        (5, grid.t_inner[:3], "leaves the inner table"),
+        (7, grid.t_last[:3], "leaves the last table"),
+        (1, grid.rest[:-1], "rest must be a 1-D array"),
+        (11, grid.blocks + np.array([0, 0, 10**6]), "block 0 is not inside its row"),
+        (9, grid.last, "two different categories"),
+        (12, grid.fsizes[:2], "sizes must be a 1-D array"),
+    ]:
+        bad = list(args)
+        bad[index] = value
+        with pytest.raises(ValueError, match=words):
+            _core.ClassGrid(*bad)
     with pytest.raises(ValueError, match="threads"):
-        _core.class_sums(*bad)
+        handle.sums(inp.z, inp.wu, inp.wm, inp.wself, 0)
+    with pytest.raises(ValueError, match="wu must be a 1-D array"):
+        handle.sums(inp.z, inp.wu[:2], inp.wm, inp.wself, 1)
 
 
 def test_interrupt_keeps_recorded_steps_and_resumes_exactly():

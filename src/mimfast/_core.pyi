@@ -3,29 +3,37 @@
 import numpy as np
 import numpy.typing as npt
 
-def class_sums(
-    counts: npt.NDArray[np.int64],
-    rest: npt.NDArray[np.int64],
-    lo: npt.NDArray[np.int64],
-    hi: npt.NDArray[np.int64],
-    row_weight: npt.NDArray[np.float64],
-    t_inner: npt.NDArray[np.float64],
-    off_inner: int,
-    t_last: npt.NDArray[np.float64],
-    off_last: int,
-    inner: int,
-    last: int,
-    blocks: npt.NDArray[np.int64],
-    sizes: npt.NDArray[np.float64],
-    z: npt.NDArray[np.float64],
-    s_a: npt.NDArray[np.float64],
-    s_b: npt.NDArray[np.float64],
-    inv_areas: npt.NDArray[np.float64],
-    inv_sizes: npt.NDArray[np.float64],
-    wu: npt.NDArray[np.float64],
-    wm: npt.NDArray[np.float64],
-    wself: float,
-    threads: int,
-) -> npt.NDArray[np.float64]: ...
+class ClassGrid:
+    """A class count grid converted and validated for the kernel."""
+
+    def __init__(
+        self,
+        counts: npt.NDArray[np.int64],
+        rest: npt.NDArray[np.int64],
+        lo: npt.NDArray[np.int64],
+        hi: npt.NDArray[np.int64],
+        row_weight: npt.NDArray[np.float64],
+        t_inner: npt.NDArray[np.float64],
+        off_inner: int,
+        t_last: npt.NDArray[np.float64],
+        off_last: int,
+        inner: int,
+        last: int,
+        blocks: npt.NDArray[np.int64],
+        sizes: npt.NDArray[np.float64],
+        s_a: npt.NDArray[np.float64],
+        s_b: npt.NDArray[np.float64],
+        inv_areas: npt.NDArray[np.float64],
+        inv_sizes: npt.NDArray[np.float64],
+    ) -> None: ...
+    def sums(
+        self,
+        z: npt.NDArray[np.float64],
+        wu: npt.NDArray[np.float64],
+        wm: npt.NDArray[np.float64],
+        wself: float,
+        threads: int,
+    ) -> npt.NDArray[np.float64]: ...
+
 def openmp_enabled() -> bool: ...
 def max_threads() -> int: ...

@@ -173,6 +173,8 @@ class ClassGrid:
     fsizes, inv_sizes, inv_areas, s_a, s_b : numpy.ndarray
         Per-category constants of SPEC §3: sizes as floats, 1 / C and 1 / n' (0 when empty),
         and the coefficients of E[S2 | r] = s_a r (C - r) + s_b r^2.
+    live : numpy.ndarray of bool
+        Which categories have key positions.
     """
 
     sizes: np.ndarray
@@ -201,6 +203,8 @@ class ClassGrid:
             self.s_a = np.where(self.areas > 1, (1.0 - self.inv_areas) / (C - 1.0), 0.0)
         self.s_b = self.inv_areas
         self.fsizes = C
+        self.live = self.sizes > 0
+        self.live_list = self.live.tolist()
 
     @property
     def n_cat(self) -> int:

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from numbers import Integral, Real
 
+import numpy as np
+
 __all__ = ["Group", "Cluster", "Setting"]
 
 
@@ -166,6 +168,7 @@ class Setting:
         total = sum(c.weight for c in clusters)
         self.weights = tuple(c.weight / total for c in clusters)
         self.kappa = None
+        self._z = {}
 
     @property
     def K(self) -> int:
@@ -185,6 +188,16 @@ class Setting:
     def classes(self):
         """The query classes ``(k, h)``: cluster k and group h of that cluster."""
         return [(k, h) for k, c in enumerate(self.clusters) for h in range(len(c.groups))]
+
+    def class_z(self, k, h):
+        """Latents of the key categories of query class (k, h): its own area, then each group."""
+        key = (k, h)
+        if key not in self._z:
+            groups = self.clusters[k].groups
+            z = np.array([groups[h].z] + [g.z for g in groups])
+            z.flags.writeable = False
+            self._z[key] = z
+        return self._z[key]
 
     @classmethod
     def paper(cls, P, kappa_c, kappa_s, gamma=0.5, K=1, z=1.0, pp=None):

@@ -42,13 +42,20 @@ def check_threads(threads):
     return threads
 
 
+def prepared(grid):
+    """The grid converted and validated for the kernel, once per grid (cached on it)."""
+    handle = getattr(grid, "_cpp", None)
+    if handle is None:
+        handle = _core.ClassGrid(
+            grid.counts, grid.rest, grid.lo, grid.hi, grid.row_weight, grid.t_inner,
+            grid.off_inner, grid.t_last, grid.off_last, grid.inner, grid.last, grid.blocks,
+            grid.fsizes, grid.s_a, grid.s_b, grid.inv_areas, grid.inv_sizes,
+        )
+        grid._cpp = handle
+    return handle
+
+
 def kernel(grid, inputs, threads=None):
     """SPEC §3 sums over one class grid, computed by the C++ kernel (GIL released)."""
-    return _core.class_sums(
-        grid.counts, grid.rest, grid.lo, grid.hi, grid.row_weight,
-        grid.t_inner, grid.off_inner, grid.t_last, grid.off_last,
-        grid.inner, grid.last, grid.blocks,
-        grid.fsizes, inputs.z, grid.s_a, grid.s_b, grid.inv_areas, grid.inv_sizes,
-        inputs.wu, inputs.wm, inputs.wself,
-        check_threads(threads),
-    )
+    return prepared(grid).sums(inputs.z, inputs.wu, inputs.wm, inputs.wself,
+                               check_threads(threads))

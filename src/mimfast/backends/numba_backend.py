@@ -33,20 +33,64 @@ _compiled = None
 def _build():
     njit = numba.njit(cache=True)
 
+    # polynomials c0 + c1 x + c2 x^2 + c3 x^3 as 4-tuples: no allocation per block
     @njit
     def mul(p, q):
-        r = np.zeros(4)
-        for a in range(4):
-            for b in range(4 - a):
-                r[a + b] += p[a] * q[b]
-        return r
+        return (p[0] * q[0], p[0] * q[1] + p[1] * q[0],
+                p[0] * q[2] + p[1] * q[1] + p[2] * q[0],
+                p[0] * q[3] + p[1] * q[2] + p[2] * q[1] + p[3] * q[0])
+
+    @njit
+    def add(p, q, s):  # p + s q
+        return (p[0] + s * q[0], p[1] + s * q[1], p[2] + s * q[2], p[3] + s * q[3])
 
     @njit
     def moment(m, p, b):
-        s = 0.0
-        for a in range(b + 1):
-            s += p[a] * m[a, b]
-        return s
+        """E[P(x) i^b] from the moments (m00, m01, m11, m02, m12, m22, m03, m13, m23, m33)."""
+        if b == 1:
+            return p[0] * m[1] + p[1] * m[2]
+        if b == 2:
+            return p[0] * m[3] + p[1] * m[4] + p[2] * m[5]
+        return p[0] * m[6] + p[1] * m[7] + p[2] * m[8] + p[3] * m[9]
+
+    # reassociation lets LLVM vectorise the ten sums; the order is fixed by the compiled code,
+    # so results still do not depend on the thread count
+    @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+    def moments(first, stop, x0, d0, d1, rw, r_rest, t_in, off_in, t_last, off_last):
+        m00 = m01 = m11 = m02 = m12 = m22 = m03 = m13 = m23 = m33 = 0.0
+        n = stop - first
+        tin = t_in[first - off_in: stop - off_in]
+        tlast = t_last[r_rest - stop + 1 - off_last: r_rest - first + 1 - off_last]
+        top = np.uint64(n - 1)
+        for k in range(n):
+            # unsigned indices spare numba's negative-index fix-up, which blocks vectorising
+            x = float(first + k - x0)
+            w = rw * tin[np.uint64(k)] * tlast[top - np.uint64(k)]
+            i = 1.0 / (d0 + d1 * x)
+            p1 = w * i
+            p2 = p1 * i
+            p3 = p2 * i
+            x2 = x * x
+            m00 += w
+            m01 += p1
+            m11 += p1 * x
+            m02 += p2
+            m12 += p2 * x
+            m22 += p2 * x2
+            m03 += p3
+            m13 += p3 * x
+            m23 += p3 * x2
+            m33 += p3 * x2 * x
+        return (m00, m01, m11, m02, m12, m22, m03, m13, m23, m33)
+
+    @njit
+    def count(counts, rest, row, c, ci, cl, x0):
+        """(u, a): the count of category c is u + a x in the block."""
+        if c == ci:
+            return float(x0), 1.0
+        if c == cl:
+            return float(rest[row] - x0), -1.0
+        return float(counts[row, c]), 0.0
 
     @njit
     def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
@@ -54,71 +98,50 @@ def _build():
         n = C.shape[0]
         row, first, stop = blocks[b, 0], blocks[b, 1], blocks[b, 2]
         x0 = (first + stop - 1) // 2
-        u = np.empty(n)
-        a = np.zeros(n)
-        for c in range(n):
-            u[c] = counts[row, c]
-        u[ci], a[ci] = x0, 1.0
-        u[cl], a[cl] = rest[row] - x0, -1.0
-        r0 = wself + wm[0] * (C[0] - u[0])
-        r1 = -a[0] * wm[0]
+        u0, a0 = count(counts, rest, row, 0, ci, cl, x0)
+        r0 = wself + wm[0] * (C[0] - u0)
+        r1 = -a0 * wm[0]
         for c in range(1, n):
-            r0 += wu[c] * u[c] + wm[c] * (C[c] - u[c])
-            r1 += a[c] * (wu[c] - wm[c])
-        d0 = r0 + wu[0] * u[0]
-        d1 = r1 + a[0] * wu[0]
+            u, a = count(counts, rest, row, c, ci, cl, x0)
+            r0 += wu[c] * u + wm[c] * (C[c] - u)
+            r1 += a * (wu[c] - wm[c])
+        m = moments(first, stop, x0, r0 + wu[0] * u0, r1 + a0 * wu[0], row_weight[row],
+                    rest[row], t_in, off_in, t_last, off_last)
 
-        m = np.zeros((4, 4))
-        rw = row_weight[row]
-        r_rest = rest[row]
-        for j in range(first, stop):
-            x = float(j - x0)
-            w = rw * t_in[j - off_in] * t_last[r_rest - j - off_last]
-            i = 1.0 / (d0 + d1 * x)
-            p1 = w * i
-            p2 = p1 * i
-            p3 = p2 * i
-            x2 = x * x
-            m[0, 0] += w
-            m[0, 1] += p1
-            m[1, 1] += p1 * x
-            m[0, 2] += p2
-            m[1, 2] += p2 * x
-            m[2, 2] += p2 * x2
-            m[0, 3] += p3
-            m[1, 3] += p3 * x
-            m[2, 3] += p3 * x2
-            m[3, 3] += p3 * x2 * x
-
-        R = np.array([r0, r1, 0.0, 0.0])
+        zero = (0.0, 0.0, 0.0, 0.0)
+        R = (r0, r1, 0.0, 0.0)
         z02 = z[0] * z[0]
-        L = z02 * mul(R, R)
-        Al = np.zeros((n, 4))
-        Mu = np.zeros((n, 4))
-        E = np.zeros((n, 4))
-        for c in range(n):
-            Al[c, 0], Al[c, 1] = wu[c] * u[c], wu[c] * a[c]
-            Mu[c, 0], Mu[c, 1] = wm[c] * (C[c] - u[c]), -wm[c] * a[c]
-        E[0] = -z02 * mul(Al[0], R)
-        Gb = E[0].copy()
+        Al0 = (wu[0] * u0, wu[0] * a0, 0.0, 0.0)
+        L = add(zero, mul(R, R), z02)  # 2 loss = L i^2
+        E0 = add(zero, mul(Al0, R), -z02)  # e_own = E0 i^2
+        Gb = E0  # gbar = Gb i^2
         for c in range(1, n):
-            U = np.array([u[c], a[c], 0.0, 0.0])
-            V = np.array([C[c] - u[c], -a[c], 0.0, 0.0])
-            S2 = sa[c] * mul(U, V) + sb[c] * mul(U, U)
-            E[c] = (z[c] * z[c] * wu[c] * wu[c]) * S2
-            L += E[c]
-            Gb += E[c]
-        out[0] = m[0, 0]
+            u, a = count(counts, rest, row, c, ci, cl, x0)
+            U, V = (u, a, 0.0, 0.0), (C[c] - u, -a, 0.0, 0.0)
+            S2 = add(add(zero, mul(U, V), sa[c]), mul(U, U), sb[c])
+            Ec = add(zero, S2, z[c] * z[c] * wu[c] * wu[c])
+            L = add(L, Ec, 1.0)
+            Gb = add(Gb, Ec, 1.0)
+        out[0] = m[0]
         out[1] = 0.5 * moment(m, L, 2)
         out[2] = -wself * moment(m, Gb, 3)
         for c in range(n):
-            out[3 + c] = moment(m, Al[c], 1)
-            ga = moment(m, mul(Gb, Al[c]), 3)
+            u, a = count(counts, rest, row, c, ci, cl, x0)
+            Al = (wu[c] * u, wu[c] * a, 0.0, 0.0)
+            Mu = (wm[c] * (C[c] - u), -wm[c] * a, 0.0, 0.0)
             if c == 0:
-                out[3 + n] = -z[0] * moment(m, mul(Al[0], L), 3)
+                Ec = E0
             else:
-                out[3 + n + c] = z[c] * (moment(m, E[c], 2) - ga) * ia[c]
-            out[3 + 2 * n + c] = (moment(m, E[c], 2) - ga - moment(m, mul(Gb, Mu[c]), 3)) * isz[c]
+                U, V = (u, a, 0.0, 0.0), (C[c] - u, -a, 0.0, 0.0)
+                S2 = add(add(zero, mul(U, V), sa[c]), mul(U, U), sb[c])
+                Ec = add(zero, S2, z[c] * z[c] * wu[c] * wu[c])
+            ga = moment(m, mul(Gb, Al), 3)
+            out[3 + c] = moment(m, Al, 1)
+            if c == 0:
+                out[3 + n] = -z[0] * moment(m, mul(Al0, L), 3)
+            else:
+                out[3 + n + c] = z[c] * (moment(m, Ec, 2) - ga) * ia[c]
+            out[3 + 2 * n + c] = (moment(m, Ec, 2) - ga - moment(m, mul(Gb, Mu), 3)) * isz[c]
 
     @numba.njit(cache=True, parallel=True)
     def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
