@@ -58,8 +58,28 @@ def measure_one(P, backends, threads):
     for b in backends:
         kernel = get_kernel(b)
         row[b] = best_time(lambda: evaluate(s, grids, state, kernel, threads))
-    row["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return row
+
+
+def measure_rss(P, threads):
+    """Peak RSS (MiB) of a process that runs 3 GD steps at P with the cpp backend only."""
+    import mimfast as mf
+
+    mf.simulate(mf.Setting.paper(P, 0.9, 0.3), eta=1e3, steps=3, threads=threads)
+    return {"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def numba_compile(cache_dir):
+    """Seconds of the first numba gradient in a fresh process, and of a warm one."""
+    code = ("import time, mimfast as mf\n"
+            "s = mf.Setting.paper(10**4, 0.9, 0.3)\n"
+            "t = time.perf_counter(); mf.gradient(s, backend='numba'); a = time.perf_counter() - t\n"
+            "t = time.perf_counter(); mf.gradient(s, backend='numba'); b = time.perf_counter() - t\n"
+            "print(a, b)")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    return float(out[0]), float(out[1])
 
 
 def roofline(threads):
@@ -81,10 +101,14 @@ def main():
     ap.add_argument("--quick", action="store_true", help="P up to 10^6 only")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--rss", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--backends", default="cpp,numba,numpy", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(measure_one(args.child, args.backends.split(","), args.threads)))
+        return
+    if args.rss:
+        print(json.dumps(measure_rss(args.rss, args.threads)))
         return
     import mimfast as mf
 
@@ -96,6 +120,10 @@ def main():
                               backends, "--threads", str(args.threads)],
                              capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.splitlines()[-1]))
+        out = subprocess.run([sys.executable, __file__, "--rss", str(10**e), "--threads",
+                              str(args.threads)], capture_output=True, text=True,
+                             check=True).stdout
+        rows[-1].update(json.loads(out.splitlines()[-1]))
         print(f"measured P = 10^{e}", file=sys.stderr, flush=True)
     # 1,000 GD steps at the largest P, wall clock
     P_big = 10 ** exps[-1]
@@ -104,12 +132,15 @@ def main():
                 threads=args.threads)
     t_1000 = time.perf_counter() - t0
     roof = roofline(args.threads)
+    cache = Path(tempfile.mkdtemp())
+    cold, warm = numba_compile(cache)
+    cached, _ = numba_compile(cache)
 
     print(f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.machine()}, "
           f"{os.cpu_count()} cores, threads={args.threads}; mimfast {mf.__version__}")
     print()
     print("| P | grid points per step | grid build (s) | cpp s/step | cpp ns/point | "
-          "numba s/step | numba/cpp | numpy s/step | numpy/cpp | peak RSS (MiB) |")
+          "numba s/step | numba/cpp | numpy s/step | numpy/cpp | peak RSS, cpp run (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         npy = f"{r['numpy']:.3g} | {r['numpy'] / r['cpp']:.0f}x" if "numpy" in r else "– | –"
@@ -118,6 +149,9 @@ def main():
               f"{r['numba'] / r['cpp']:.2f} | {npy} | {r['rss_mib']:.0f} |")
     print()
     print(f"1,000 GD steps at P = 10^{exps[-1]} (simulate, cpp): {t_1000:.1f} s")
+    print(f"numba: first gradient in a fresh process {cold:.2f} s with an empty cache "
+          f"(compilation), {cached:.2f} s with the cache filled; the same call once compiled "
+          f"{warm * 1e3:.2f} ms (grid construction included)")
     if roof:
         big = rows[-1]
         kernel_ns = big["cpp"] / big["points"] * 1e9

@@ -27,10 +27,7 @@ def available():
     return True, {"version": numba.__version__, "max_threads": int(numba.config.NUMBA_NUM_THREADS)}
 
 
-_compiled = None
-
-
-def _build():
+if numba is not None:
     njit = numba.njit(cache=True)
 
     # polynomials c0 + c1 x + c2 x^2 + c3 x^3 as 4-tuples: no allocation per block
@@ -158,7 +155,6 @@ def _build():
                 out[s] += part[b, s]
         return out
 
-    return all_sums
 
 
 def kernel(grid, inputs, threads=None):
@@ -167,16 +163,13 @@ def kernel(grid, inputs, threads=None):
     The same moment method as the C++ kernel (see ``cpp/kernel.cpp``): per block, the ten
     moments sum w x^a i^b, turned into the SPEC sums with the row's polynomial coefficients.
     """
-    global _compiled
     from .cpp_backend import check_threads
 
-    if _compiled is None:
-        _compiled = _build()
     threads = min(check_threads(threads), numba.config.NUMBA_NUM_THREADS)
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        return _compiled(
+        return all_sums(
             grid.counts, grid.rest, grid.row_weight, grid.t_inner, grid.off_inner, grid.t_last,
             grid.off_last, grid.inner, grid.last, grid.blocks, grid.fsizes, inputs.z, grid.s_a,
             grid.s_b, grid.inv_areas, grid.inv_sizes, inputs.wu, inputs.wm, inputs.wself,
