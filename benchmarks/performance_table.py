@@ -57,7 +57,7 @@ def measure_one(P, backends, threads):
     row = {"P": P, "points": points, "grid_s": t_grid}
     for b in backends:
         kernel = get_kernel(b)
-        row[b] = best_time(lambda: evaluate(s, grids, state, kernel, threads))
+        row[b] = best_time(lambda k=kernel: evaluate(s, grids, state, k, threads))
     return row
 
 
