@@ -47,7 +47,7 @@ def paper_shaped(setting):
 def fp_keys(setting, k, h):
     """FP keys of query class (k, h): ``"own"``, then the groups g that have areas other than
     the query's own (the global group has none for the global query)."""
-    _, areas, _ = class_categories(setting, k, h)
+    _, areas = class_categories(setting, k, h)
     return ["own"] + [g for g in range(len(areas) - 1) if areas[1 + g] > 0]
 
 

@@ -388,18 +388,19 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
 
 
 def class_categories(setting, k, h):
-    """Key categories of a masked query of group h in cluster k: (sizes, areas, z)."""
+    """Key categories of a masked query of group h in cluster k: (sizes, areas).
+
+    Category 0 is the query's own area, 1 + g the other areas of group g; their latents are
+    :meth:`Setting.class_z`.
+    """
     groups = setting.clusters[k].groups
-    own = groups[h]
-    sizes = [own.size - 1]
+    sizes = [groups[h].size - 1]
     areas = [1]
-    zs = [own.z]
     for g, grp in enumerate(groups):
         n_other = grp.areas - (1 if g == h else 0)
         sizes.append(n_other * grp.size)
         areas.append(n_other)
-        zs.append(grp.z)
-    return np.array(sizes, dtype=np.int64), np.array(areas, dtype=np.int64), np.array(zs)
+    return np.array(sizes, dtype=np.int64), np.array(areas, dtype=np.int64)
 
 
 def build_grids(setting, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYTES):
@@ -422,7 +423,7 @@ def build_grids(setting, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYTES):
         raise ValueError(f"tail_tol must lie in (0, 1e-3], got {tail_tol!r}")
     grids, built = {}, {}
     for k, h in setting.classes():
-        sizes, areas, _ = class_categories(setting, k, h)
+        sizes, areas = class_categories(setting, k, h)
         key = (sizes.tobytes(), areas.tobytes())
         if key not in built:
             built[key] = build_grid(

@@ -8,8 +8,9 @@ Each backend module has ``NAME``, ``available() -> (bool, detail)`` and
 from __future__ import annotations
 
 import importlib
+import os
 
-__all__ = ["DEFAULT", "backends", "get_kernel"]
+__all__ = ["DEFAULT", "backends", "check_threads", "get_kernel"]
 
 _MODULES = {
     "cpp": "mimfast.backends.cpp_backend",
@@ -52,3 +53,17 @@ def get_kernel(name):
     if not ok:
         raise ImportError(f"backend {name!r} is not available: {why}")
     return module.kernel
+
+
+def check_threads(threads):
+    """Threads for a compiled kernel: ``threads`` (a positive int), or all cores when None."""
+    if threads is None:
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not on Linux
+            return os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise TypeError(f"threads must be a positive integer or None, got {type(threads).__name__}")
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    return threads

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from . import check_threads
 
 NAME = "cpp"
 
@@ -21,25 +21,6 @@ def available():
     if _core is None:
         return False, _WHY
     return True, {"openmp": bool(_core.openmp_enabled()), "max_threads": int(_core.max_threads())}
-
-
-def default_threads():
-    """All cores available to this process."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
-
-
-def check_threads(threads):
-    """The thread count to use: ``threads`` (a positive int) or all cores when None."""
-    if threads is None:
-        return default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int):
-        raise TypeError(f"threads must be a positive integer or None, got {type(threads).__name__}")
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
-    return threads
 
 
 def prepared(grid):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import check_threads
+
 NAME = "numba"
 
 try:
@@ -163,8 +165,6 @@ def kernel(grid, inputs, threads=None):
     The same moment method as the C++ kernel (see ``cpp/kernel.cpp``): per block, the ten
     moments sum w x^a i^b, turned into the SPEC sums with the row's polynomial coefficients.
     """
-    from .cpp_backend import check_threads
-
     threads = min(check_threads(threads), numba.config.NUMBA_NUM_THREADS)
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
