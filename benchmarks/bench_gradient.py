@@ -1,4 +1,4 @@
-"""One exact expected gradient (SPEC §3): per backend, per thread count, per grid point."""
+"""One exact expected gradient (docs/model.md §3): per backend, per thread count, per grid point."""
 
 # asv reads params/param_names as plain class-level lists.
 # ruff: noqa: RUF012

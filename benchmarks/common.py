@@ -1,6 +1,6 @@
 """Seeded inputs shared by the benchmarks: settings, count grids, states, kernels.
 
-Every benchmark uses the paper's setting (SPEC §4) with kappa_c = 0.9, kappa_s = 0.3,
+Every benchmark uses the paper's setting (docs/model.md §4) with kappa_c = 0.9, kappa_s = 0.3,
 gamma = 0.5, K = 1 and exact PP, at a fixed non-zero state drawn from a seeded generator,
 so that runs on different commits time the same work.
 """

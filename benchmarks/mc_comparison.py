@@ -231,7 +231,7 @@ def fmt_time(seconds):
 INTRO = """\
 # Monte Carlo explicit model against the exact gradient
 
-How many sampled masks does the explicit transformer (SPEC §7,
+How many sampled masks does the explicit transformer (docs/model.md §7,
 `mimfast.reference.explicit.ExplicitModel`, dense float64 `Q`, autograd, `learn_pp=True`)
 need before its gradient is as good as mimfast's exact one, and what does that cost?
 

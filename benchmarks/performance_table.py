@@ -156,7 +156,7 @@ def main():
         big = rows[-1]
         kernel_ns = big["cpp"] / big["points"] * 1e9
         print(f"minimal loops of benchmarks/roofline.cpp (paper grid of ~1.5e7 points): "
-              f"direct SPEC formulas {roof['direct']:.2f} ns/point, bare moment sums "
+              f"direct model formulas {roof['direct']:.2f} ns/point, bare moment sums "
               f"{roof['moments']:.2f} ns/point; mimfast cpp at P = {big['P']:.0e}: "
               f"{kernel_ns:.2f} ns/point")
 

@@ -1,7 +1,7 @@
 // Minimal hand-written loops over a paper-shaped grid (3 key categories): the ceiling the
 // library kernel is compared with. No grid object, no validation, no per-block set-up; the
 // points are visited in chunks of 2048 along a row, as the library does, for cache reuse.
-//   direct : SPEC 3's formulas evaluated at every point (the straightforward kernel)
+//   direct : the formulas of docs/model.md §3 evaluated at every point (the straightforward kernel)
 //   moments: the ten moment sums the library kernel accumulates (its hot loop, bare)
 #include <chrono>
 #include <cmath>

@@ -99,7 +99,7 @@ void bind_kernel(py::module_& m) {
              py::arg("inv_areas"), py::arg("inv_sizes"))
         .def("sums", &ClassGrid::sums, py::arg("z"), py::arg("wu"), py::arg("wm"),
              py::arg("wself"), py::arg("threads"),
-             "Sums of SPEC §3 over the grid: [mass, loss, dB_self, alpha[n], dA[n], dB[n]].");
+             "Sums of docs/model.md §3 over the grid: [mass, loss, dB_self, alpha[n], dA[n], dB[n]].");
     m.def("openmp_enabled", &mimfast::openmp_enabled, "Whether the kernel was built with OpenMP.");
     m.def("max_threads", &mimfast::max_threads, "Threads the kernel uses by default.");
 }

@@ -1,11 +1,11 @@
-// The expectations of SPEC §3 over one class count grid.
+// The expectations of docs/model.md §3 over one class count grid.
 //
 // Inside a block the inner count runs over consecutive values j = x0 + x (x centred on the
 // block) and the last category takes rest - j, so every count is affine in x and so is the
-// softmax denominator D(x). Every quantity of SPEC §3 is then a polynomial in x (degree <= 3)
+// softmax denominator D(x). Every quantity of docs/model.md §3 is then a polynomial in x (degree <= 3)
 // times a power of i = 1 / D(x) (power <= 3). The hot loop therefore only accumulates the ten
 // moments  m[a][b] = sum_x w(x) x^a i^b  (b <= 3, a <= b), and each block turns its moments
-// into the SPEC sums with the polynomial coefficients of its row. With beta = 1 - alpha_own
+// into the sums of docs/model.md §3 with the polynomial coefficients of its row. With beta = 1 - alpha_own
 // formed from the positive terms of D, no quantity is a difference of nearly equal sums.
 #include "kernel.hpp"
 

@@ -1,4 +1,4 @@
-// Expectations of SPEC §3 over one class count grid. No Python types here.
+// Expectations of docs/model.md §3 over one class count grid. No Python types here.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -42,7 +42,7 @@ inline int n_sums(int n_cat) { return 3 + 3 * n_cat; }
 // Throws std::invalid_argument when the grid's indices leave its tables.
 void validate(const Grid& grid);
 
-// Sums of SPEC §3 over the grid into out[n_sums(n_cat)]; each block is summed on its own and
+// Sums of docs/model.md §3 over the grid into out[n_sums(n_cat)]; each block is summed on its own and
 // the block sums are added in block order, so the result is the same for any thread count.
 void class_sums(const Grid& grid, const Inputs& in, int threads, double* out);
 

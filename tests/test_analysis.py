@@ -155,7 +155,7 @@ def test_the_paper_regimes_at_small_P(kappa_c, phases):
     assert a.holds, a.table()
     glob, local = a.classes
     assert glob.phases == 1 and local.phases == phases
-    # for the local query the largest rival gradient is the global-decoupling one (SPEC §5)
+    # for the local query the largest rival gradient is the global-decoupling one (docs/model.md §5)
     own, glob_grad = np.abs(r.fp_grad(0, 1, "own")), np.abs(r.fp_grad(0, 1, 0))
     assert local.phase_switch == r.steps[np.argmax(own >= glob_grad)]
     assert local.phase_switch % 2 == 0  # a recorded step

@@ -1,4 +1,4 @@
-"""Invariants of the exact dynamics and the paper's two regimes (SPEC §3–5)."""
+"""Invariants of the exact dynamics and the paper's two regimes (docs/model.md §3–5)."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ G, C = mf.Group, mf.Cluster
 
 
 def pp_row_sums(result):
-    """sum_q B_{p,q} for a query of each group h, at every recorded step (SPEC §3)."""
+    """sum_q B_{p,q} for a query of each group h, at every recorded step (docs/model.md §3)."""
     s = result.setting
     groups = s.clusters[0].groups
     out = []

@@ -1,4 +1,4 @@
-"""Every backend against the explicit torch model (SPEC §7), whole trajectories to 1e-10."""
+"""Every backend against the explicit torch model (docs/model.md §7), whole trajectories to 1e-10."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The count grid (SPEC §3): accurate probabilities at any P, bounded dropped mass, small memory."""
+"""The count grid (docs/model.md §3): accurate probabilities at any P, bounded dropped mass, small memory."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""One exact gradient at P = 10^5 against a 30-digit mpmath evaluation of SPEC §3."""
+"""One exact gradient at P = 10^5 against a 30-digit mpmath evaluation of docs/model.md §3."""
 
 import functools
 
@@ -14,7 +14,7 @@ DPS = 30
 def mp_expectations(sizes, areas, z, A, B, b_self, u, half_width=9.0):
     """E over the unmasked counts of (l, alpha_c, dA_c, dB_self, dB_c), in mpmath.
 
-    Written from SPEC §3 as stated there (own area and groups handled separately), with the
+    Written from docs/model.md §3 as stated there (own area and groups handled separately), with the
     hypergeometric probabilities built by exact ratio recurrences over +-half_width sd.
     Category 0 is the own area; categories 1.. the groups; the last category takes the rest.
     """

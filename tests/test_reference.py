@@ -1,4 +1,4 @@
-"""Tests of the explicit PyTorch reference (SPEC §7)."""
+"""Tests of the explicit PyTorch reference (docs/model.md §7)."""
 
 import itertools
 from types import SimpleNamespace

@@ -1,6 +1,6 @@
 """mimfast: exact population dynamics of masked image modeling in a one-layer transformer.
 
-The public API (SPEC §6): :class:`Setting` with its :class:`Cluster` and :class:`Group`,
+The public API (docs/model.md §6): :class:`Setting` with its :class:`Cluster` and :class:`Group`,
 :func:`simulate` returning a :class:`Result`, :func:`gradient` for one exact expected gradient
 at a :class:`State`, and :func:`backends`. :mod:`mimfast.analysis` measures a run in the terms
 of Theorem 4.1, :mod:`mimfast.io` saves and loads runs, :mod:`mimfast.plots` draws them and

@@ -1,4 +1,4 @@
-"""What Theorem 4.1 speaks of, measured on a :class:`~mimfast.Result` (SPEC §4–5).
+"""What Theorem 4.1 speaks of, measured on a :class:`~mimfast.Result` (docs/model.md §4–5).
 
 Per query class (k, h): the irreducible part of its expected loss and the gap to it, the
 phase switch of its FP learning, the convergence time T_eps of its own-area attention, and
@@ -59,7 +59,7 @@ def class_name(setting, k, h):
 
 
 def irreducible_loss(setting, k, h):
-    """Irreducible part of E[l | k, h]: ½ z_h² Pr(U_own = 0) (SPEC §5).
+    """Irreducible part of E[l | k, h]: ½ z_h² Pr(U_own = 0) (docs/model.md §5).
 
     When every other position of the query's own area is masked, no attention pattern can
     reconstruct the patch. ``U_own`` is hypergeometric: u = P - m unmasked keys drawn from the
@@ -98,7 +98,7 @@ def phase_switch(result, k, h):
 
     The step at which |dL/dA_own| is at least the per-area gradient of every other FP
     correlation of the class. For a local query of the paper's setting the largest of these
-    is the global-decoupling gradient |dL/dA_global| (SPEC §5); for the global query it is the
+    is the global-decoupling gradient |dL/dA_global| (docs/model.md §5); for the global query it is the
     largest over the local areas.
 
     Returns

@@ -1,4 +1,4 @@
-"""The count grid of SPEC §3: where the unmasked keys of a masked query can fall.
+"""The count grid of docs/model.md §3: where the unmasked keys of a masked query can fall.
 
 Given a masked query of group h, the other P - 1 positions split into key categories
 (category 0 is the query's own area, category 1 + g the other areas of group g). The numbers
@@ -171,7 +171,7 @@ class ClassGrid:
     mass : float
         Total probability of the grid points; ``dropped = 1 - mass``.
     fsizes, inv_sizes, inv_areas, s_a, s_b : numpy.ndarray
-        Per-category constants of SPEC §3: sizes as floats, 1 / C and 1 / n' (0 when empty),
+        Per-category constants of docs/model.md §3: sizes as floats, 1 / C and 1 / n' (0 when empty),
         and the coefficients of E[S2 | r] = s_a r (C - r) + s_b r^2.
     live : numpy.ndarray of bool
         Which categories have key positions.

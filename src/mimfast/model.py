@@ -1,4 +1,4 @@
-"""Reduced coordinates (SPEC §2–3): the state, the kernel inputs, and one exact gradient.
+"""Reduced coordinates (docs/model.md §2–3): the state, the kernel inputs, and one exact gradient.
 
 Everything here is shared by all backends; a backend only supplies the kernel that turns a
 class grid and its inputs into the sums laid out by :func:`sum_layout`.
@@ -53,7 +53,7 @@ def sum_layout(n_cat):
 
 @dataclass
 class State:
-    """Reduced state of Q (SPEC §3).
+    """Reduced state of Q (docs/model.md §3).
 
     Attributes
     ----------
@@ -143,7 +143,7 @@ class ClassInputs:
     """Key weights of a query class at the current state, with its latents.
 
     ``wu[c]`` and ``wm[c]`` weigh one unmasked and one masked key of category c, ``wself``
-    the query itself (exp of the logits of SPEC §2 less their largest value; 0 for an empty
+    the query itself (exp of the logits of docs/model.md §2 less their largest value; 0 for an empty
     category); ``z[c]`` is the latent of category c (category 0: the query's own area).
     """
 
@@ -156,7 +156,7 @@ class ClassInputs:
 def class_inputs(setting, state, k, h, grid):
     """Kernel inputs of query class (k, h) at ``state``.
 
-    Key weights are exp of the logits (SPEC §2) less their largest value: unmasked keys
+    Key weights are exp of the logits (docs/model.md §2) less their largest value: unmasked keys
     ``z A + B``, masked keys ``B``, the query itself ``B_self``. (Plain floats: with a handful
     of categories this is several times quicker than numpy on tiny arrays.)
     """
@@ -175,7 +175,7 @@ def class_inputs(setting, state, k, h, grid):
 
 
 def evaluate(setting, grids, state, kernel, threads=None):
-    """Exact expected gradient and observables at ``state`` (SPEC §2–3).
+    """Exact expected gradient and observables at ``state`` (docs/model.md §2–3).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""What the paper's data looks like: patches, clusters, area groups, masking (SPEC §1, §3, §4)."""
+"""What the paper's data looks like: patches, clusters, area groups, masking (docs/model.md §1, §3, §4)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ class Cluster:
 
 
 class Setting:
-    """The data model of SPEC §1: P patches, K clusters of area groups, masking ratio.
+    """The data model of docs/model.md §1: P patches, K clusters of area groups, masking ratio.
 
     Parameters
     ----------
@@ -201,7 +201,7 @@ class Setting:
 
     @classmethod
     def paper(cls, P, kappa_c, kappa_s, gamma=0.5, K=1, z=1.0, pp=None):
-        """The setting of the paper's Assumption 2.2 (SPEC §4).
+        """The setting of the paper's Assumption 2.2 (docs/model.md §4).
 
         One global area and ``n_l`` local areas of ``c_l = max(2, round(P**kappa_s))``
         patches, ``n_l = round((P - P**kappa_c) / c_l)``; the global area takes the rest,
@@ -265,7 +265,7 @@ class Setting:
 
     @property
     def delta(self) -> float:
-        """Information gap Δ = (1 - κ_s) - 2(1 - κ_c) (SPEC §4).
+        """Information gap Δ = (1 - κ_s) - 2(1 - κ_c) (docs/model.md §4).
 
         Nominal exponents for a setting made by :meth:`paper`, otherwise the exponents of the
         actual sizes (see :attr:`delta_actual`).

@@ -272,7 +272,7 @@ def _resume_point(resume, setting, eta, record_every, steps):
 
 
 def gradient(setting, state=None, backend=DEFAULT, threads=None, tail_tol=1e-15):
-    """One exact expected gradient of the population loss (SPEC §2–3).
+    """One exact expected gradient of the population loss (docs/model.md §2–3).
 
     Parameters
     ----------

@@ -37,6 +37,6 @@ def prepared(grid):
 
 
 def kernel(grid, inputs, threads=None):
-    """SPEC §3 sums over one class grid, computed by the C++ kernel (GIL released)."""
+    """docs/model.md §3 sums over one class grid, computed by the C++ kernel (GIL released)."""
     return prepared(grid).sums(inputs.z, inputs.wu, inputs.wm, inputs.wself,
                                check_threads(threads))

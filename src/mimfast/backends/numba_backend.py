@@ -160,10 +160,10 @@ if numba is not None:
 
 
 def kernel(grid, inputs, threads=None):
-    """SPEC §3 sums over one class grid, compiled by numba (first call compiles or loads cache).
+    """docs/model.md §3 sums over one class grid, compiled by numba (first call compiles or loads cache).
 
     The same moment method as the C++ kernel (see ``cpp/kernel.cpp``): per block, the ten
-    moments sum w x^a i^b, turned into the SPEC sums with the row's polynomial coefficients.
+    moments sum w x^a i^b, turned into the sums of docs/model.md §3 with the row's polynomial coefficients.
     """
     threads = min(check_threads(threads), numba.config.NUMBA_NUM_THREADS)
     previous = numba.get_num_threads()

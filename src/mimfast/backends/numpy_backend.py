@@ -1,4 +1,4 @@
-"""The readable kernel: SPEC §3 at every grid point, vectorised over one grid row at a time.
+"""The readable kernel: docs/model.md §3 at every grid point, vectorised over one grid row at a time.
 
 This is the contract every backend kernel implements: from a
 :class:`~mimfast.grid.ClassGrid` (counts, probabilities and per-category constants) and a
@@ -21,7 +21,7 @@ At a grid point with unmasked counts U (category 0 is the query's own area, 1.. 
     dB_self = -gbar w_self / D
     dB_c    = (e_c - gbar (alpha_c + mu_c)) / C_c
 
-(1 / areas_c and 1 / C_c are 0 for an empty category.) These are SPEC §3's formulas with
+(1 / areas_c and 1 / C_c are 0 for an empty category.) These are docs/model.md §3's formulas with
 alpha_own - 1 written as -beta, so that nothing cancels when attention nears 1. Each quantity
 is weighted by the point's probability and summed.
 """
@@ -41,7 +41,7 @@ def available():
 
 
 def kernel(grid, inputs, threads=None):
-    """Expectations of SPEC §3 over one class grid (see the module docstring)."""
+    """Expectations of docs/model.md §3 over one class grid (see the module docstring)."""
     lay = sum_layout(grid.n_cat)
     out = np.zeros(lay.size)
     C = grid.fsizes[:, None]

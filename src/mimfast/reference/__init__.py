@@ -1,4 +1,4 @@
-"""Explicit PyTorch reference of the model (SPEC §7), the ground truth for the fast backends."""
+"""Explicit PyTorch reference of the model (docs/model.md §7), the ground truth for the fast backends."""
 
 from .explicit import MAX_ENUMERATED_MASKS, ExplicitModel
 

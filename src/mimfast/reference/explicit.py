@@ -1,4 +1,4 @@
-"""Explicit brute-force reference of the masked-image-modeling model (SPEC §1, §7).
+"""Explicit brute-force reference of the masked-image-modeling model (docs/model.md §1, §7).
 
 The transformer is built literally: one-hot embeddings, a dense ``d x d`` float64
 matrix ``Q``, an explicit partition of the positions for every cluster, every mask
@@ -40,7 +40,7 @@ def _positive_finite(values, name):
 
 
 class ExplicitModel:
-    """Explicit transformer of SPEC §1 with a dense float64 ``Q`` trained by GD.
+    """Explicit transformer of docs/model.md §1 with a dense float64 ``Q`` trained by GD.
 
     The embedding space has dimension ``d = P + sum_k n_k``: position ``p`` is the
     unit vector ``p`` and the feature of area ``n`` of cluster ``k`` is the unit
@@ -193,7 +193,7 @@ class ExplicitModel:
 
     @classmethod
     def from_sizes(cls, clusters, masked, shuffle=False, seed=0, **kw):
-        """Build a model from area groups as in SPEC §3.
+        """Build a model from area groups as in docs/model.md §3.
 
         Parameters
         ----------
