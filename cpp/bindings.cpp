@@ -2,9 +2,14 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <initializer_list>
+#include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "class_eval.hpp"
 #include "kernel.hpp"
 
 namespace py = pybind11;
@@ -22,84 +27,76 @@ const T* data(const Arr<T>& a, py::ssize_t n, const char* name) {
     return a.data();
 }
 
-// A count grid handed to the kernel once: the arrays are converted and validated here and
-// kept alive by the object, so each GD step passes only the key weights.
-class ClassGrid {
-   public:
-    ClassGrid(Arr<int64_t> counts, Arr<int64_t> rest, Arr<int64_t> lo, Arr<int64_t> hi,
-              Arr<double> row_weight, Arr<double> t_inner, int64_t off_inner,
-              Arr<double> t_last, int64_t off_last, int inner, int last, Arr<int64_t> blocks,
-              Arr<double> sizes, Arr<double> s_a, Arr<double> s_b, Arr<double> inv_areas,
-              Arr<double> inv_sizes)
-        : keep_{counts, rest, lo, hi, row_weight, t_inner, t_last, blocks,
-                sizes, s_a, s_b, inv_areas, inv_sizes} {
-        if (counts.ndim() != 2) throw std::invalid_argument("counts must be a 2-D array");
-        if (blocks.ndim() != 2 || blocks.shape(1) != 3)
-            throw std::invalid_argument("blocks must be an (n, 3) array");
-        g_.n_rows = counts.shape(0);
-        g_.n_cat = static_cast<int>(counts.shape(1));
-        g_.counts = counts.data();
-        g_.rest = data(rest, g_.n_rows, "rest");
-        g_.lo = data(lo, g_.n_rows, "lo");
-        g_.hi = data(hi, g_.n_rows, "hi");
-        g_.row_weight = data(row_weight, g_.n_rows, "row_weight");
-        g_.t_inner = t_inner.data();
-        g_.n_inner = t_inner.size();
-        g_.off_inner = off_inner;
-        g_.t_last = t_last.data();
-        g_.n_last = t_last.size();
-        g_.off_last = off_last;
-        g_.inner = inner;
-        g_.last = last;
-        g_.blocks = blocks.data();
-        g_.n_blocks = blocks.shape(0);
-        const py::ssize_t n = g_.n_cat;
-        in_.sizes = data(sizes, n, "sizes");
-        in_.s_a = data(s_a, n, "s_a");
-        in_.s_b = data(s_b, n, "s_b");
-        in_.inv_areas = data(inv_areas, n, "inv_areas");
-        in_.inv_sizes = data(inv_sizes, n, "inv_sizes");
-        mimfast::validate(g_);
-    }
+template <typename T>
+std::vector<T> copy(const Arr<T>& a) {
+    return std::vector<T>(a.data(), a.data() + a.size());
+}
 
-    py::array_t<double> sums(Arr<double> z, Arr<double> wu, Arr<double> wm, double wself,
-                             int threads) const {
-        if (threads < 1) throw std::invalid_argument("threads must be at least 1");
-        mimfast::Inputs in = in_;
-        const py::ssize_t n = g_.n_cat;
-        in.z = data(z, n, "z");
-        in.wu = data(wu, n, "wu");
-        in.wm = data(wm, n, "wm");
-        in.wself = wself;
-        py::array_t<double> out(mimfast::n_sums(g_.n_cat));
-        double* o = out.mutable_data();
-        {
-            py::gil_scoped_release release;
-            mimfast::class_sums(g_, in, threads, o);
-        }
-        return out;
-    }
+// An exact count grid from its arrays, copied: the handle shares no memory with Python.
+std::shared_ptr<mimfast::ExactGrid> make_grid(
+    Arr<int64_t> counts, Arr<int64_t> rest, Arr<int64_t> lo, Arr<int64_t> hi,
+    Arr<double> row_weight, Arr<double> t_inner, int64_t off_inner, Arr<double> t_last,
+    int64_t off_last, int inner, int last, Arr<int64_t> blocks, Arr<double> sizes,
+    Arr<double> s_a, Arr<double> s_b, Arr<double> inv_areas, Arr<double> inv_sizes) {
+    if (counts.ndim() != 2) throw std::invalid_argument("counts must be a 2-D array");
+    if (blocks.ndim() != 2 || blocks.shape(1) != 3)
+        throw std::invalid_argument("blocks must be an (n, 3) array");
+    for (const py::array* a : std::initializer_list<const py::array*>{
+             &rest, &lo, &hi, &row_weight, &t_inner, &t_last, &sizes, &s_a, &s_b, &inv_areas,
+             &inv_sizes})
+        if (a->ndim() != 1) throw std::invalid_argument("grid tables must be 1-D arrays");
+    mimfast::GridArrays g;
+    g.n_cat = static_cast<int>(counts.shape(1));
+    g.inner = inner;
+    g.last = last;
+    g.counts = copy(counts);
+    g.rest = copy(rest);
+    g.lo = copy(lo);
+    g.hi = copy(hi);
+    g.blocks = copy(blocks);
+    g.row_weight = copy(row_weight);
+    g.t_inner = copy(t_inner);
+    g.t_last = copy(t_last);
+    g.off_inner = off_inner;
+    g.off_last = off_last;
+    g.sizes = copy(sizes);
+    g.s_a = copy(s_a);
+    g.s_b = copy(s_b);
+    g.inv_areas = copy(inv_areas);
+    g.inv_sizes = copy(inv_sizes);
+    return std::make_shared<mimfast::ExactGrid>(std::move(g));
+}
 
-   private:
-    std::vector<py::object> keep_;
-    mimfast::Grid g_;
-    mimfast::Inputs in_;
-};
+py::array_t<double> eval_sums(const mimfast::ClassEval& e, Arr<double> z, Arr<double> wu,
+                              Arr<double> wm, double wself, int threads) {
+    if (threads < 1) throw std::invalid_argument("threads must be at least 1");
+    const py::ssize_t n = e.n_cat();
+    const double* pz = data(z, n, "z");
+    const double* pu = data(wu, n, "wu");
+    const double* pm = data(wm, n, "wm");
+    py::array_t<double> out(mimfast::n_sums(e.n_cat()));
+    double* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        e.sums(pz, pu, pm, wself, threads, o);
+    }
+    return out;
+}
 
 void bind_kernel(py::module_& m) {
-    py::class_<ClassGrid>(m, "ClassGrid",
-                          "A class count grid converted and validated for the kernel.")
-        .def(py::init<Arr<int64_t>, Arr<int64_t>, Arr<int64_t>, Arr<int64_t>, Arr<double>,
-                      Arr<double>, int64_t, Arr<double>, int64_t, int, int, Arr<int64_t>,
-                      Arr<double>, Arr<double>, Arr<double>, Arr<double>, Arr<double>>(),
-             py::arg("counts"), py::arg("rest"), py::arg("lo"), py::arg("hi"),
-             py::arg("row_weight"), py::arg("t_inner"), py::arg("off_inner"),
+    py::class_<mimfast::ClassEval, std::shared_ptr<mimfast::ClassEval>>(
+        m, "ClassEval", "Evaluator of one query class (base of ClassGrid and point sets).")
+        .def_property_readonly("n_cat", &mimfast::ClassEval::n_cat)
+        .def("sums", &eval_sums, py::arg("z"), py::arg("wu"), py::arg("wm"), py::arg("wself"),
+             py::arg("threads"),
+             "Sums of docs/model.md §3: [mass, loss, dB_self, alpha[n], dA[n], dB[n]].");
+    py::class_<mimfast::ExactGrid, mimfast::ClassEval, std::shared_ptr<mimfast::ExactGrid>>(
+        m, "ClassGrid", "A class count grid, copied and validated for the kernel.")
+        .def(py::init(&make_grid), py::arg("counts"), py::arg("rest"), py::arg("lo"),
+             py::arg("hi"), py::arg("row_weight"), py::arg("t_inner"), py::arg("off_inner"),
              py::arg("t_last"), py::arg("off_last"), py::arg("inner"), py::arg("last"),
              py::arg("blocks"), py::arg("sizes"), py::arg("s_a"), py::arg("s_b"),
-             py::arg("inv_areas"), py::arg("inv_sizes"))
-        .def("sums", &ClassGrid::sums, py::arg("z"), py::arg("wu"), py::arg("wm"),
-             py::arg("wself"), py::arg("threads"),
-             "Sums of docs/model.md §3 over the grid: [mass, loss, dB_self, alpha[n], dA[n], dB[n]].");
+             py::arg("inv_areas"), py::arg("inv_sizes"));
     m.def("openmp_enabled", &mimfast::openmp_enabled, "Whether the kernel was built with OpenMP.");
     m.def("max_threads", &mimfast::max_threads, "Threads the kernel uses by default.");
 }

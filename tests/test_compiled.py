@@ -94,6 +94,33 @@ def test_kernel_errors_cross_as_value_error():
         handle.sums(inp.z, inp.wu[:2], inp.wm, inp.wself, 1)
 
 
+def test_grid_handle_owns_its_arrays():
+    """Changing or dropping a grid's arrays after its kernel handle was made cannot reach it."""
+    from mimfast.backends import get_kernel
+    from mimfast.backends.cpp_backend import prepared
+
+    s = mf.Setting.paper(10**4, 0.9, 0.3)
+    grid = build_grids(s)[0, 1]
+    inp = class_inputs(s, mf.State.zeros(s), 0, 1, grid)
+    handle = prepared(grid)
+    assert isinstance(handle, _core.ClassEval) and handle.n_cat == grid.n_cat
+    before = handle.sums(inp.z, inp.wu, inp.wm, inp.wself, 1)
+    np.testing.assert_allclose(before, get_kernel("numpy")(grid, inp), rtol=1e-12, atol=1e-300)
+    # out-of-range indices and freed tables: read through a borrowed pointer these crash
+    grid.blocks[:, 2] = 10**12
+    grid.lo[:] = -(10**12)
+    grid.t_inner[:] = np.nan
+    grid.t_inner = grid.t_inner[:1]
+    grid.t_last = None
+    grid.counts = None
+    import gc
+
+    gc.collect()
+    after = handle.sums(inp.z, inp.wu, inp.wm, inp.wself, 1)
+    np.testing.assert_array_equal(after, before)
+    assert prepared(grid) is handle
+
+
 def test_interrupt_keeps_recorded_steps_and_resumes_exactly():
     s = mf.Setting.paper(10**4, 0.9, 0.3)
     full = mf.simulate(s, eta=20.0, steps=40, record_every=3)

@@ -3,8 +3,22 @@
 import numpy as np
 import numpy.typing as npt
 
-class ClassGrid:
-    """A class count grid converted and validated for the kernel."""
+class ClassEval:
+    """Evaluator of one query class (base of ClassGrid and point sets)."""
+
+    @property
+    def n_cat(self) -> int: ...
+    def sums(
+        self,
+        z: npt.NDArray[np.float64],
+        wu: npt.NDArray[np.float64],
+        wm: npt.NDArray[np.float64],
+        wself: float,
+        threads: int,
+    ) -> npt.NDArray[np.float64]: ...
+
+class ClassGrid(ClassEval):
+    """A class count grid, copied and validated for the kernel."""
 
     def __init__(
         self,
@@ -26,14 +40,6 @@ class ClassGrid:
         inv_areas: npt.NDArray[np.float64],
         inv_sizes: npt.NDArray[np.float64],
     ) -> None: ...
-    def sums(
-        self,
-        z: npt.NDArray[np.float64],
-        wu: npt.NDArray[np.float64],
-        wm: npt.NDArray[np.float64],
-        wself: float,
-        threads: int,
-    ) -> npt.NDArray[np.float64]: ...
 
 def openmp_enabled() -> bool: ...
 def max_threads() -> int: ...

@@ -24,7 +24,10 @@ def available():
 
 
 def prepared(grid):
-    """The grid converted and validated for the kernel, once per grid (cached on it)."""
+    """The grid copied and validated for the kernel, once per grid (cached on it).
+
+    The handle owns copies of the arrays, so later changes to ``grid`` cannot reach it.
+    """
     handle = getattr(grid, "_cpp", None)
     if handle is None:
         handle = _core.ClassGrid(
