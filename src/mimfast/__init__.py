@@ -3,15 +3,17 @@
 The public API (docs/model.md §6): :class:`Setting` with its :class:`Cluster` and :class:`Group`,
 :func:`simulate` returning a :class:`Result`, :func:`gradient` for one exact expected gradient
 at a :class:`State`, and :func:`backends`. :mod:`mimfast.analysis` measures a run in the terms
-of Theorem 4.1, :mod:`mimfast.io` saves and loads runs, :mod:`mimfast.plots` draws them and
+of Theorem 4.1, :mod:`mimfast.io` saves and loads runs, :mod:`mimfast.plots` draws them,
+:func:`sweep` (:mod:`mimfast.sweeps`) runs scaling studies that :mod:`mimfast.scaling` fits, and
 :mod:`mimfast.cli` is the ``mimfast`` command.
 """
 
-from . import analysis, io
+from . import analysis, io, scaling, sweeps
 from .backends import backends
 from .model import Gradient, State
 from .setting import Cluster, Group, Setting
 from .simulate import Interrupted, Result, gradient, simulate
+from .sweeps import sweep
 
 try:
     from importlib.metadata import version as _version
@@ -33,5 +35,8 @@ __all__ = [
     "backends",
     "gradient",
     "io",
+    "scaling",
     "simulate",
+    "sweep",
+    "sweeps",
 ]

@@ -182,6 +182,9 @@ def _parser():
         if name == "plot":
             q.add_argument("--out", type=Path, metavar="DIR",
                            help="folder of the figures (default: the folder of FILE)")
+    from .cli_sweep import add_parser
+
+    add_parser(sub, _number, _count)
     return p
 
 
@@ -480,6 +483,12 @@ def _plot(args):
     return EXIT_OK
 
 
+def _sweep(args):
+    from .cli_sweep import run
+
+    return run(args, UsageError)
+
+
 def main(argv=None):
     """Entry point of the ``mimfast`` command; returns the exit code.
 
@@ -498,7 +507,7 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version (0) and usage errors (2)
         return int(exc.code or 0)
-    command = {"run": _run, "summary": _summary, "plot": _plot}[args.command]
+    command = {"run": _run, "summary": _summary, "plot": _plot, "sweep": _sweep}[args.command]
     try:
         return command(args)
     except UsageError as exc:

@@ -1,0 +1,322 @@
+"""How a sweep's measurements scale with P, and the measured phase diagram (docs/scaling.md).
+
+Works on the results table of :func:`mimfast.sweeps.sweep`. :func:`fits` fits power laws
+y ≈ c · P^b by least squares on log y against log P, with a t-interval for the exponent b,
+per *regime* (all task parameters but P) and per quantity: the phase-switch time of a local
+query, T_eps of each class (in steps and in gradient-flow time η · steps), the magnitude of a
+local query's minimum global FP correlation, and the final loss gap of each class
+(docs/model.md §5). :func:`phases` and :func:`boundary` give the measured number of learning
+phases of a local query over the (κ_c, κ_s) plane, to compare with the sign of the
+information gap Δ = (1 − κ_s) − 2(1 − κ_c) (docs/model.md §4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["QUANTITIES", "REGIME", "boundary", "boundary_agreement", "fit_power", "fits",
+           "phases", "report", "save_figures"]
+
+# the task parameters that, with P, define a run: a regime is one value of all but P
+REGIME = ("kappa_c", "kappa_s", "gamma", "K", "z", "pp", "eta", "eta_rule", "steps", "until",
+          "record_every", "method", "backend", "epsilon", "tail_tol")
+
+# quantity -> (table column, description, in gradient-flow time)
+QUANTITIES = {
+    "local_switch": ("local_switch", "phase switch of a local query (steps)", False),
+    "local_switch_time": ("local_switch", "phase switch of a local query (eta * steps)", True),
+    "local_T_eps": ("local_T_eps", "T_eps of a local query (steps)", False),
+    "local_T_eps_time": ("local_T_eps", "T_eps of a local query (eta * steps)", True),
+    "global_T_eps": ("global_T_eps", "T_eps of a global query (steps)", False),
+    "global_T_eps_time": ("global_T_eps", "T_eps of a global query (eta * steps)", True),
+    "local_fp_global_min": ("local_fp_global_min",
+                            "|minimum global FP correlation| of a local query", False),
+    "local_loss_gap": ("local_loss_gap", "final loss gap of a local query", False),
+    "global_loss_gap": ("global_loss_gap", "final loss gap of a global query", False),
+}
+
+
+def fit_power(P, y, level=0.95):
+    """Least-squares fit of log10 y = a + b log10 P.
+
+    Parameters
+    ----------
+    P, y : array_like
+        Positive values, at least two distinct P.
+    level : float
+        Confidence level of the interval of b (Student t with n - 2 degrees of freedom).
+
+    Returns
+    -------
+    dict
+        ``exponent`` b, its interval ``low`` and ``high`` (NaN for two points),
+        ``prefactor`` 10^a, ``n``, and ``r2``.
+    """
+    x, v = np.log10(np.asarray(P, dtype=float)), np.asarray(y, dtype=float)
+    if np.any(v <= 0) or not np.all(np.isfinite(v)):
+        raise ValueError("fit_power needs positive, finite values")
+    if len(np.unique(x)) < 2:
+        raise ValueError("fit_power needs at least two distinct P")
+    ly = np.log10(v)
+    n = len(x)
+    (b, a), res, *_ = np.polyfit(x, ly, 1, full=True)
+    sxx = float(np.sum((x - x.mean()) ** 2))
+    sse = float(res[0]) if len(res) else 0.0
+    sst = float(np.sum((ly - ly.mean()) ** 2))
+    low = high = math.nan
+    if n > 2:
+        from scipy.stats import t
+
+        half = t.ppf(0.5 + level / 2, n - 2) * math.sqrt(sse / (n - 2) / sxx)
+        low, high = b - half, b + half
+    return {"exponent": float(b), "low": float(low), "high": float(high),
+            "prefactor": float(10**a), "n": n, "r2": 1 - sse / sst if sst > 0 else 1.0}
+
+
+def _regimes(table):
+    done = table[table["status"] == "done"]
+    keys = [k for k in REGIME if k in done.columns]
+    for values, rows in done.groupby(keys, dropna=False, sort=False):
+        yield dict(zip(keys, values)), rows.sort_values("P")
+
+
+def _label(regime):
+    delta = (1 - regime["kappa_s"]) - 2 * (1 - regime["kappa_c"])
+    return f"kappa_c={regime['kappa_c']:g} kappa_s={regime['kappa_s']:g} (Delta={delta:+.2f})"
+
+
+def fits(table, level=0.95, quantities=None):
+    """Power-law fits against P of each quantity, per regime.
+
+    A point enters a fit when its task is done and the quantity is positive: a phase switch
+    of 0 (one phase) or a T_eps that was not reached is left out, and the ``note`` column
+    says how many points were.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A sweep results table (:func:`mimfast.sweeps.read_table`).
+    level : float
+        Confidence level of the exponent intervals.
+    quantities : list of str, optional
+        Keys of :data:`QUANTITIES` (default all).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (regime, quantity) with ``regime``, ``kappa_c``, ``kappa_s``, ``delta``,
+        ``quantity``, ``description``, ``n``, ``P_min``, ``P_max``, ``exponent``, ``low``,
+        ``high``, ``prefactor``, ``r2`` and ``note``.
+    """
+    import pandas as pd
+
+    out = []
+    for regime, rows in _regimes(table):
+        if rows["P"].nunique() < 2:
+            continue
+        for name in quantities or QUANTITIES:
+            column, text, flow = QUANTITIES[name]
+            y = rows[column].astype("float64").to_numpy()
+            if flow:
+                y = y * rows["eta_used"].to_numpy(dtype=float)
+            if name == "local_fp_global_min":
+                y = -y
+            ok = np.isfinite(y) & (y > 0)
+            P = rows["P"].to_numpy(dtype=float)[ok]
+            row = {"regime": _label(regime), "kappa_c": regime["kappa_c"],
+                   "kappa_s": regime["kappa_s"],
+                   "delta": (1 - regime["kappa_s"]) - 2 * (1 - regime["kappa_c"]),
+                   "quantity": name, "description": text, "n": int(ok.sum()),
+                   "P_min": P.min() if len(P) else math.nan,
+                   "P_max": P.max() if len(P) else math.nan}
+            left = len(y) - int(ok.sum())
+            row["note"] = f"{left} of {len(y)} points left out (0 or not reached)" if left else ""
+            if len(np.unique(P)) >= 2:
+                row.update(fit_power(P, y[ok], level))
+            out.append(row)
+    cols = ["regime", "kappa_c", "kappa_s", "delta", "quantity", "description", "n", "P_min",
+            "P_max", "exponent", "low", "high", "prefactor", "r2", "note"]
+    return pd.DataFrame(out, columns=cols)
+
+
+def phases(table):
+    """The measured phases of a local query per task: P, κ_c, κ_s, Δ and ``phases``
+    (1: own feature leads from the start, 2: after a switch, NA: never in the run)."""
+    done = table[table["status"] == "done"]
+    out = done[["P", "kappa_c", "kappa_s", "delta", "local_phases", "local_switch"]]
+    return out.rename(columns={"local_phases": "phases", "local_switch": "switch"}).reset_index(
+        drop=True)
+
+
+def boundary_agreement(table, margin=0.05):
+    """How often the measured phases agree with the sign of Δ, away from Δ = 0.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+    margin : float
+        Only tasks with |Δ| >= margin count.
+
+    Returns
+    -------
+    dict
+        P -> (agreeing, compared, unknown): tasks whose phases are 2 iff Δ > 0, tasks
+        compared, and tasks whose switch was never reached (not compared).
+    """
+    ph = phases(table)
+    ph = ph[ph["delta"].abs() >= margin]
+    out = {}
+    for P, rows in ph.groupby("P"):
+        known = rows[rows["phases"].notna()]
+        agree = int(((known["phases"] == 2) == (known["delta"] > 0)).sum())
+        out[int(P)] = (agree, len(known), len(rows) - len(known))
+    return out
+
+
+def boundary(table, P):
+    """The measured phase boundary at one P: per κ_s, the κ_c between the largest one-phase
+    and the smallest two-phase κ_c (NaN where the measurement does not bracket it).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``kappa_s``, ``one_phase_max``, ``two_phase_min``, ``kappa_c`` (their midpoint), and
+        ``theory`` (Δ = 0: κ_c = (1 + κ_s) / 2).
+    """
+    import pandas as pd
+
+    ph = phases(table)
+    ph = ph[(ph["P"] == P) & ph["phases"].notna()]
+    rows = []
+    for ks, g in ph.groupby("kappa_s"):
+        one = g.loc[g["phases"] == 1, "kappa_c"]
+        two = g.loc[g["phases"] == 2, "kappa_c"]
+        lo = one.max() if len(one) else math.nan
+        hi = two.min() if len(two) else math.nan
+        mid = (lo + hi) / 2 if len(one) and len(two) and lo < hi else math.nan
+        rows.append({"kappa_s": ks, "one_phase_max": lo, "two_phase_min": hi, "kappa_c": mid,
+                     "theory": (1 + ks) / 2})
+    return pd.DataFrame(rows, columns=["kappa_s", "one_phase_max", "two_phase_min", "kappa_c",
+                                       "theory"])
+
+
+def _fmt(v, f=".3g"):
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, f)
+
+
+def report(table, fit_table=None):
+    """The printed summary of a sweep: task counts, the fits and the phase boundary."""
+    fit_table = fits(table) if fit_table is None else fit_table
+    status = table["status"].value_counts()
+    lines = [f"{len(table)} tasks: " + ", ".join(f"{n} {s}" for s, n in status.items())]
+    done = table[table["status"] == "done"]
+    if len(done):
+        lines.append(f"not converged (T_eps not reached in every class): "
+                     f"{int((~done['converged'].astype(bool)).sum())}")
+    if len(fit_table):
+        lines += ["", "power-law fits y = c * P^b (95% interval of b):"]
+        for regime, rows in fit_table.groupby("regime", sort=False):
+            lines.append(f"  {regime}")
+            for r in rows.itertuples():
+                span = f"P {_fmt(r.P_min, '.0e')}..{_fmt(r.P_max, '.0e')}, n={r.n}"
+                if math.isnan(r.exponent) if isinstance(r.exponent, float) else False:
+                    fit = "no fit"
+                else:
+                    fit = f"b = {r.exponent:+.3f} [{_fmt(r.low, '+.3f')}, {_fmt(r.high, '+.3f')}]"
+                note = f"; {r.note}" if r.note else ""
+                lines.append(f"    {r.description:<52} {fit:<28} {span}{note}")
+    agreement = boundary_agreement(table)
+    if agreement:
+        lines += ["", "phases of a local query vs the sign of Delta (|Delta| >= 0.05):"]
+        for P, (agree, n, unknown) in agreement.items():
+            extra = f"; {unknown} never switched in the run" if unknown else ""
+            lines.append(f"  P = {P:.0e}: {agree} of {n} agree{extra}")
+    return "\n".join(lines)
+
+
+def _figure(ncols, nrows=1, width=4.6, height=3.6):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    return fig, np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
+
+
+def scaling_figure(table, fit_table=None):
+    """Log-log panels of the fitted quantities against P, one color per regime, with the
+    fitted lines; open markers are runs that did not reach T_eps."""
+    fit_table = fits(table) if fit_table is None else fit_table
+    panels = ["local_switch", "local_T_eps", "global_T_eps", "local_fp_global_min",
+              "local_loss_gap", "global_loss_gap"]
+    fig, axes = _figure(3, 2)
+    for i, (regime, rows) in enumerate(_regimes(table)):
+        label = _label(regime)
+        for ax, name in zip(axes, panels):
+            column, text, _ = QUANTITIES[name]
+            y = rows[column].astype("float64").to_numpy()
+            y = -y if name == "local_fp_global_min" else y
+            P = rows["P"].to_numpy(dtype=float)
+            conv = rows["converged"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+            ok = np.isfinite(y) & (y > 0)
+            ax.loglog(P[ok & conv], y[ok & conv], "o", color=f"C{i}", ms=4)
+            ax.loglog(P[ok & ~conv], y[ok & ~conv], "o", mfc="none", color=f"C{i}", ms=4)
+            f = fit_table[(fit_table["regime"] == label) & (fit_table["quantity"] == name)]
+            if len(f) and np.isfinite(f["exponent"].iloc[0]):
+                r = f.iloc[0]
+                x = np.array([r.P_min, r.P_max])
+                ax.loglog(x, r.prefactor * x**r.exponent, "-", color=f"C{i}", lw=1,
+                          label=f"{label}: b = {r.exponent:+.2f}")
+            ax.set_title(text, fontsize=9)
+            ax.set_xlabel("P")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    return fig
+
+
+def phase_figure(table):
+    """The measured phases of a local query in the (κ_c, κ_s) plane, one panel per P, over
+    the theorem's Δ = 0 line; the measured boundary joins the midpoints between one- and
+    two-phase runs."""
+    ph = phases(table)
+    Ps = sorted(ph["P"].unique())
+    fig, axes = _figure(len(Ps))
+    line = np.linspace(0.5, 1.0, 50)
+    for ax, P in zip(axes, Ps):
+        g = ph[ph["P"] == P]
+        for value, marker, color, name in ((1, "o", "C0", "one phase"),
+                                           (2, "^", "C3", "two phases")):
+            sel = g[g["phases"] == value]
+            ax.plot(sel["kappa_c"], sel["kappa_s"], marker, color=color, ls="none", label=name)
+        sel = g[g["phases"].isna()]
+        if len(sel):
+            ax.plot(sel["kappa_c"], sel["kappa_s"], "x", color="0.5", ls="none",
+                    label="no switch in the run")
+        ax.plot(line, 2 * line - 1, "k--", lw=1, label=r"$\Delta = 0$ (theorem)")
+        b = boundary(table, P).dropna(subset=["kappa_c"])
+        if len(b):
+            ax.plot(b["kappa_c"], b["kappa_s"], "-", color="C2", lw=2, label="measured boundary")
+        ax.set_title(f"P = {P:.0e}", fontsize=10)
+        ax.set_xlabel(r"$\kappa_c$")
+        ax.set_ylabel(r"$\kappa_s$")
+        ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
+def save_figures(table, out, fit_table=None, dpi=130):
+    """Write ``scaling.png`` (when some regime spans two P) and ``phases.png`` (when the
+    table holds at least three (κ_c, κ_s) pairs) into folder ``out``; returns their paths."""
+    from pathlib import Path
+
+    out = Path(out)
+    paths = []
+    fit_table = fits(table) if fit_table is None else fit_table
+    if len(fit_table):
+        paths.append(out / "scaling.png")
+        scaling_figure(table, fit_table).savefig(paths[-1], dpi=dpi)
+    ph = phases(table)
+    if len(ph.drop_duplicates(["kappa_c", "kappa_s"])) >= 3:
+        paths.append(out / "phases.png")
+        phase_figure(table).savefig(paths[-1], dpi=dpi)
+    return paths

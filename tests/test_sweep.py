@@ -1,0 +1,240 @@
+"""Sweeps: executors give the same table, nothing finished is lost, failures are recorded,
+and the measured phases follow the sign of the information gap."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mimfast as mf
+from mimfast import io, scaling
+from mimfast.cli import main
+from mimfast.sweeps import COLUMNS, expand, read_table, run_task, sweep, task_id
+
+# two regimes, two P, and one task whose setting is impossible (global area smaller than a
+# local one): it must fail without stopping the others
+GRID = {"P": [1000, 10000], "kappa_c": [0.9, 0.6, 0.2], "kappa_s": 0.3, "steps": 250,
+        "record_every": 5}
+
+
+def none(value):
+    return None if pd.isna(value) else value
+
+
+def same_table(a, b):
+    """Tables equal in every column but the wall time."""
+    pd.testing.assert_frame_equal(a.drop(columns="wall_s"), b.drop(columns="wall_s"))
+
+
+@pytest.fixture(scope="module")
+def local_table(tmp_path_factory):
+    out = tmp_path_factory.mktemp("local")
+    return out, sweep(out, GRID, workers=2, progress=False)
+
+
+def test_table_rows_and_failure(local_table):
+    out, table = local_table
+    assert list(table.columns) == list(COLUMNS)
+    assert list(table["task"]) == [task_id(t) for t in expand(GRID)]
+    failed = table[table["kappa_c"] == 0.2]
+    assert (failed["status"] == "failed").all()
+    assert failed["error"].str.startswith("ValueError: paper(").all()
+    assert failed["error"].str.contains("global area").all()
+    done = table[table["kappa_c"] != 0.2]
+    assert (done["status"] == "done").all() and done["error"].isna().all()
+    # each row agrees with its own saved run and with a direct simulate of the same task
+    for row in done.itertuples():
+        ds = io.open_dataset(out / row.file)
+        result = io.from_dataset(ds)
+        s = mf.Setting.paper(int(row.P), row.kappa_c, row.kappa_s)
+        eta = 100.0 * (row.P / 1e6) ** (1 - row.kappa_s)
+        direct = mf.simulate(s, eta, 250, record_every=5)
+        assert io.equal(result, direct)
+        switch = mf.analysis.phase_switch(direct, 0, 1)
+        assert row.local_switch == switch and row.local_phases == 1 + (switch > 0)
+        assert none(row.local_T_eps) == mf.analysis.convergence_time(direct, 0, 1)
+        assert none(row.global_T_eps) == mf.analysis.convergence_time(direct, 0, 0)
+        assert row.last_step == 250 and row.eta_used == eta
+        assert row.local_loss_gap == mf.analysis.loss_gap(direct, 0, 1)[-1]
+        assert row.local_fp_global_min == direct.fp(0, 1, 0).min()
+
+
+def test_dask_local_cluster_gives_the_same_table(local_table, tmp_path):
+    _, expected = local_table
+    table = sweep(tmp_path, GRID, executor="dask", workers=2, progress=False)
+    same_table(table, expected)
+
+
+def test_local_one_worker_gives_the_same_table(local_table, tmp_path):
+    _, expected = local_table
+    same_table(sweep(tmp_path, GRID, workers=1, progress=False), expected)
+
+
+KILLER = """
+import os, signal, sys
+from mimfast.sweeps import sweep
+rows = []
+def kill(row):
+    rows.append(row)
+    if len(rows) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+sweep(sys.argv[1], {grid!r}, workers=1, progress=False, callback=kill)
+"""
+
+
+def test_killed_sweep_resumes_to_the_same_table(local_table, tmp_path):
+    _, expected = local_table
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER.format(grid=GRID))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True,
+                          check=False)
+    assert proc.returncode == -9, proc.stderr.decode()
+    partial = read_table(out)
+    assert len(partial) == 2 and (partial["status"] == "done").all()
+    assert sorted(os.listdir(out / "runs")) == sorted(f.split("/")[1] for f in partial["file"])
+    seen = []
+    table = sweep(out, GRID, workers=1, progress=False, callback=seen.append)
+    assert len(seen) == len(expected) - 2  # the two finished tasks were not run again
+    same_table(table, expected)
+
+
+def test_interrupted_sweep_keeps_rows_and_retries_failed(local_table, tmp_path):
+    _, expected = local_table
+
+    def interrupt(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(tmp_path, GRID, workers=1, progress=False, callback=interrupt)
+    assert len(read_table(tmp_path)) == 1
+    first = sweep(tmp_path, GRID, workers=1, progress=False)
+    same_table(first, expected)
+    # a re-run runs the failed tasks again and nothing else
+    seen = []
+    again = sweep(tmp_path, GRID, workers=1, progress=False, callback=seen.append)
+    assert sorted(r["task"] for r in seen) == sorted(expected.loc[expected["status"] == "failed",
+                                                                  "task"])
+    same_table(again, expected)
+    ok = expected["status"] == "done"
+    assert (again.loc[ok, "wall_s"] == first.loc[ok, "wall_s"]).all()  # rows kept as they were
+    # a done row whose results file is gone is run again
+    (tmp_path / first.loc[0, "file"]).unlink()
+    seen.clear()
+    same_table(sweep(tmp_path, GRID, workers=1, progress=False, callback=seen.append), expected)
+    assert first.loc[0, "task"] in [r["task"] for r in seen]
+
+
+def test_until_stops_at_t_eps_and_marks_unconverged(tmp_path):
+    base = {"P": 10**4, "kappa_c": 0.9, "kappa_s": 0.3, "until": True}
+    row = run_task({**base, "steps": 3000}, tmp_path)
+    assert row["status"] == "done" and row["converged"]
+    full = mf.simulate(mf.Setting.paper(10**4, 0.9, 0.3), row["eta_used"], 3000)
+    t_eps = [mf.analysis.convergence_time(full, 0, h) for h in (0, 1)]
+    assert row["global_T_eps"] == t_eps[0] and row["local_T_eps"] == t_eps[1]
+    assert row["last_step"] == max(t_eps) + 1  # stopped right after the last T_eps
+    short = run_task({**base, "steps": 300}, tmp_path)
+    assert short["status"] == "done" and short["converged"] is False
+    assert short["local_T_eps"] is None and short["last_step"] == 300
+
+
+def test_phase_boundary_follows_the_sign_of_delta(tmp_path):
+    grid = {"P": 10**4, "kappa_s": [0.3, 0.4], "kappa_c": [0.55, 0.6, 0.75, 0.8, 0.9],
+            "steps": 500, "record_every": 2}
+    table = sweep(tmp_path, grid, progress=False)
+    assert (table["status"] == "done").all()
+    assert scaling.boundary_agreement(table, margin=0.05) == {10**4: (10, 10, 0)}
+    ph = scaling.phases(table)
+    assert set(ph.loc[ph["delta"] > 0, "phases"]) == {2}
+    assert set(ph.loc[ph["delta"] < 0, "phases"]) == {1}
+    b = scaling.boundary(table, 10**4)
+    assert (b["one_phase_max"] < b["theory"]).all() and (b["theory"] < b["two_phase_min"]).all()
+    paths = scaling.save_figures(table, tmp_path)
+    assert [p.name for p in paths] == ["phases.png"]  # one P: nothing to fit
+
+
+def test_fit_power_against_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    P = np.logspace(3, 12, 19)
+    y = 3.0 * P**0.7 * np.exp(rng.normal(0, 0.05, P.size))
+    fit = scaling.fit_power(P, y)
+    ref = stats.linregress(np.log10(P), np.log10(y))
+    half = stats.t.ppf(0.975, P.size - 2) * ref.stderr
+    assert fit["exponent"] == pytest.approx(ref.slope, rel=1e-12)
+    assert fit["low"] == pytest.approx(ref.slope - half, rel=1e-12)
+    assert fit["high"] == pytest.approx(ref.slope + half, rel=1e-12)
+    assert fit["prefactor"] == pytest.approx(10**ref.intercept, rel=1e-12)
+    assert fit["low"] < 0.7 < fit["high"]
+    exact = scaling.fit_power(P, 2 * P**-0.25)
+    assert exact["exponent"] == pytest.approx(-0.25, abs=1e-12)
+    assert exact["high"] - exact["low"] < 1e-9
+    with pytest.raises(ValueError, match="positive"):
+        scaling.fit_power(P, -y)
+    with pytest.raises(ValueError, match="two distinct"):
+        scaling.fit_power([10, 10], [1, 2])
+
+
+def test_fits_per_regime(local_table):
+    _, table = local_table
+    f = scaling.fits(table)
+    assert set(f["regime"]) == {"kappa_c=0.9 kappa_s=0.3 (Delta=+0.50)",
+                                "kappa_c=0.6 kappa_s=0.3 (Delta=-0.10)"}
+    neg = f[(f["kappa_c"] == 0.6) & (f["quantity"] == "local_switch")].iloc[0]
+    assert neg["n"] == 0 and "2 of 2" in neg["note"]  # one phase: nothing to fit
+    pos = table[(table["kappa_c"] == 0.9) & (table["status"] == "done")]
+    gap = f[(f["kappa_c"] == 0.9) & (f["quantity"] == "global_loss_gap")].iloc[0]
+    P, y = pos["P"].to_numpy(float), pos["global_loss_gap"].to_numpy(float)
+    assert gap["exponent"] == pytest.approx(np.log10(y[1] / y[0]) / np.log10(P[1] / P[0]))
+    assert "power-law fits" in scaling.report(table, f)
+
+
+def test_cli_sweep(tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["sweep", "--P", "3:4:1", "--kappa-c", "0.9", "--kappa-s", "0.3", "--steps", "100",
+            "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    table = read_table(out)
+    assert list(table["P"]) == [1000, 10000] and (table["status"] == "done").all()
+    assert (out / "fits.csv").is_file() and (out / "scaling.png").is_file()
+    assert "power-law fits" in capsys.readouterr().out
+    assert main(argv + ["--kappa-c", "0.9", "0.2", "--no-plots"]) == 1
+    assert "2 of 4 tasks failed" in capsys.readouterr().err
+    assert main(["sweep", "--P", "1e3", "--out", str(out)]) == 2
+    assert "--kappa-c, --kappa-s" in capsys.readouterr().err
+    assert main(["sweep", "--P", "4:3", "--kappa-c", "0.9", "--kappa-s", "0.3"]) == 2
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="unknown task parameter"):
+        sweep(tmp_path, {"P": 1000, "kappa_c": 0.9, "kappa_s": 0.3, "kapa": 1})
+    with pytest.raises(ValueError, match="needs kappa_s"):
+        expand({"P": 1000, "kappa_c": 0.9})
+    with pytest.raises(TypeError, match="steps"):
+        expand({"P": 1000, "kappa_c": 0.9, "kappa_s": 0.3, "steps": 1.5})
+    with pytest.raises(ValueError, match="eta_rule"):
+        expand({"P": 1000, "kappa_c": 0.9, "kappa_s": 0.3, "eta_rule": "linear"})
+    with pytest.raises(ValueError, match="executor"):
+        sweep(tmp_path, {"P": 1000, "kappa_c": 0.9, "kappa_s": 0.3}, executor="slurm")
+    with pytest.raises(ValueError, match="workers"):
+        sweep(tmp_path, {"P": 1000, "kappa_c": 0.9, "kappa_s": 0.3}, workers=0)
+    with pytest.raises(ValueError, match="at least one task"):
+        sweep(tmp_path, {})
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a sweep results table"):
+        sweep(tmp_path / "bad", {"P": 1000, "kappa_c": 0.9, "kappa_s": 0.3})
+
+
+def test_one_sweep_per_folder(tmp_path):
+    from mimfast.sweeps import _lock
+
+    held = _lock(tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match="another sweep"):
+            sweep(tmp_path, {"P": 1000, "kappa_c": 0.9, "kappa_s": 0.3})
+    finally:
+        held.close()
