@@ -93,8 +93,22 @@ def test_pp_of_frozen_run_is_refused():
 def test_grid_too_large_says_how_large():
     big = 10**9 // 5
     s = mf.Setting([C([G(1, big), G(1, big), G(1, big), G(1, big), G(1, big)])])
-    with pytest.raises(ValueError, match=r"would need [0-9.,]+ GiB"):
+    with pytest.raises(ValueError, match=r"would need about more than 1024 TiB .*quadrature"):
         mf.simulate(s, eta=1.0, steps=1)
+    s = mf.Setting([C([G(1, 10**6)] * 4)])
+    with pytest.raises(ValueError, match=r"would need about [0-9.]+ GiB \(.*rows.*quadrature"):
+        mf.simulate(s, eta=1.0, steps=1)
+
+
+def test_window_tables_are_inside_the_memory_limit():
+    # P = 2^62: the 1-D tables alone would need far more than the limit; refused before any
+    # of them is allocated, naming the quadrature method
+    s = mf.Setting.paper(2**62, 0.9, 0.3)
+    with pytest.raises(ValueError, match=r"1-D probability tables.*method=\"quadrature\""):
+        mf.simulate(s, eta=1.0, steps=1)
+    s = mf.Setting.paper(10**6, 0.9, 0.3)
+    with pytest.raises(ValueError, match=r"1-D probability tables"):
+        mf.grid.build_grids(s, max_bytes=10**5)
 
 
 def test_diverging_run_is_reported():

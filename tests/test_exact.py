@@ -31,6 +31,12 @@ SETTINGS = {
     ),
     "one-patch-areas": (mf.Setting([C([G(1, 3), G(4, 1)])], gamma=0.5), 3.0, None),
     "gamma-0.3": (mf.Setting([C([G(1, 5), G(2, 2, z=1.2)])], gamma=0.3), 3.0, None),
+    # edges where the unmasked draw is certain (u = P - 1 keys from P - 1 positions: p = 1)
+    "masked-1": (mf.Setting([C([G(1, 3), G(2, 2, z=1.3)])], masked=1), 3.0, None),
+    "tiny-gamma": (mf.Setting([C([G(1, 4), G(3, 2)])], gamma=0.05), 3.0, None),
+    "P-2-one-area": (mf.Setting([C([G(1, 2, z=1.5)])]), 3.0, None),
+    "P-2-two-areas": (mf.Setting([C([G(2, 1)])]), 3.0, None),
+    "P-2-K2": (mf.Setting([C([G(1, 2)]), C([G(2, 1, z=0.7)], weight=3.0)]), 3.0, 1),
 }
 STEPS = 6
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -51,10 +52,15 @@ def fp_keys(setting, k, h):
     return ["own"] + [g for g in range(len(areas) - 1) if areas[1 + g] > 0]
 
 
-def class_name(setting, k, h):
+def class_name(setting, k, h, paper=None):
     """Readable name of query class (k, h): ``"global"``/``"local"`` in the paper's shape,
-    else ``"group h"``; prefixed with the cluster when K > 1."""
-    name = ("global", "local")[h] if paper_shaped(setting) else f"group {h}"
+    else ``"group h"``; prefixed with the cluster when K > 1.
+
+    ``paper`` is :func:`paper_shaped` of the setting, when the caller knows it already (naming
+    every class then costs O(K), not O(K^2)).
+    """
+    paper = paper_shaped(setting) if paper is None else paper
+    name = ("global", "local")[h] if paper else f"group {h}"
     return name if setting.K == 1 else f"k{k} {name}"
 
 
@@ -77,16 +83,25 @@ def irreducible_loss(setting, k, h):
     float
     """
     group = setting.clusters[k].groups[h]
-    N, u, own = setting.P - 1, setting.unmasked, group.size - 1
+    return 0.5 * group.z**2 * _pr_own_empty(setting.P - 1, setting.unmasked, group.size - 1)
+
+
+@lru_cache(maxsize=4096)
+def _pr_own_empty(N, u, own):
+    """Pr(U_own = 0): no unmasked key among the ``own`` positions (u drawn from N)."""
     p = (u, N)
-    log_pr = (log_binom_pmf([0], own, p)[0] + log_binom_pmf([u], N - own, p)[0]
-              - log_binom_pmf([u], N, p)[0])
-    return 0.5 * group.z**2 * math.exp(log_pr)
+    return math.exp(log_binom_pmf([0], own, p)[0] + log_binom_pmf([u], N - own, p)[0]
+                    - log_binom_pmf([u], N, p)[0])
 
 
-def loss_gap(result, k, h):
-    """E[l | k, h] minus its irreducible part, at each recorded step (numpy.ndarray)."""
-    return result.patch_loss(k, h) - irreducible_loss(result.setting, k, h)
+def loss_gap(result, k, h, irreducible=None):
+    """E[l | k, h] minus its irreducible part, at each recorded step (numpy.ndarray).
+
+    ``irreducible`` is :func:`irreducible_loss` of the class, when the caller has it already.
+    """
+    if irreducible is None:
+        irreducible = irreducible_loss(result.setting, k, h)
+    return result.patch_loss(k, h) - irreducible
 
 
 def _first(steps, mask):
@@ -272,19 +287,20 @@ def analyze(result, epsilon=EPSILON, pp_ratio=PP_RATIO):
     if not pp_ratio > 0:
         raise ValueError(f"pp_ratio must be positive, got {pp_ratio}")
     s = result.setting
+    paper = paper_shaped(s)
     rows = []
     for k, h in s.classes():
         group = s.clusters[k].groups[h]
         low = global_fp_min(result, k, h)
+        irreducible = irreducible_loss(s, k, h)
         rows.append(ClassSummary(
-            k, h, class_name(s, k, h), group.areas, group.size,
+            k, h, class_name(s, k, h, paper), group.areas, group.size,
             float(result.fp(k, h, "own")[-1]),
             float(result.fp(k, h, 0)[-1]) if 0 in fp_keys(s, k, h) else None,
             phase_switch(result, k, h),
             convergence_time(result, k, h, epsilon), float(result.attention(k, h, "own")[-1]),
-            float(loss_gap(result, k, h)[-1]), irreducible_loss(s, k, h),
+            float(loss_gap(result, k, h, irreducible)[-1]), irreducible,
             None if low is None else low[0], None if low is None else low[1]))
-    paper = paper_shaped(s)
     delta = s.delta if paper else None
     header = (f"{s!r}\neta = {result.eta:g}, {result.last_step} steps "
               f"(recorded every {result.record_every}), backend {result.backend}")
@@ -324,9 +340,13 @@ def _claims(result, rows, epsilon, pp_ratio, delta):
         claims.append(Claim("pp_small", pp_text, True, "PP frozen at 0 (pp='frozen')"))
     else:
         pp, fp = pp_fp_sizes(result)
-        ratio = pp / fp if fp else math.inf
-        claims.append(Claim("pp_small", pp_text, bool(ratio <= pp_ratio),
-                            f"max|PP| / max|FP| = {ratio:.3g} (threshold {pp_ratio:g})"))
+        if fp == 0 and pp == 0:
+            claims.append(Claim("pp_small", pp_text, None,
+                                "nothing learned yet: PP and FP are 0 (no GD step run)"))
+        else:
+            ratio = pp / fp if fp else math.inf
+            claims.append(Claim("pp_small", pp_text, bool(ratio <= pp_ratio),
+                                f"max|PP| / max|FP| = {ratio:.3g} (threshold {pp_ratio:g})"))
     return tuple(claims)
 
 
@@ -364,11 +384,12 @@ def evolution(result, rows=8, epsilon=EPSILON):
     index = sorted({int(np.searchsorted(steps, t)) for t in wanted if t <= last})
     cols = ["step"]
     series = []
+    paper = paper_shaped(s)
     for k, h in s.classes():
-        name = class_name(s, k, h)
+        name = class_name(s, k, h, paper)
         cols.append(f"{name} A_own")
         series.append(result.fp(k, h, "own"))
-        if paper_shaped(s) and h == 1:
+        if paper and h == 1:
             cols.append(f"{name} A_global")
             series.append(result.fp(k, h, 0))
         cols.append(f"{name} attention")

@@ -18,15 +18,35 @@ categories are fixed in a row, the "inner" category runs over a contiguous range
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
 
-__all__ = ["ClassGrid", "build_grid", "build_grids", "log_binom_pmf", "BLOCK"]
+__all__ = [
+    "BLOCK",
+    "MAX_TAIL_TOL",
+    "MIN_TAIL_TOL",
+    "ClassGrid",
+    "build_grid",
+    "build_grids",
+    "check_tail_tol",
+    "log_binom_pmf",
+]
 
 DEFAULT_MAX_BYTES = 2 * 2**30
+#: Smallest tail tolerance: 2^-52, the spacing of doubles just below 1. A smaller left-out
+#: mass cannot be told apart from the rounding of the probabilities.
+MIN_TAIL_TOL = 2.0**-52
+MAX_TAIL_TOL = 1e-3
+#: Grid points per step above which building a grid warns that a step will take seconds.
+WARN_POINTS = 10**9
+_QUADRATURE = 'method="quadrature" (its cost does not grow with P)'
 BLOCK = 2048
 _LN_2PI = math.log(2 * math.pi)
+_LOG_TINY = math.log(2.0**-1022)  # smallest normal double
+_WINDOW_BYTES = 160  # peak bytes per count of a 1-D window while it is computed (measured)
 
 
 def _stirlerr(n):
@@ -111,13 +131,15 @@ def log_binom_pmf(x, n, p):
         a, b = (int(v) for v in p)
         exact = max(n * a, int(x.max(initial=0)) * b, n * b) < 2**62
         p = a / b
+        certain = 0 if a == 0 else n if a == b else None
     else:
         exact = False
+        certain = 0 if p == 0 else n if p == 1 else None
     q = 1.0 - p
     xf = x.astype(np.float64)
     out = np.full(x.shape, -np.inf)
-    if n == 0:
-        out[x == 0] = 0.0
+    if n == 0 or certain is not None:  # a certain outcome (p = 0 or 1, or no trials)
+        out[x == (certain or 0)] = 0.0
         return out
     lo, hi = x == 0, x == n
     nf = np.array([float(n)])
@@ -169,7 +191,10 @@ class ClassGrid:
         each block on its own and add the block sums in this order, so their result does not
         depend on the number of threads.
     mass : float
-        Total probability of the grid points; ``dropped = 1 - mass``.
+        Total probability of the grid points.
+    cut : float
+        Bound on the probability the windows leave out: the sum of the marginal tails cut
+        (at most the tail tolerance).
     fsizes, inv_sizes, inv_areas, s_a, s_b : numpy.ndarray
         Per-category constants of docs/model.md §3: sizes as floats, 1 / C and 1 / n' (0 when empty),
         and the coefficients of E[S2 | r] = s_a r (C - r) + s_b r^2.
@@ -192,6 +217,7 @@ class ClassGrid:
     off_last: int
     blocks: np.ndarray
     mass: float = 1.0
+    cut: float = 0.0
 
     def __post_init__(self):
         C = self.sizes.astype(np.float64)
@@ -218,8 +244,13 @@ class ClassGrid:
 
     @property
     def dropped(self) -> float:
-        """Probability mass left out of the grid (at most the tail tolerance)."""
-        return max(0.0, 1.0 - self.mass)
+        """Probability mass left out of the grid, at most the tail tolerance.
+
+        ``1 - mass``, capped by :attr:`cut` (the union bound of the tails cut, a true bound).
+        The probabilities themselves carry a relative rounding of about 1e-15 (growing slowly
+        with P), which ``1 - mass`` also sees and the cap removes.
+        """
+        return min(max(0.0, 1.0 - self.mass), self.cut)
 
     def rows(self):
         """Yield ``(counts, inner_values, probabilities)`` row by row.
@@ -245,29 +276,41 @@ class ClassGrid:
         return np.concatenate([c for c, _ in parts]), np.concatenate([w for _, w in parts])
 
 
+def _marginal_sd(N, Ni, u):
+    """Standard deviation of the hypergeometric count of a category of Ni among N, u drawn."""
+    f = u / N
+    return math.sqrt(max(Ni * f * (1 - f) * (N - Ni) / max(N - 1, 1), 0.0))
+
+
+def _first_width(sd):
+    """Half-width of the first window :func:`_window` tries (used by the memory estimate)."""
+    return 12.0 * sd + 30
+
+
 def _window(N, Ni, u, tol):
     """Inclusive window [a, b] of the marginal count of a category of Ni among N, u drawn,
-    leaving at most tol/2 of probability on each side."""
+    leaving at most tol/2 of probability on each side, and a bound on the mass it leaves out.
+    """
     p = (u, N)
     lo_sup, hi_sup = max(0, u - (N - Ni)), min(Ni, u)
-    f = u / N
-    mean = Ni * f
-    sd = math.sqrt(max(Ni * f * (1 - f) * (N - Ni) / max(N - 1, 1), 0.0))
+    mean = Ni * (u / N)
     log_norm = log_binom_pmf([u], N, p)[0]
-    width = 12.0 * sd + 30
+    width = _first_width(_marginal_sd(N, Ni, u))
     while True:
         a = max(lo_sup, math.floor(mean - width))
         b = min(hi_sup, math.ceil(mean + width))
         x = np.arange(a, b + 1, dtype=np.int64)
         pmf = np.exp(log_binom_pmf(x, Ni, p) + log_binom_pmf(u - x, N - Ni, p) - log_norm)
         # log-concave: the tail beyond an edge is at most pmf(edge) * r / (1 - r)
-        ok = True
+        ok, beyond = True, 0.0
         if a > lo_sup:
             r = pmf[0] / pmf[1] if len(pmf) > 1 else 1.0
             ok &= r < 1 and pmf[0] * r / (1 - r) < tol * 1e-3
+            beyond += pmf[0] * r / (1 - r) if r < 1 else 1.0
         if b < hi_sup:
             r = pmf[-1] / pmf[-2] if len(pmf) > 1 else 1.0
             ok &= r < 1 and pmf[-1] * r / (1 - r) < tol * 1e-3
+            beyond += pmf[-1] * r / (1 - r) if r < 1 else 1.0
         if ok:
             break
         width *= 2
@@ -278,7 +321,38 @@ def _window(N, Ni, u, tol):
     i0, i1 = min(i0, len(pmf) - 1), max(i1, 0)
     if i0 > i1:
         i0 = i1 = int(np.argmax(pmf))
-    return a + i0, a + i1
+    cut = (left[i0 - 1] if i0 > 0 else 0.0) + (right[i1 + 1] if i1 + 1 < len(pmf) else 0.0)
+    return a + i0, a + i1, float(cut + beyond)
+
+
+def _size(n_bytes):
+    """A byte count for a message: MiB, GiB or TiB, and no absurd numbers."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}" if n_bytes < 2**50 else "more than 1024 TiB"
+    return f"{n_bytes / 2**20:.2f} MiB"
+
+
+def check_tail_tol(tail_tol):
+    """``tail_tol`` as a float in [MIN_TAIL_TOL, MAX_TAIL_TOL]; TypeError or ValueError."""
+    if isinstance(tail_tol, bool) or not isinstance(tail_tol, Real):
+        raise TypeError(f"tail_tol must be a real number, got {type(tail_tol).__name__}")
+    value = float(tail_tol)
+    if not MIN_TAIL_TOL <= value <= MAX_TAIL_TOL:
+        raise ValueError(
+            f"tail_tol must lie in [2^-52, 1e-3] = [{MIN_TAIL_TOL:.3g}, {MAX_TAIL_TOL:g}], got "
+            f"{tail_tol!r} (below 2^-52 a left-out mass is lost in the rounding of the "
+            "probabilities)")
+    return value
+
+
+def check_max_bytes(max_bytes):
+    """``max_bytes`` as a positive int; TypeError or ValueError."""
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, Integral):
+        raise TypeError(f"max_grid_bytes must be an integer, got {type(max_bytes).__name__}")
+    if max_bytes < 1:
+        raise ValueError(f"max_grid_bytes must be positive, got {max_bytes}")
+    return int(max_bytes)
 
 
 def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYTES, name=""):
@@ -293,13 +367,20 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
     tail_tol : float
         Probability mass the grid may leave out.
     max_bytes : int
-        Refuse (ValueError) a grid whose row tables would need more memory.
+        Refuse (ValueError) a grid whose tables (the 1-D probability tables and the row
+        tables, estimated before anything is allocated) would need more memory.
     name : str
         Query class, for error messages.
 
     Returns
     -------
     ClassGrid
+
+    Notes
+    -----
+    The point U_own = 0 (every other position of the query's own area masked) is kept
+    whenever its probability is a normal double, even if it lies in the left-out tail: it
+    carries the irreducible loss of docs/model.md §5, so the loss gap is measured on it.
     """
     sizes = np.asarray(sizes, dtype=np.int64)
     areas = np.asarray(areas, dtype=np.int64)
@@ -308,7 +389,22 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
     live = [i for i in range(n_cat) if sizes[i] > 0]
     p = (u, N)
     share = tail_tol / max(len(live), 1)
-    windows = {i: _window(N, int(sizes[i]), u, share) for i in live}
+
+    def refuse(need, what):
+        raise ValueError(
+            f"the count grid of query class {name} would need about {_size(need)} ({what}), "
+            f"more than max_grid_bytes = {_size(max_bytes)}; use {_QUADRATURE}, fewer area "
+            "groups or a smaller P")
+
+    # the 1-D windows first: their memory is known before anything is allocated
+    first = sum(min(2 * _first_width(_marginal_sd(N, int(sizes[i]), u)) + 1, sizes[i] + 1)
+                for i in live)
+    if first * _WINDOW_BYTES > max_bytes:
+        refuse(first * _WINDOW_BYTES, f"1-D probability tables of {int(first):,} counts")
+    windows, cut = {}, 0.0
+    for i in live:
+        a, b, tail = _window(N, int(sizes[i]), u, share)
+        windows[i], cut = (a, b), cut + tail
     order = sorted(live, key=lambda i: windows[i][1] - windows[i][0])
     if len(order) >= 2:
         last, inner, outer = order[-1], order[-2], order[:-2]
@@ -317,18 +413,30 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
         last = next(i for i in range(n_cat) if sizes[i] == 0)
         outer = []
         windows[last] = (0, 0)
-    n_rows = math.prod(windows[i][1] - windows[i][0] + 1 for i in outer)
-    need = n_rows * (n_cat + 4) * 8
+    values = {i: np.arange(windows[i][0], windows[i][1] + 1, dtype=np.int64) for i in outer}
+    if 0 in live and windows[0][0] > 0:
+        own_zero = (log_binom_pmf([0], int(sizes[0]), p)[0]
+                    + log_binom_pmf([u], N - int(sizes[0]), p)[0] - log_binom_pmf([u], N, p)[0])
+        if own_zero > _LOG_TINY:  # keep U_own = 0 (see Notes)
+            if 0 in outer:
+                values[0] = np.concatenate([[0], values[0]])
+            else:  # U_own = 0 has a normal probability only when the window starts near 0
+                windows[0] = (0, windows[0][1])
+    n_rows = math.prod(len(values[i]) for i in outer)
+    widths = [windows[i][1] - windows[i][0] + 1 for i in (inner, last)]
+    need = n_rows * (n_cat + 4) * 8 + (sum(widths) + sum(len(v) for v in values.values())) * 24
     if need > max_bytes:
-        raise ValueError(
-            f"the count grid of query class {name} would need {need / 2**30:.1f} GiB "
-            f"({n_rows:,} rows over {len(live)} key categories), more than the limit of "
-            f"{max_bytes / 2**30:.1f} GiB; use fewer area groups or a smaller P"
-        )
+        refuse(need, f"{n_rows:,} rows over {len(live)} key categories")
+    points = n_rows * min(widths)
+    if points > WARN_POINTS:
+        warnings.warn(
+            f"the count grid of query class {name} has up to {points:.3g} points: every GD step "
+            f"evaluates them all (about a second per 10^9 points); {_QUADRATURE} is much faster",
+            UserWarning, stacklevel=3)
 
     def table(i):
-        a, b = windows[i]
-        x = np.arange(a, b + 1, dtype=np.int64)
+        x = values[i] if i in values else np.arange(windows[i][0], windows[i][1] + 1,
+                                                    dtype=np.int64)
         return x, log_binom_pmf(x, int(sizes[i]), p)
 
     x_in, l_in = table(inner)
@@ -374,6 +482,7 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
         off_last=int(x_last[0]),
         blocks=blocks,
     )
+    grid.cut = min(cut, tail_tol)
     grid.mass = math.fsum(
         grid.row_weight[r]
         * float(
@@ -410,7 +519,7 @@ def build_grids(setting, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYTES):
     ----------
     setting : Setting
     tail_tol : float, default 1e-15
-        Probability mass each class grid may leave out, in (0, 1e-3].
+        Probability mass each class grid may leave out, in [2^-52, 1e-3].
     max_bytes : int
         Memory limit of one class grid's row tables.
 
@@ -419,8 +528,8 @@ def build_grids(setting, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYTES):
     dict
         ``{(k, h): ClassGrid}``.
     """
-    if not (isinstance(tail_tol, (int, float)) and 0 < tail_tol <= 1e-3):
-        raise ValueError(f"tail_tol must lie in (0, 1e-3], got {tail_tol!r}")
+    tail_tol = check_tail_tol(tail_tol)
+    max_bytes = check_max_bytes(max_bytes)
     grids, built = {}, {}
     for k, h in setting.classes():
         sizes, areas = class_categories(setting, k, h)

@@ -266,7 +266,7 @@ def _from_dataset(ds):
         sizes.append(G)
     setting = Setting(clusters, masked=int(a["masked"]), pp=str(a["pp"]))
     if "kappa_c" in a:
-        setting.kappa = (float(a["kappa_c"]), float(a["kappa_s"]))
+        setting._with_kappa((float(a["kappa_c"]), float(a["kappa_s"])))
 
     def per(name):
         return [ds[name].values[:, k, :G, : 1 + G] for k, G in enumerate(sizes)]
@@ -329,13 +329,16 @@ def table(result):
     """
     import pandas as pd
 
-    from .analysis import class_name, loss_gap
+    from .analysis import class_name, loss_gap, paper_shaped
 
     s = result.setting
+    paper = paper_shaped(s)
+    n = len(result.steps)
     parts = []
     for k, h in s.classes():
         G = len(s.clusters[k].groups)
-        cols = {"step": result.steps, "cluster": k, "group": h, "class": class_name(s, k, h),
+        cols = {"step": result.steps, "cluster": np.full(n, k), "group": np.full(n, h),
+                "class": np.full(n, class_name(s, k, h, paper), dtype=object),
                 "loss": result.loss, "patch_loss": result.patch_loss(k, h),
                 "loss_gap": loss_gap(result, k, h)}
         for name in ("attention", "fp", "fp_grad"):
@@ -344,9 +347,13 @@ def table(result):
         if s.pp == "exact":
             for key, label in zip(["self", "own"] + list(range(G)), _keys(G, pp=True)):
                 cols[f"pp_{label}"] = result.pp(h, key)
-        parts.append(pd.DataFrame(cols))
-    return pd.concat(parts, ignore_index=True).sort_values(["step", "cluster", "group"],
-                                                          kind="stable", ignore_index=True)
+        parts.append(cols)
+    # one concatenation per column (O(classes)); a column a class lacks is NaN there
+    names = list(dict.fromkeys(name for cols in parts for name in cols))
+    missing = np.full(n, np.nan)
+    data = {name: np.concatenate([cols.get(name, missing) for cols in parts]) for name in names}
+    return pd.DataFrame(data).sort_values(["step", "cluster", "group"], kind="stable",
+                                          ignore_index=True)
 
 
 def export(result, path):

@@ -84,8 +84,17 @@ class State:
         return State([a.copy() for a in self.fp], None if self.pp is None else self.pp.copy())
 
     def check(self, setting):
-        """Raise ValueError unless the shapes fit ``setting`` and every value is finite."""
+        """Raise ValueError unless the shapes fit ``setting`` and every value is finite
+        (TypeError for arrays that are not real numbers)."""
         want = State.zeros(setting)
+        if not isinstance(self.fp, (list, tuple)):
+            raise TypeError(f"state fp must be a list of arrays, got {type(self.fp).__name__}")
+        for name, a in [(f"fp[{k}]", a) for k, a in enumerate(self.fp)] + [("pp", self.pp)]:
+            if a is None and name == "pp":
+                continue
+            if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu":
+                kind = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+                raise TypeError(f"state {name} must be a numpy array of real numbers, got {kind}")
         if len(self.fp) != len(want.fp) or any(
             np.shape(a) != b.shape for a, b in zip(self.fp, want.fp)
         ):

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from fractions import Fraction
 from numbers import Integral, Real
 
 import numpy as np
 
-__all__ = ["Group", "Cluster", "Setting"]
+__all__ = ["MAX_P", "MAX_Z", "Cluster", "Group", "Setting"]
+
+#: Largest number of patches: counts and sizes stay exact in int64 arithmetic.
+MAX_P = 2**62
+#: Largest latent: z^2 and the loss (about z^2 / 2 per patch) stay finite in float64.
+MAX_Z = 1e150
 
 
 def _positive_int(value, name):
@@ -19,13 +26,33 @@ def _positive_int(value, name):
     return int(value)
 
 
-def _positive_finite(value, name):
+def _real(value, name):
+    """``value`` as a float; TypeError for non-reals, ValueError for what float cannot hold."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} = {value!r} is too large for a float") from None
+
+
+def _positive_finite(value, name):
+    value = _real(value, name)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be positive and finite, got {value}")
     return value
+
+
+def _round_half_even(x):
+    """``round(x)`` of a Decimal, ties to even (as Python's ``round``), exactly."""
+    return int(x.to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def _power(P, kappa):
+    """P**kappa as a Decimal with 60 significant digits (enough to round it exactly)."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        return Decimal(P) ** Decimal(kappa)
 
 
 @dataclass(frozen=True)
@@ -50,7 +77,11 @@ class Group:
     def __post_init__(self):
         object.__setattr__(self, "areas", _positive_int(self.areas, "Group areas"))
         object.__setattr__(self, "size", _positive_int(self.size, "Group size"))
-        object.__setattr__(self, "z", _positive_finite(self.z, "Group z"))
+        z = _positive_finite(self.z, "Group z")
+        if z > MAX_Z:
+            raise ValueError(f"Group z = {z:g} is too large: the loss grows like z^2, which "
+                             f"overflows double precision (z must be at most {MAX_Z:g})")
+        object.__setattr__(self, "z", z)
 
     @property
     def patches(self) -> int:
@@ -116,7 +147,14 @@ class Setting:
     pp : str
     weights : tuple of float
         Normalised cluster probabilities pi_k.
+    kappa : (float, float) or None
+        ``(kappa_c, kappa_s)`` of a setting made by :meth:`paper`.
+
+    A Setting is immutable and hashable; two settings are equal when their clusters, masked
+    count and PP mode are.
     """
+
+    __slots__ = ("P", "_z", "clusters", "kappa", "masked", "pp", "weights")
 
     def __init__(self, clusters, gamma=None, masked=None, pp=None):
         if isinstance(clusters, Cluster):
@@ -133,13 +171,16 @@ class Setting:
         P = sizes.pop()
         if P < 2:
             raise ValueError(f"P must be at least 2 (one masked and one unmasked patch), got {P}")
+        if P > MAX_P:
+            raise ValueError(f"P = {P} is more than 2^62 = {MAX_P}, the largest P mimfast handles")
         if masked is None:
             gamma = 0.5 if gamma is None else gamma
             if isinstance(gamma, bool) or not isinstance(gamma, Real):
                 raise TypeError(f"gamma must be a real number, got {type(gamma).__name__}")
-            if not 0.0 < gamma < 1.0:
+            if not 0 < gamma < 1:
                 raise ValueError(f"gamma must lie in (0, 1), got {gamma}")
-            masked = math.floor(gamma * P + 0.5)
+            # floor(gamma P + 1/2) in exact rational arithmetic: right for any P up to 2^62
+            masked = math.floor(Fraction(gamma) * P + Fraction(1, 2))
             if not 1 <= masked <= P - 1:
                 raise ValueError(
                     f"gamma = {gamma} masks {masked} of P = {P} patches; "
@@ -161,14 +202,40 @@ class Setting:
                 "pp='exact' needs K = 1: with several partitions the PP correlations are not "
                 "reducible by symmetry (use pp='frozen', or mimfast.reference for explicit PP)"
             )
-        self.clusters = clusters
-        self.P = P
-        self.masked = int(masked)
-        self.pp = pp
-        total = sum(c.weight for c in clusters)
-        self.weights = tuple(c.weight / total for c in clusters)
-        self.kappa = None
-        self._z = {}
+        zmax = max(g.z for c in clusters for g in c.groups)
+        if zmax * zmax * P > 1e300:
+            raise ValueError(
+                f"Group z = {zmax:g} is too large for P = {P}: the loss, about P z^2 / 2, "
+                f"overflows double precision (z must be at most {math.sqrt(1e300 / P):.3g})")
+        # weights up to the largest double: scale by the largest before summing
+        top = max(c.weight for c in clusters)
+        scaled = [c.weight / top for c in clusters]
+        total = math.fsum(scaled)
+        init = object.__setattr__
+        init(self, "clusters", clusters)
+        init(self, "P", P)
+        init(self, "masked", int(masked))
+        init(self, "pp", pp)
+        init(self, "weights", tuple(w / total for w in scaled))
+        init(self, "kappa", None)
+        init(self, "_z", {})
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Setting is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"Setting is immutable: cannot delete {name!r}")
+
+    def __hash__(self):
+        return hash((self.clusters, self.masked, self.pp))
+
+    def __reduce__(self):
+        return (_rebuild, (self.clusters, self.masked, self.pp, self.kappa))
+
+    def _with_kappa(self, kappa):
+        """This setting, marked as made by :meth:`paper` with ``kappa = (kappa_c, kappa_s)``."""
+        object.__setattr__(self, "kappa", None if kappa is None else tuple(map(float, kappa)))
+        return self
 
     @property
     def K(self) -> int:
@@ -192,7 +259,7 @@ class Setting:
     def class_z(self, k, h):
         """Latents of the key categories of query class (k, h): its own area, then each group."""
         key = (k, h)
-        if key not in self._z:
+        if key not in self._z:  # a cache, not state: the setting stays immutable
             groups = self.clusters[k].groups
             z = np.array([groups[h].z] + [g.z for g in groups])
             z.flags.writeable = False
@@ -229,19 +296,40 @@ class Setting:
             Group 0 is the global area, group 1 the local areas.
         """
         P = _positive_int(P, "P")
+        if P > MAX_P:
+            shown = P if P < 2**100 else f"a {P.bit_length()}-bit number"
+            raise ValueError(f"P = {shown} is more than 2^62 = {MAX_P}, the largest P mimfast "
+                             "handles")
         K = _positive_int(K, "K")
+        kappas = []
         for name, kappa in (("kappa_c", kappa_c), ("kappa_s", kappa_s)):
-            if isinstance(kappa, bool) or not isinstance(kappa, Real):
-                raise TypeError(f"{name} must be a real number, got {type(kappa).__name__}")
+            kappa = _real(kappa, name)
             if not 0.0 < kappa < 1.0:
                 raise ValueError(f"{name} must lie in (0, 1), got {kappa}")
-        z_global, z_local = (z, z) if isinstance(z, Real) else tuple(z)
-        c_l = max(2, round(P**kappa_s))
-        n_l = round((P - P**kappa_c) / c_l)
+            kappas.append(kappa)
+        kappa_c, kappa_s = kappas
+        if isinstance(z, Real):
+            z_global = z_local = z
+        else:
+            try:
+                zs = tuple(z)
+            except TypeError:
+                raise TypeError("z must be a real number or a pair (global, local), got "
+                                f"{type(z).__name__}") from None
+            if len(zs) != 2:
+                raise ValueError(f"z takes one number or a pair (global, local), got {len(zs)} "
+                                 "values")
+            z_global, z_local = zs
+        # sizes in exact arithmetic (60-digit powers, exact rounding), right up to P = 2^62
+        global_size = _power(P, kappa_c)
+        c_l = max(2, _round_half_even(_power(P, kappa_s)))
+        with localcontext() as ctx:
+            ctx.prec = 60
+            n_l = _round_half_even((Decimal(P) - global_size) / c_l)
         if n_l < 1:
             raise ValueError(
                 f"paper(P={P}, kappa_c={kappa_c}, kappa_s={kappa_s}) leaves no local area "
-                f"(local size {c_l}, global size about {P**kappa_c:.0f})"
+                f"(local size {c_l}, global size about {float(global_size):.0f})"
             )
         c_g = P - n_l * c_l
         if c_g < c_l:
@@ -250,9 +338,8 @@ class Setting:
                 f"{c_g} patches, smaller than a local area of {c_l}"
             )
         groups = (Group(1, c_g, z_global), Group(n_l, c_l, z_local))
-        setting = cls([Cluster(groups) for _ in range(K)], gamma=gamma, pp=pp)
-        setting.kappa = (float(kappa_c), float(kappa_s))
-        return setting
+        clusters = [Cluster(groups)] * K
+        return cls(clusters, gamma=gamma, pp=pp)._with_kappa((kappa_c, kappa_s))
 
     def _paper_sizes(self):
         groups = self.clusters[0].groups
@@ -293,3 +380,7 @@ class Setting:
             for c in self.clusters
         )
         return f"Setting(P={self.P}, masked={self.masked}, pp={self.pp!r}, clusters={clusters})"
+
+
+def _rebuild(clusters, masked, pp, kappa):
+    return Setting(clusters, masked=masked, pp=pp)._with_kappa(kappa)

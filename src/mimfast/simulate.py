@@ -7,8 +7,8 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from .backends import DEFAULT, get_kernel
-from .grid import DEFAULT_MAX_BYTES, build_grids
+from .backends import DEFAULT, check_threads, get_kernel
+from .grid import DEFAULT_MAX_BYTES, build_grids, check_tail_tol
 from .model import State, evaluate
 from .setting import Setting
 
@@ -25,7 +25,8 @@ class Interrupted(KeyboardInterrupt):
     """
 
     def __init__(self, result):
-        super().__init__(f"simulation interrupted after step {int(result.steps[-1])}")
+        super().__init__(f"simulation interrupted after step {result.last_step} "
+                         f"(last recorded step {int(result.steps[-1])})")
         self.result = result
 
 
@@ -61,10 +62,12 @@ class Result:
     record_every : int
     dropped : float
         Largest probability mass a class grid left out.
+    tail_tol : float or None
+        Tail tolerance of the count grids (None: not known, e.g. an old results file).
     """
 
     def __init__(self, setting, backend, eta, steps, loss, fp, fp_grad, attention, patch_loss,
-                 pp, state, dropped, last_step=None, record_every=1):
+                 pp, state, dropped, last_step=None, record_every=1, tail_tol=None):
         self.setting = setting
         self.backend = backend
         self.eta = eta
@@ -79,15 +82,43 @@ class Result:
         self.dropped = dropped
         self.last_step = int(self.steps[-1]) if last_step is None else int(last_step)
         self.record_every = int(record_every)
+        self.tail_tol = None if tail_tol is None else float(tail_tol)
 
     def _class(self, k, h):
         K = self.setting.K
-        if not (isinstance(k, Integral) and 0 <= k < K):
+        for name, v in (("cluster index k", k), ("group index h", h)):
+            if isinstance(v, bool) or not isinstance(v, Integral):
+                raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
+        if not 0 <= k < K:
             raise ValueError(f"cluster index k={k!r} out of range 0..{K - 1}")
         G = len(self.setting.clusters[k].groups)
-        if not (isinstance(h, Integral) and 0 <= h < G):
+        if not 0 <= h < G:
             raise ValueError(f"group index h={h!r} out of range 0..{G - 1} for cluster {k}")
         return G
+
+    def check(self):
+        """Raise ValueError unless the record is whole: every trajectory has one entry per
+        recorded step, the steps increase, and the state fits the setting."""
+        s, n = self.setting, len(self.steps)
+        problems = []
+        if n == 0:
+            problems.append("no recorded step")
+        if len(self.loss) != n:
+            problems.append(f"{len(self.loss)} losses for {n} recorded steps")
+        for name in ("_fp", "_fp_grad", "_attention", "_patch_loss"):
+            arrays = getattr(self, name)
+            if len(arrays) != s.K or any(len(a) != n for a in arrays):
+                problems.append(f"{name[1:]} does not have one entry per recorded step")
+        if (self._pp is None) != (s.pp != "exact") or (self._pp is not None
+                                                         and len(self._pp) != n):
+            problems.append("pp does not have one entry per recorded step")
+        if n and (np.any(np.diff(self.steps) <= 0) or self.steps[0] != 0
+                  or self.last_step < self.steps[-1]):
+            problems.append(f"recorded steps {self.steps[:3].tolist()}... (last completed "
+                            f"{self.last_step}) are not 0 < ... <= last step")
+        if problems:
+            raise ValueError("the result is incomplete or inconsistent: " + "; ".join(problems))
+        self.state.check(s)
 
     def fp(self, k, h, key):
         """FP correlation of a query of group h (cluster k) with a feature of category ``key``.
@@ -146,11 +177,16 @@ class Result:
                 f"backend={self.backend!r}, loss={self.loss[-1]:.6g})")
 
 
-def _check_run(setting, eta, steps, record_every):
+def _check_run(setting, eta, steps, record_every, threads):
+    """Validated ``(eta, steps, record_every, threads)`` as plain Python numbers."""
     if not isinstance(setting, Setting):
         raise TypeError(f"setting must be a mimfast.Setting, got {type(setting).__name__}")
     if isinstance(eta, bool) or not isinstance(eta, Real):
         raise TypeError(f"eta must be a real number, got {type(eta).__name__}")
+    try:
+        eta = float(eta)
+    except OverflowError:
+        raise ValueError(f"eta must be finite, got {eta!r} (too large for a float)") from None
     if not math.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be finite and non-negative, got {eta}")
     for name, value, least in (("steps", steps, 0), ("record_every", record_every, 1)):
@@ -158,6 +194,8 @@ def _check_run(setting, eta, steps, record_every):
             raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
         if value < least:
             raise ValueError(f"{name} must be at least {least}, got {value}")
+    threads = None if threads is None else check_threads(threads)
+    return eta, int(steps), int(record_every), threads
 
 
 def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
@@ -201,21 +239,24 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
         On Ctrl-C; its ``result`` holds every step recorded so far and the state after the
         last completed step, ready for ``resume``.
     """
-    _check_run(setting, eta, steps, record_every)
+    eta, steps, record_every, threads = _check_run(setting, eta, steps, record_every, threads)
+    tail_tol = check_tail_tol(tail_tol)
     kernel = get_kernel(backend)
+    if resume is not None:
+        _resume_point(resume, setting, eta, record_every, steps, backend, tail_tol)
     grids = build_grids(setting, tail_tol, max_grid_bytes)
     dropped = max(g.dropped for g in grids.values())
     keys = ("steps", "loss", "fp", "fp_grad", "attention", "patch_loss", "pp")
     rec = {key: [] for key in keys}
     t, state = 0, State.zeros(setting)
     if resume is not None:
-        t, state = _resume_point(resume, setting, eta, record_every, steps)
-        rec["steps"] = list(resume.steps)
-        rec["loss"] = list(resume.loss)
+        t, state, n = _resume_point(resume, setting, eta, record_every, steps, backend, tail_tol)
+        rec["steps"] = list(resume.steps[:n])
+        rec["loss"] = list(resume.loss[:n])
         for key in ("fp", "fp_grad", "attention"):
-            rec[key] = [[a[i] for a in getattr(resume, "_" + key)] for i in range(len(resume))]
-        rec["patch_loss"] = [[a[i] for a in resume._patch_loss] for i in range(len(resume))]
-        rec["pp"] = [] if resume._pp is None else list(resume._pp)
+            rec[key] = [[a[i] for a in getattr(resume, "_" + key)] for i in range(n)]
+        rec["patch_loss"] = [[a[i] for a in resume._patch_loss] for i in range(n)]
+        rec["pp"] = [] if resume._pp is None else list(resume._pp[:n])
     current = [t, state]
 
     def partial():
@@ -223,7 +264,8 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
         pp = np.array(rec["pp"]) if setting.pp == "exact" else None
         return Result(setting, backend, float(eta), rec["steps"], rec["loss"], stack("fp"),
                       stack("fp_grad"), stack("attention"), stack("patch_loss"), pp,
-                      current[1], dropped, last_step=current[0], record_every=record_every)
+                      current[1], dropped, last_step=current[0], record_every=record_every,
+                      tail_tol=tail_tol)
 
     try:
         while True:
@@ -256,9 +298,16 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
     return partial()
 
 
-def _resume_point(resume, setting, eta, record_every, steps):
+def _resume_point(resume, setting, eta, record_every, steps, backend, tail_tol):
+    """Where a resumed run starts: ``(step, state, records kept)``, after checking that the
+    saved run is whole and was made with the same parameters (a run continued with other
+    ones would not equal an uninterrupted run, and its result could not say so)."""
     if not isinstance(resume, Result):
         raise TypeError(f"resume must be a mimfast.Result, got {type(resume).__name__}")
+    try:
+        resume.check()
+    except ValueError as exc:
+        raise ValueError(f"resume: {exc}") from None
     if resume.setting != setting:
         raise ValueError("resume: the saved run has a different setting")
     if resume.eta != float(eta) or resume.record_every != record_every:
@@ -266,9 +315,22 @@ def _resume_point(resume, setting, eta, record_every, steps):
             f"resume: the saved run used eta={resume.eta}, record_every={resume.record_every}; "
             f"got eta={eta}, record_every={record_every}"
         )
+    if resume.backend != backend:
+        raise ValueError(f"resume: the saved run used backend {resume.backend!r}, got "
+                         f"{backend!r}; continue it with backend={resume.backend!r} (backends "
+                         "agree to about 1e-14, not bit for bit)")
+    if resume.tail_tol is not None and resume.tail_tol != tail_tol:
+        raise ValueError(f"resume: the saved run used tail_tol={resume.tail_tol:g}, got "
+                         f"tail_tol={tail_tol:g}; the count grids would differ")
     if resume.last_step > steps:
         raise ValueError(f"resume: the saved run is already at step {resume.last_step} > {steps}")
-    return resume.last_step, resume.state.copy()
+    n = len(resume)
+    # the final step of a shorter run is recorded off the record_every grid; extending the run
+    # drops it, as an uninterrupted longer run would not have recorded it
+    last = int(resume.steps[-1])
+    if last == resume.last_step and last % record_every and steps > last:
+        n -= 1
+    return resume.last_step, resume.state.copy(), n
 
 
 def gradient(setting, state=None, backend=DEFAULT, threads=None, tail_tol=1e-15):
@@ -294,5 +356,7 @@ def gradient(setting, state=None, backend=DEFAULT, threads=None, tail_tol=1e-15)
     if not isinstance(state, State):
         raise TypeError(f"state must be a mimfast.State, got {type(state).__name__}")
     state.check(setting)
+    threads = None if threads is None else check_threads(threads)
     kernel = get_kernel(backend)
-    return evaluate(setting, build_grids(setting, tail_tol), state, kernel, threads)
+    return evaluate(setting, build_grids(setting, check_tail_tol(tail_tol)), state, kernel,
+                    threads)

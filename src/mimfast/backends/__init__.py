@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from numbers import Integral
 
 __all__ = ["DEFAULT", "backends", "check_threads", "get_kernel"]
 
@@ -55,15 +56,19 @@ def get_kernel(name):
     return module.kernel
 
 
+MAX_THREADS = 2**16
+
+
 def check_threads(threads):
-    """Threads for a compiled kernel: ``threads`` (a positive int), or all cores when None."""
+    """Threads for a compiled kernel: ``threads`` (an int in [1, 65536]), or all cores when
+    None."""
     if threads is None:
         try:
             return len(os.sched_getaffinity(0))
         except AttributeError:  # pragma: no cover - not on Linux
             return os.cpu_count() or 1
-    if isinstance(threads, bool) or not isinstance(threads, int):
+    if isinstance(threads, bool) or not isinstance(threads, Integral):
         raise TypeError(f"threads must be a positive integer or None, got {type(threads).__name__}")
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
-    return threads
+    if not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must lie in [1, {MAX_THREADS}], got {threads}")
+    return int(threads)
