@@ -52,6 +52,17 @@ struct Moments {
     }
 };
 
+// Runtime dispatch (CMake defines MIMFAST_TARGET_CLONES where the compiler and C library
+// support it: GCC/Clang on x86-64 ELF with ifunc): the hot loop is compiled once per x86-64
+// ISA level and the loader picks the best one for the CPU; everything else stays baseline.
+#ifdef MIMFAST_TARGET_CLONES
+#define MIMFAST_DISPATCH \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MIMFAST_DISPATCH
+#endif
+
+MIMFAST_DISPATCH
 Moments block_moments(const Grid& g, int64_t row, int64_t first, int64_t stop, int64_t x0,
                       double d0, double d1) {
     const double rw = g.row_weight[row];
