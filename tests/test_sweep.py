@@ -24,6 +24,10 @@ def none(value):
     return None if pd.isna(value) else value
 
 
+def interrupt(row):
+    raise KeyboardInterrupt
+
+
 def same_table(a, b):
     """Tables equal in every column but the wall time."""
     pd.testing.assert_frame_equal(a.drop(columns="wall_s"), b.drop(columns="wall_s"))
@@ -104,9 +108,6 @@ def test_killed_sweep_resumes_to_the_same_table(local_table, tmp_path):
 
 def test_interrupted_sweep_keeps_rows_and_retries_failed(local_table, tmp_path):
     _, expected = local_table
-
-    def interrupt(row):
-        raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         sweep(tmp_path, GRID, workers=1, progress=False, callback=interrupt)
@@ -195,7 +196,7 @@ def test_fits_per_regime(local_table):
 def test_cli_sweep(tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["sweep", "--P", "3:4:1", "--kappa-c", "0.9", "--kappa-s", "0.3", "--steps", "100",
-            "--out", str(out), "--no-progress"]
+            "--out", str(out), "--no-progress", "--workers", "1"]
     assert main(argv) == 0
     table = read_table(out)
     assert list(table["P"]) == [1000, 10000] and (table["status"] == "done").all()
@@ -238,3 +239,25 @@ def test_one_sweep_per_folder(tmp_path):
             sweep(tmp_path, {"P": 1000, "kappa_c": 0.9, "kappa_s": 0.3})
     finally:
         held.close()
+
+
+def test_initial_gradient_ratio_grows_like_p_to_the_information_gap(tmp_path):
+    # the paper's mechanism (docs/model.md §4): at Q = 0 a local query's global-decoupling
+    # gradient over its own-feature gradient scales like (c_g/P)^2 / (c_l/P) = P^Delta
+    grid = {"P": [10**4, 10**5, 10**6, 10**7], "kappa_s": [0.3, 0.4], "kappa_c": [0.6, 0.9],
+            "steps": 0}
+    f = scaling.fits(sweep(tmp_path, grid, workers=1, progress=False),
+                     quantities=["local_grad_ratio0"])
+    assert len(f) == 4 and (f["n"] == 4).all()
+    assert np.all(np.abs(f["exponent"] - f["delta"]) < 0.03), f[["delta", "exponent"]]
+    assert np.all(np.sign(f["low"]) == np.sign(f["delta"]))
+    assert np.all(np.sign(f["high"]) == np.sign(f["delta"]))
+
+
+def test_interrupt_stops_local_workers(local_table, tmp_path):
+    _, expected = local_table
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(tmp_path, GRID, workers=2, progress=False, callback=interrupt)
+    assert len(read_table(tmp_path)) == 1
+    same_table(sweep(tmp_path, GRID, workers=2, progress=False), expected)

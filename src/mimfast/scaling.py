@@ -33,6 +33,8 @@ QUANTITIES = {
     "global_T_eps_time": ("global_T_eps", "T_eps of a global query (eta * steps)", True),
     "local_fp_global_min": ("local_fp_global_min",
                             "|minimum global FP correlation| of a local query", False),
+    "local_grad_ratio0": ("local_grad_ratio0",
+                          "|dL/dA_global| / |dL/dA_own| of a local query at Q = 0", False),
     "local_loss_gap": ("local_loss_gap", "final loss gap of a local query", False),
     "global_loss_gap": ("global_loss_gap", "final loss gap of a global query", False),
 }
@@ -247,15 +249,16 @@ def scaling_figure(table, fit_table=None):
     """Log-log panels of the fitted quantities against P, one color per regime, with the
     fitted lines; open markers are runs that did not reach T_eps."""
     fit_table = fits(table) if fit_table is None else fit_table
-    panels = ["local_switch", "local_T_eps", "global_T_eps", "local_fp_global_min",
-              "local_loss_gap", "global_loss_gap"]
-    fig, axes = _figure(3, 2)
+    panels = ["local_grad_ratio0", "local_switch", "local_T_eps", "global_T_eps",
+              "local_fp_global_min", "local_loss_gap", "global_loss_gap", "local_T_eps_time"]
+    fig, axes = _figure(4, 2)
     for i, (regime, rows) in enumerate(_regimes(table)):
         label = _label(regime)
         for ax, name in zip(axes, panels):
-            column, text, _ = QUANTITIES[name]
+            column, text, flow = QUANTITIES[name]
             y = rows[column].astype("float64").to_numpy()
             y = -y if name == "local_fp_global_min" else y
+            y = y * rows["eta_used"].to_numpy(dtype=float) if flow else y
             P = rows["P"].to_numpy(dtype=float)
             conv = rows["converged"].astype("boolean").fillna(False).to_numpy(dtype=bool)
             ok = np.isfinite(y) & (y > 0)
