@@ -1,15 +1,19 @@
 // Thin pybind11 layer: check and convert arrays, release the GIL, call the kernel.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <algorithm>
 #include <initializer_list>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "class_eval.hpp"
+#include "fused.hpp"
 #include "kernel.hpp"
 
 namespace py = pybind11;
@@ -83,6 +87,112 @@ py::array_t<double> eval_sums(const mimfast::ClassEval& e, Arr<double> z, Arr<do
     return out;
 }
 
+// The fused loop behind Python: lists of per-class inputs in, numpy arrays out. run() releases
+// the GIL and takes it back only to look for signals; when one raised, its exception leaves
+// run() and the loop keeps every completed step and record.
+class Fused {
+   public:
+    using EvalPtr = std::shared_ptr<mimfast::ClassEval>;
+    Fused(std::vector<EvalPtr> evals, std::vector<EvalPtr> checks, std::vector<Arr<double>> z,
+          std::vector<Arr<bool>> live, std::vector<int64_t> a_off, std::vector<int64_t> p_off,
+          std::vector<double> coef, std::vector<double> coef_loss, int64_t n_state)
+        : loop_(classes(evals, checks, z, live, a_off, p_off, coef, coef_loss), n_state) {}
+
+    void set_state(int64_t t, Arr<double> s, int64_t last_recorded) {
+        data(s, loop_.n_state(), "state");
+        loop_.set_state(t, s.data(), last_recorded);
+    }
+    void set_evaluators(int64_t i, EvalPtr eval, EvalPtr check) {
+        loop_.set_evaluators(i, std::move(eval), std::move(check));
+    }
+    int run(int64_t steps, int64_t record_every, double eta, int threads, int64_t stop_every,
+            double seconds, double tol, double poll_seconds) {
+        if (threads < 1) throw std::invalid_argument("threads must be at least 1");
+        mimfast::RunLimits lim;
+        lim.steps = steps;
+        lim.record_every = record_every;
+        lim.stop_every = stop_every;
+        lim.seconds = seconds;
+        lim.tol = tol;
+        lim.poll_seconds = poll_seconds;
+        const auto poll = [] {
+            py::gil_scoped_acquire gil;
+            return PyErr_CheckSignals() != 0;
+        };
+        mimfast::Status status;
+        {
+            py::gil_scoped_release release;
+            status = loop_.run(lim, eta, threads, poll);
+        }
+        if (status == mimfast::Status::interrupted) throw py::error_already_set();
+        return static_cast<int>(status);
+    }
+    int64_t t() const { return loop_.t(); }
+    py::array_t<double> state() const { return vec(loop_.state()); }
+    py::tuple last() const {
+        return py::make_tuple(vec(loop_.grad()), loop_.loss(), vec(loop_.attention()),
+                              vec(loop_.patch_loss()), vec(loop_.error()));
+    }
+    py::array_t<double> max_error() const { return vec(loop_.max_error()); }
+    int64_t recorded() const { return loop_.recorded(); }
+    // Records start .. recorded(): steps, loss, state, grad, attention, patch_loss, error.
+    py::tuple records(int64_t start) const {
+        if (start < loop_.forgotten() || start > loop_.recorded())
+            throw std::invalid_argument("fused loop: records from " + std::to_string(start) +
+                                        " are not held");
+        const auto& r = loop_.records();
+        const int64_t skip = start - loop_.forgotten();
+        const int64_t n = loop_.recorded() - start;
+        auto rows = [&](const auto& v, int64_t w) {
+            using T = typename std::decay_t<decltype(v)>::value_type;
+            py::array_t<T> a({n, w});
+            std::copy(v.begin() + skip * w, v.begin() + (skip + n) * w, a.mutable_data());
+            return a;
+        };
+        const int64_t ns = loop_.n_state(), nc = loop_.n_classes();
+        return py::make_tuple(rows(r.steps, 1).reshape({n}), rows(r.loss, 1).reshape({n}),
+                              rows(r.state, ns), rows(r.grad, ns),
+                              rows(r.attention, loop_.n_attention()), rows(r.patch_loss, nc),
+                              rows(r.error, nc));
+    }
+    void forget(int64_t upto) { loop_.forget(upto); }
+
+   private:
+    static py::array_t<double> vec(const std::vector<double>& v) {
+        py::array_t<double> a(static_cast<py::ssize_t>(v.size()));
+        std::copy(v.begin(), v.end(), a.mutable_data());
+        return a;
+    }
+    static std::vector<mimfast::FusedClass> classes(
+        const std::vector<EvalPtr>& evals, const std::vector<EvalPtr>& checks,
+        const std::vector<Arr<double>>& z, const std::vector<Arr<bool>>& live,
+        const std::vector<int64_t>& a_off, const std::vector<int64_t>& p_off,
+        const std::vector<double>& coef, const std::vector<double>& coef_loss) {
+        const size_t n = evals.size();
+        for (size_t len : {checks.size(), z.size(), live.size(), a_off.size(), p_off.size(),
+                           coef.size(), coef_loss.size()})
+            if (len != n)
+                throw std::invalid_argument("fused loop: one entry per class in every list");
+        std::vector<mimfast::FusedClass> out(n);
+        for (size_t i = 0; i < n; ++i) {
+            if (!evals[i]) throw std::invalid_argument("fused loop: evaluator missing");
+            const py::ssize_t nc = evals[i]->n_cat();
+            const double* pz = data(z[i], nc, "z");
+            const bool* pl = data(live[i], nc, "live");
+            out[i].eval = evals[i];
+            out[i].check = checks[i];
+            out[i].z.assign(pz, pz + nc);
+            out[i].live.assign(pl, pl + nc);
+            out[i].a_off = a_off[i];
+            out[i].p_off = p_off[i];
+            out[i].coef = coef[i];
+            out[i].coef_loss = coef_loss[i];
+        }
+        return out;
+    }
+    mimfast::FusedLoop loop_;
+};
+
 void bind_kernel(py::module_& m) {
     py::class_<mimfast::ClassEval, std::shared_ptr<mimfast::ClassEval>>(
         m, "ClassEval", "Evaluator of one query class (base of ClassGrid and point sets).")
@@ -97,6 +207,27 @@ void bind_kernel(py::module_& m) {
              py::arg("t_last"), py::arg("off_last"), py::arg("inner"), py::arg("last"),
              py::arg("blocks"), py::arg("sizes"), py::arg("s_a"), py::arg("s_b"),
              py::arg("inv_areas"), py::arg("inv_sizes"));
+    py::class_<Fused>(m, "FusedLoop", "The GD loop of a whole run in C++ (cpp/fused.hpp).")
+        .def(py::init<std::vector<Fused::EvalPtr>, std::vector<Fused::EvalPtr>,
+                      std::vector<Arr<double>>, std::vector<Arr<bool>>, std::vector<int64_t>,
+                      std::vector<int64_t>, std::vector<double>, std::vector<double>, int64_t>(),
+             py::arg("evals"), py::arg("checks"), py::arg("z"), py::arg("live"),
+             py::arg("a_off"), py::arg("p_off"), py::arg("coef"), py::arg("coef_loss"),
+             py::arg("n_state"))
+        .def("set_state", &Fused::set_state, py::arg("t"), py::arg("state"),
+             py::arg("last_recorded"))
+        .def("set_evaluators", &Fused::set_evaluators, py::arg("i"), py::arg("eval"),
+             py::arg("check") = nullptr)
+        .def("run", &Fused::run, py::arg("steps"), py::arg("record_every"), py::arg("eta"),
+             py::arg("threads"), py::arg("stop_every") = 0, py::arg("seconds") = 0.0,
+             py::arg("tol") = 0.0, py::arg("poll_seconds") = 0.05)
+        .def_property_readonly("t", &Fused::t)
+        .def_property_readonly("recorded", &Fused::recorded)
+        .def("state", &Fused::state)
+        .def("last", &Fused::last)
+        .def("max_error", &Fused::max_error)
+        .def("records", &Fused::records, py::arg("start"))
+        .def("forget", &Fused::forget, py::arg("upto"));
     m.def("openmp_enabled", &mimfast::openmp_enabled, "Whether the kernel was built with OpenMP.");
     m.def("max_threads", &mimfast::max_threads, "Threads the kernel uses by default.");
 }

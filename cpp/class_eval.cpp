@@ -14,8 +14,9 @@ ExactGrid::ExactGrid(GridArrays arrays) : a_(std::move(arrays)) {
     const size_t rows = a_.counts.size() / n;
     auto need = [](size_t got, size_t want, const char* name) {
         if (got != want)
-            throw std::invalid_argument(std::string("count grid: ") + name + " must be a 1-D array of length " +
-                                        std::to_string(want) + ", got " + std::to_string(got));
+            throw std::invalid_argument(std::string("count grid: ") + name +
+                                        " must be a 1-D array of length " + std::to_string(want) +
+                                        ", got " + std::to_string(got));
     };
     need(a_.rest.size(), rows, "rest");
     need(a_.lo.size(), rows, "lo");

@@ -130,7 +130,8 @@ def test_interrupt_keeps_recorded_steps_and_resumes_exactly():
             raise KeyboardInterrupt
 
     with pytest.raises(mf.Interrupted) as info:
-        mf.simulate(s, eta=20.0, steps=40, record_every=3, callback=stop_at_17)
+        mf.simulate(s, eta=20.0, steps=40, record_every=3, callback=stop_at_17,
+                    callback_every=1)
     part = info.value.result
     assert isinstance(info.value, KeyboardInterrupt)
     assert list(part.steps) == [0, 3, 6, 9, 12, 15] and part.last_step == 17

@@ -63,7 +63,8 @@ def test_interrupted_run_round_trips_and_resumes_exactly(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(mf.Interrupted) as info:
-        mf.simulate(setting, eta, 30, record_every=4, callback=stop, threads=1)
+        mf.simulate(setting, eta, 30, record_every=4, callback=stop, threads=1,
+                    callback_every=1)
     part = info.value.result
     assert part.last_step == 17 and part.steps[-1] == 16
     back = io.load(io.save(part, tmp_path / "checkpoint.nc"))

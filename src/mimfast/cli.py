@@ -328,7 +328,11 @@ class _Interrupts:
 
 
 class _Progress:
-    """Step callback: progress bar (tqdm) and checkpoints every N steps, not interruptible."""
+    """Run callback: progress bar (tqdm) and checkpoints every N steps, not interruptible.
+
+    ``simulate`` calls it at least at every multiple of N (``callback_every``) and a few times
+    a second otherwise.
+    """
 
     def __init__(self, show, start, total, checkpoint, every, interrupts):
         from tqdm import tqdm
@@ -336,10 +340,12 @@ class _Progress:
         self.bar = tqdm(total=total, initial=start, unit="step", disable=not show,
                         file=sys.stderr, dynamic_ncols=True, mininterval=0.25)
         self.checkpoint, self.every, self.interrupts = checkpoint, every, interrupts
+        self.t = start
 
     def __call__(self, t, grad, partial):
         with self.interrupts.hold():
-            self.bar.update(1)
+            self.bar.update(t - self.t)
+            self.t = t
             if not self.bar.disable:
                 own = min(float(a[:, 0].min()) for a in grad.attention)
                 self.bar.set_postfix_str(f"own-area attention (min) {own:.4f}", refresh=False)
@@ -403,7 +409,8 @@ def _run(args):
             result = mf.simulate(setting, float(opts["eta"]), opts["steps"],
                                  opts["record_every"], backend=opts["backend"],
                                  threads=opts.get("threads"), tail_tol=opts["tail_tol"],
-                                 resume=resume, callback=progress)
+                                 resume=resume, callback=progress,
+                                 callback_every=opts["checkpoint_every"] or None)
         except mf.Interrupted as exc:
             progress.close()
             with interrupts.hold():

@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 
 
-__all__ = ["State", "Gradient", "ClassInputs", "sum_layout", "evaluate"]
+__all__ = ["State", "Gradient", "ClassInputs", "StateLayout", "sum_layout", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -109,15 +109,69 @@ class State:
                 f"state pp shape {None if self.pp is None else np.shape(self.pp)} does not fit "
                 f"the setting's pp={setting.pp!r} ({None if want.pp is None else want.pp.shape})"
             )
-        values = list(self.fp) + ([] if self.pp is None else [self.pp])
-        if not all(np.all(np.isfinite(a)) for a in values):
+        if not self.finite():
             raise ValueError("state has non-finite values")
+
+    def finite(self):
+        """Whether every value is finite."""
+        values = list(self.fp) + ([] if self.pp is None else [self.pp])
+        return all(np.all(np.isfinite(a)) for a in values)
 
     def updated(self, grad, eta):
         """The state after one GD step ``state - eta * grad``."""
         fp = [a - eta * g for a, g in zip(self.fp, grad.fp)]
         pp = None if self.pp is None else self.pp - eta * grad.pp
         return State(fp, pp)
+
+
+class StateLayout:
+    """A :class:`State` of ``setting`` as one flat vector: ``fp[0], fp[1], ..., pp``, row-major.
+
+    Per-class vectors of length n_cat (attention, dA) use the fp part of the same layout.
+    """
+
+    def __init__(self, setting):
+        zero = State.zeros(setting)
+        self.fp_shapes = [a.shape for a in zero.fp]
+        self.fp_offsets = np.cumsum([0] + [a.size for a in zero.fp]).tolist()
+        self.pp_shape = None if zero.pp is None else zero.pp.shape
+        self.size = self.fp_offsets[-1] + (0 if zero.pp is None else zero.pp.size)
+        self.groups = np.cumsum([0] + [s[0] for s in self.fp_shapes]).tolist()
+
+    def fp_row(self, k, h):
+        """Offset of ``fp[k][h]`` (also of class (k, h)'s per-category values)."""
+        return self.fp_offsets[k] + h * self.fp_shapes[k][1]
+
+    def pp_row(self, h):
+        """Offset of ``pp[h]``, or -1 when PP is frozen."""
+        return -1 if self.pp_shape is None else self.fp_offsets[-1] + h * self.pp_shape[1]
+
+    def flat(self, state):
+        """The state as one vector."""
+        parts = [a.ravel() for a in state.fp] + ([] if state.pp is None else [state.pp.ravel()])
+        return np.concatenate(parts)
+
+    def split(self, rows):
+        """Rows of flat vectors (n, size) as (fp per cluster (n, G, 1 + G), pp (n, G, 2 + G)).
+
+        Rows with only the fp part (per-class vectors) give pp ``None``.
+        """
+        n = rows.shape[0]
+        fp = [rows[:, a:b].reshape((n,) + shape) for a, b, shape in
+              zip(self.fp_offsets, self.fp_offsets[1:], self.fp_shapes)]
+        pp = None
+        if rows.shape[1] > self.fp_offsets[-1]:
+            pp = rows[:, self.fp_offsets[-1]:].reshape((n,) + self.pp_shape)
+        return fp, pp
+
+    def per_class(self, rows):
+        """Rows (n, classes) of one value per class as per-cluster arrays (n, G)."""
+        return [rows[:, a:b] for a, b in zip(self.groups, self.groups[1:])]
+
+    def state(self, vector):
+        """The :class:`State` of a flat vector (copied)."""
+        fp, pp = self.split(np.array(vector, dtype=np.float64)[None])
+        return State([a[0] for a in fp], None if pp is None else pp[0])
 
 
 @dataclass

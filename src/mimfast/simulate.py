@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import time
 from numbers import Integral, Real
 
 import numpy as np
 
 from .backends import DEFAULT, check_threads, get_kernel
 from .grid import DEFAULT_MAX_BYTES, build_grids, check_tail_tol
-from .model import State, evaluate
+from .model import Gradient, State, StateLayout, evaluate
 from .setting import Setting
 
 __all__ = ["simulate", "gradient", "Result", "Interrupted"]
@@ -98,27 +99,36 @@ class Result:
 
     def check(self):
         """Raise ValueError unless the record is whole: every trajectory has one entry per
-        recorded step, the steps increase, and the state fits the setting."""
+        recorded step, the steps increase from 0 with no record missing before the last
+        completed step, and the state fits the setting (and its record at that step)."""
         s, n = self.setting, len(self.steps)
         problems = []
         if n == 0:
             problems.append("no recorded step")
-        if len(self.loss) != n:
+        if np.shape(self.loss) != (n,):
             problems.append(f"{len(self.loss)} losses for {n} recorded steps")
-        for name in ("_fp", "_fp_grad", "_attention", "_patch_loss"):
+        empty = _empty(s)
+        for i, name in enumerate(("_fp", "_fp_grad", "_attention", "_patch_loss"), start=2):
             arrays = getattr(self, name)
-            if len(arrays) != s.K or any(len(a) != n for a in arrays):
+            if len(arrays) != s.K or any(np.shape(a) != (n,) + e.shape[1:]
+                                         for a, e in zip(arrays, empty[i])):
                 problems.append(f"{name[1:]} does not have one entry per recorded step")
-        if (self._pp is None) != (s.pp != "exact") or (self._pp is not None
-                                                         and len(self._pp) != n):
+        if (self._pp is None) != (s.pp != "exact") or (
+                self._pp is not None and np.shape(self._pp) != (n,) + empty[6].shape[1:]):
             problems.append("pp does not have one entry per recorded step")
         if n and (np.any(np.diff(self.steps) <= 0) or self.steps[0] != 0
-                  or self.last_step < self.steps[-1]):
-            problems.append(f"recorded steps {self.steps[:3].tolist()}... (last completed "
-                            f"{self.last_step}) are not 0 < ... <= last step")
+                  or not self.steps[-1] <= self.last_step <= self.steps[-1] + self.record_every):
+            problems.append(f"recorded steps {self.steps[:3].tolist()}...{self.steps[-1]} (last "
+                            f"completed {self.last_step}, record_every {self.record_every}) are "
+                            "not 0 < ... <= last step with none missing")
         if problems:
             raise ValueError("the result is incomplete or inconsistent: " + "; ".join(problems))
         self.state.check(s)
+        if self.last_step == self.steps[-1] and not (
+                all(np.array_equal(a[-1], b) for a, b in zip(self._fp, self.state.fp))
+                and (self._pp is None or np.array_equal(self._pp[-1], self.state.pp))):
+            raise ValueError(f"the result is inconsistent: its state differs from its record "
+                             f"at step {self.last_step}")
 
     def fp(self, k, h, key):
         """FP correlation of a query of group h (cluster k) with a feature of category ``key``.
@@ -189,17 +199,23 @@ def _check_run(setting, eta, steps, record_every, threads):
         raise ValueError(f"eta must be finite, got {eta!r} (too large for a float)") from None
     if not math.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be finite and non-negative, got {eta}")
-    for name, value, least in (("steps", steps, 0), ("record_every", record_every, 1)):
-        if isinstance(value, bool) or not isinstance(value, Integral):
-            raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-        if value < least:
-            raise ValueError(f"{name} must be at least {least}, got {value}")
+    steps, record_every = _count("steps", steps, 0), _count("record_every", record_every, 1)
     threads = None if threads is None else check_threads(threads)
-    return eta, int(steps), int(record_every), threads
+    return eta, steps, record_every, threads
+
+
+def _count(name, value, least):
+    """``value`` as an int, checked to be an integer >= ``least``."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < least:
+        raise ValueError(f"{name} must be at least {least}, got {value}")
+    return int(value)
 
 
 def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
-             tail_tol=1e-15, max_grid_bytes=DEFAULT_MAX_BYTES, resume=None, callback=None):
+             tail_tol=1e-15, max_grid_bytes=DEFAULT_MAX_BYTES, resume=None, callback=None,
+             callback_every=None):
     """Run exact population GD from Q = 0 and record the trajectory.
 
     Parameters
@@ -212,7 +228,9 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
     record_every : int, default 1
         Record steps 0, record_every, 2 record_every, ... and the last.
     backend : {"cpp", "numba", "numpy"}
-        Kernel backend; see :func:`mimfast.backends`.
+        Kernel backend; see :func:`mimfast.backends`. With "cpp" the whole loop runs in C++
+        (state, update and record included) and gives the same bytes as the Python loop with
+        the same kernel.
     threads : int, optional
         Threads of a compiled kernel (default: all cores).
     tail_tol : float, default 1e-15
@@ -224,10 +242,14 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
         ``Interrupted.result`` or a loaded checkpoint): continue from its ``state`` at its
         ``last_step``. The result equals that of an uninterrupted run.
     callback : callable, optional
-        ``callback(t, grad, partial)`` after every completed GD step t: ``grad`` is the
-        :class:`~mimfast.Gradient` evaluated at step t - 1 (its observables), and ``partial()``
-        builds the :class:`Result` so far, state at step t included (for progress displays
-        and checkpoints; it copies the record, so call it only when needed).
+        ``callback(t, grad, partial)`` after some completed GD steps t: after every step t that
+        is a multiple of ``callback_every``, after the last step, and otherwise about every
+        :data:`CALLBACK_SECONDS` seconds. ``grad`` is the :class:`~mimfast.Gradient` evaluated
+        at step t - 1 (its observables), and ``partial()`` builds the :class:`Result` so far,
+        state at step t included (for progress displays and checkpoints; it copies the record,
+        so call it only when needed).
+    callback_every : int, optional
+        Steps that must reach the callback (e.g. checkpoints); default: only the timed calls.
 
     Returns
     -------
@@ -240,62 +262,181 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
         last completed step, ready for ``resume``.
     """
     eta, steps, record_every, threads = _check_run(setting, eta, steps, record_every, threads)
+    if callback_every is not None:
+        callback_every = _count("callback_every", callback_every, 1)
     tail_tol = check_tail_tol(tail_tol)
     kernel = get_kernel(backend)
     if resume is not None:
         _resume_point(resume, setting, eta, record_every, steps, backend, tail_tol)
     grids = build_grids(setting, tail_tol, max_grid_bytes)
     dropped = max(g.dropped for g in grids.values())
-    keys = ("steps", "loss", "fp", "fp_grad", "attention", "patch_loss", "pp")
-    rec = {key: [] for key in keys}
+    blocks = []  # whole records, in blocks; a block is appended in one step or not at all
     t, state = 0, State.zeros(setting)
     if resume is not None:
         t, state, n = _resume_point(resume, setting, eta, record_every, steps, backend, tail_tol)
-        rec["steps"] = list(resume.steps[:n])
-        rec["loss"] = list(resume.loss[:n])
-        for key in ("fp", "fp_grad", "attention"):
-            rec[key] = [[a[i] for a in getattr(resume, "_" + key)] for i in range(n)]
-        rec["patch_loss"] = [[a[i] for a in resume._patch_loss] for i in range(n)]
-        rec["pp"] = [] if resume._pp is None else list(resume._pp[:n])
-    current = [t, state]
+        blocks.append((None, (resume.steps[:n], resume.loss[:n],
+                              *([a[:n] for a in arrays] for arrays in
+                                (resume._fp, resume._fp_grad, resume._attention,
+                                 resume._patch_loss)),
+                              None if resume._pp is None else resume._pp[:n])))
+    at = [t, state]  # the last completed step and its state, replaced in one step
+    loop = None
+    if backend in FUSED:
+        loop = Fused(setting, grids, blocks, t, state)
 
     def partial():
-        stack = lambda key: [np.array([x[k] for x in rec[key]]) for k in range(setting.K)]  # noqa: E731
-        pp = np.array(rec["pp"]) if setting.pp == "exact" else None
-        return Result(setting, backend, float(eta), rec["steps"], rec["loss"], stack("fp"),
-                      stack("fp_grad"), stack("attention"), stack("patch_loss"), pp,
-                      current[1], dropped, last_step=current[0], record_every=record_every,
+        if loop is not None:
+            loop.drain()
+            at[:] = [loop.t, loop.state()]
+        return Result(setting, backend, eta, *_stack(setting, [b for _, b in blocks]),
+                      at[1], dropped, last_step=at[0], record_every=record_every,
                       tail_tol=tail_tol)
 
+    clock = _Clock(callback, callback_every, steps, partial)
     try:
-        while True:
-            grad = evaluate(setting, grids, state, kernel, threads)
-            if (t % record_every == 0 or t == steps) and (not rec["steps"] or rec["steps"][-1] < t):
-                rec["steps"].append(t)
-                rec["loss"].append(grad.loss)
-                rec["fp"].append([a.copy() for a in state.fp])
-                rec["fp_grad"].append(grad.fp)
-                rec["attention"].append(grad.attention)
-                rec["patch_loss"].append(grad.patch_loss)
-                if state.pp is not None:
-                    rec["pp"].append(state.pp.copy())
-            if t == steps:
-                break
-            new = state.updated(grad, eta)
-            if not all(np.all(np.isfinite(a)) for a in new.fp):
-                raise FloatingPointError(
-                    f"the state became non-finite at step {t + 1}: eta={eta} is too large"
-                )
-            state = new
-            t += 1
-            current[:] = [t, state]
-            if callback is not None:
-                callback(t, grad, partial)
+        if loop is not None:
+            loop.run(steps, record_every, eta, threads, clock)
+        else:
+            _python_loop(setting, grids, kernel, threads, eta, steps, record_every, blocks, at,
+                         clock)
     except KeyboardInterrupt:
-        if rec["steps"]:
-            raise Interrupted(partial()) from None
+        result = partial()
+        if len(result.steps):
+            raise Interrupted(result) from None
         raise
     return partial()
+
+
+CALLBACK_SECONDS = 0.25
+FUSED = {"cpp"}  # backends whose whole loop runs compiled (the others step in Python)
+
+
+class _Clock:
+    """When :func:`simulate` calls its callback (see there)."""
+
+    def __init__(self, callback, every, steps, partial):
+        self.callback, self.every, self.steps, self.partial = callback, every, steps, partial
+        self.last = time.monotonic()
+
+    def due(self, t):
+        return self.callback is not None and (
+            t == self.steps or (self.every is not None and t % self.every == 0)
+            or time.monotonic() - self.last >= CALLBACK_SECONDS)
+
+    def __call__(self, t, grad):
+        self.callback(t, grad, self.partial)
+        self.last = time.monotonic()
+
+
+def _one_record(t, grad, state):
+    """A block of one record (see :func:`_stack`)."""
+    one = lambda arrays: [a[None] for a in arrays]
+    return (np.array([t]), np.array([grad.loss]), one(state.fp), one(grad.fp),
+            one(grad.attention), one(grad.patch_loss),
+            None if state.pp is None else state.pp[None])
+
+
+def _stack(setting, blocks):
+    """steps, loss, fp, fp_grad, attention, patch_loss, pp of :class:`Result` from blocks."""
+    if not blocks:
+        blocks = [_empty(setting)]
+    cat = lambda i: np.concatenate([b[i] for b in blocks])
+    per_k = lambda i: [np.concatenate([b[i][k] for b in blocks])
+                       for k in range(setting.K)]
+    pp = cat(6) if setting.pp == "exact" else None
+    return cat(0), cat(1), per_k(2), per_k(3), per_k(4), per_k(5), pp
+
+
+def _empty(setting):
+    zero = State.zeros(setting)
+    none = lambda arrays: [np.zeros((0,) + a.shape) for a in arrays]
+    G = [len(c.groups) for c in setting.clusters]
+    pp = None if zero.pp is None else np.zeros((0,) + zero.pp.shape)
+    return (np.zeros(0, np.int64), np.zeros(0), none(zero.fp), none(zero.fp), none(zero.fp),
+            [np.zeros((0, g)) for g in G], pp)
+
+
+def _python_loop(setting, grids, kernel, threads, eta, steps, record_every, blocks, at, clock):
+    """GD steps from ``at`` to ``steps`` with a backend's kernel, one Python step at a time."""
+    t, state = at
+    last = int(blocks[-1][1][0][-1]) if blocks and len(blocks[-1][1][0]) else -1
+    while True:
+        grad = evaluate(setting, grids, state, kernel, threads)
+        if (t % record_every == 0 or t == steps) and last < t:
+            blocks.append((None, _one_record(t, grad, state)))
+            last = t
+        if t == steps:
+            return
+        new = state.updated(grad, eta)
+        if not new.finite():
+            raise FloatingPointError(
+                f"the state became non-finite at step {t + 1}: eta={eta} is too large"
+            )
+        at[:] = [t + 1, new]
+        t, state = at
+        if clock.due(t):
+            clock(t, grad)
+
+
+class Fused:
+    """The C++ loop of backend "cpp" (``cpp/fused.hpp``), its records handed over as blocks."""
+
+    DONE, CHUNK, NONFINITE, TOLERANCE = 0, 1, 2, 3
+
+    def __init__(self, setting, grids, blocks, t, state):
+        from .backends import cpp_backend
+
+        self.blocks = blocks
+        self.dropped = max(g.dropped for g in grids.values())
+        self.layout = StateLayout(setting)
+        self.loop = cpp_backend.fused_loop(setting, grids, self.layout)
+        last = int(blocks[-1][1][0][-1]) if blocks and len(blocks[-1][1][0]) else -1
+        self.loop.set_state(t, self.layout.flat(state), last)
+
+    @property
+    def t(self):
+        return self.loop.t
+
+    def state(self):
+        return self.layout.state(self.loop.state())
+
+    def drain(self):
+        """Move the loop's new records into ``blocks`` (as one block; safe to repeat)."""
+        taken = sum(len(b[0]) for origin, b in self.blocks if origin is self)
+        self.loop.forget(taken)
+        if self.loop.recorded > taken:
+            steps, loss, state, grad, att, ploss, _ = self.loop.records(taken)
+            fp, pp = self.layout.split(state)
+            fp_grad, _ = self.layout.split(grad)
+            attention, _ = self.layout.split(att)
+            self.blocks.append((self, (steps, loss, fp, fp_grad, attention,
+                                       self.layout.per_class(ploss), pp)))
+
+    def gradient(self):
+        """The :class:`Gradient` of the loop's last evaluation."""
+        grad, loss, att, ploss, _ = self.loop.last()
+        g = self.layout.state(grad)
+        attention, _ = self.layout.split(att[None])
+        return Gradient(g.fp, g.pp, loss, [a[0] for a in attention],
+                        [a[0] for a in self.layout.per_class(ploss[None])], self.dropped)
+
+    def run(self, steps, record_every, eta, threads, clock):
+        threads = check_threads(threads)
+        timed = clock.callback is not None
+        every = clock.every if timed and clock.every is not None else 0
+        while True:
+            status = self.loop.run(steps, record_every, eta, threads, stop_every=every,
+                                   seconds=CALLBACK_SECONDS if timed else 0.0)
+            self.drain()
+            if status == self.DONE:
+                return
+            if status == self.NONFINITE:
+                raise FloatingPointError(f"the state became non-finite at step {self.t + 1}: "
+                                         f"eta={eta} is too large")
+            if status != self.CHUNK:  # pragma: no cover - exact grids have no error estimate
+                raise RuntimeError(f"the fused loop stopped with status {status}")
+            if timed:
+                clock(self.t, self.gradient())
 
 
 def _resume_point(resume, setting, eta, record_every, steps, backend, tail_tol):

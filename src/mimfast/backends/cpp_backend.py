@@ -43,3 +43,26 @@ def kernel(grid, inputs, threads=None):
     """docs/model.md §3 sums over one class grid, computed by the C++ kernel (GIL released)."""
     return prepared(grid).sums(inputs.z, inputs.wu, inputs.wm, inputs.wself,
                                check_threads(threads))
+
+
+def fused_loop(setting, grids, layout):
+    """The C++ GD loop (``cpp/fused.hpp``) over the exact class grids, state laid out by
+    ``layout`` (a :class:`~mimfast.model.StateLayout`).
+
+    Its class inputs and accumulation are those of :func:`mimfast.model.evaluate`, with the
+    same per-class factors computed here the same way.
+    """
+    scale = setting.masked / setting.P
+    classes = setting.classes()
+    evals = [prepared(grids[k, h]) for k, h in classes]
+    z = [setting.class_z(k, h) for k, h in classes]
+    live = [grids[k, h].live for k, h in classes]
+    a_off = [layout.fp_row(k, h) for k, h in classes]
+    p_off = [layout.pp_row(h) for k, h in classes]
+    coef, coef_loss = [], []
+    for k, h in classes:
+        pi = setting.weights[k]
+        coef.append(float(pi * scale))
+        coef_loss.append(float(pi * scale * setting.clusters[k].groups[h].patches))
+    return _core.FusedLoop(evals, [None] * len(classes), z, live, a_off, p_off, coef,
+                           coef_loss, layout.size)

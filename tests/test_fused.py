@@ -1,0 +1,260 @@
+"""The fused C++ GD loop of backend "cpp" against the Python loop with the same kernel, and a
+record that an interrupt anywhere leaves whole."""
+
+import os
+import signal
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import mimfast as mf
+from mimfast import _core, io
+from mimfast.backends.cpp_backend import prepared
+from mimfast.grid import build_grids
+from mimfast.model import StateLayout
+
+simulate_module = sys.modules["mimfast.simulate"]
+
+SETTINGS = {
+    "paper-exact-pp": (mf.Setting.paper(10**3, 0.9, 0.3), 5.0),
+    "paper-frozen-pp-K2": (mf.Setting.paper(10**4, 0.9, 0.5, K=2, pp="frozen", gamma=0.3), 30.0),
+    "K2-uneven": (
+        mf.Setting([mf.Cluster([mf.Group(1, 4), mf.Group(3, 2, z=0.7)]),
+                    mf.Cluster([mf.Group(2, 3, z=1.3), mf.Group(1, 2), mf.Group(1, 2)],
+                               weight=2.0)], masked=4),
+        3.0,
+    ),
+}
+
+
+@pytest.fixture
+def python_loop(monkeypatch):
+    """Run backend "cpp" through the Python loop (its kernel, one Python step at a time)."""
+    def run(*args, **kwargs):
+        with monkeypatch.context() as m:
+            m.setattr(simulate_module, "FUSED", set())
+            return mf.simulate(*args, **kwargs)
+    return run
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+@pytest.mark.parametrize("record_every", [1, 4])
+def test_fused_loop_equals_python_loop_bit_for_bit(name, record_every, python_loop):
+    setting, eta = SETTINGS[name]
+    fused = mf.simulate(setting, eta, 37, record_every=record_every, threads=1)
+    stepped = python_loop(setting, eta, 37, record_every=record_every, threads=1)
+    assert io.equal(fused, stepped)
+    # and both agree with the numpy kernel, an independent implementation of docs/model.md §3
+    plain = mf.simulate(setting, eta, 37, record_every=record_every, backend="numpy")
+    np.testing.assert_allclose(fused.loss, plain.loss, rtol=1e-12)
+    for k, h in setting.classes():
+        np.testing.assert_allclose(fused.fp(k, h, "own"), plain.fp(k, h, "own"), rtol=1e-11,
+                                   atol=1e-15)
+        np.testing.assert_allclose(fused.attention(k, h, "own"), plain.attention(k, h, "own"),
+                                   rtol=1e-12)
+
+
+def test_threads_give_identical_bytes():
+    # enough grid points that the kernel really runs 2 and 3 threads
+    s = mf.Setting.paper(10**6, 0.9, 0.3)
+    runs = [mf.simulate(s, 1e3, 4, threads=n) for n in (1, 2, 3)]
+    assert io.equal(runs[0], runs[1]) and io.equal(runs[0], runs[2])
+
+
+def test_callback_every_and_its_gradient(python_loop):
+    setting, eta = SETTINGS["paper-exact-pp"]
+    full = mf.simulate(setting, eta, 40, threads=1)
+    for run in (mf.simulate, python_loop):
+        seen = []
+
+        def callback(t, grad, partial, seen=seen):
+            seen.append(t)
+            r = partial()
+            assert r.last_step == t and list(r.steps) == list(range(t))
+            np.testing.assert_array_equal(r.state.fp[0], full._fp[0][t])
+            np.testing.assert_array_equal(grad.fp[0], full._fp_grad[0][t - 1])
+            np.testing.assert_array_equal(grad.attention[0], full._attention[0][t - 1])
+            assert grad.loss == full.loss[t - 1]
+
+        done = run(setting, eta, 40, threads=1, callback=callback, callback_every=7)
+        assert io.equal(done, full)
+        # every multiple of 7 and the last step, maybe timed calls between, in order
+        assert {7, 14, 21, 28, 35, 40} <= set(seen) and seen == sorted(set(seen))
+
+
+@pytest.mark.parametrize("stop", [1, 5, 12, 19, 20, 36])
+def test_interrupted_fused_run_resumes_bit_identical(stop, python_loop):
+    setting, eta = SETTINGS["paper-exact-pp"]
+    full = mf.simulate(setting, eta, 37, record_every=4, threads=1)
+
+    def interrupt(t, grad, partial):
+        if t == stop:
+            raise KeyboardInterrupt
+
+    with pytest.raises(mf.Interrupted) as info:
+        mf.simulate(setting, eta, 37, record_every=4, threads=1, callback=interrupt,
+                    callback_every=1)
+    part = info.value.result
+    assert part.last_step == stop and list(part.steps) == list(range(0, stop, 4))
+    assert io.equal(mf.simulate(setting, eta, 37, record_every=4, threads=2, resume=part), full)
+    # the two loops continue each other's runs
+    assert io.equal(python_loop(setting, eta, 37, record_every=4, threads=1, resume=part), full)
+
+
+def test_signal_inside_the_fused_loop_keeps_every_step():
+    """SIGINT while the C++ loop runs: the loop checks signals itself and hands back all."""
+    setting = mf.Setting.paper(10**4, 0.9, 0.3)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(mf.Interrupted) as info:
+            mf.simulate(setting, 4.0, 10**7, record_every=1000, threads=1)
+    finally:
+        timer.cancel()
+    part = info.value.result
+    assert part.last_step > 1000 and part.steps[-1] == 1000 * ((part.last_step - 1) // 1000)
+    steps = part.last_step + 3
+    assert io.equal(mf.simulate(setting, 4.0, steps, record_every=1000, threads=1, resume=part),
+                    mf.simulate(setting, 4.0, steps, record_every=1000, threads=1))
+
+
+def test_non_finite_state_is_refused_by_both_loops(python_loop):
+    setting, _ = SETTINGS["paper-exact-pp"]
+    said = []
+    for run in (mf.simulate, python_loop):
+        with pytest.raises(FloatingPointError, match=r"non-finite at step \d+: eta=1e\+300") as e:
+            run(setting, 1e300, 5, threads=1)
+        said.append(str(e.value))
+    assert said[0] == said[1]
+
+
+def test_fused_loop_rejects_bad_inputs():
+    s = mf.Setting.paper(10**3, 0.9, 0.3)
+    grid = build_grids(s)[0, 0]
+    layout = StateLayout(s)
+    ok = {"evals": [prepared(grid)], "checks": [None], "z": [s.class_z(0, 0)],
+          "live": [grid.live], "a_off": [0], "p_off": [layout.pp_row(0)], "coef": [1.0],
+          "coef_loss": [1.0], "n_state": layout.size}
+    _core.FusedLoop(**ok)
+    for key, value, words in [("a_off", [layout.size - 1], "fp row leaves the state"),
+                              ("p_off", [layout.size - 2], "pp row leaves the state"),
+                              ("z", [np.ones(2)], "z must be a 1-D array of length 3"),
+                              ("coef", [], "one entry per class"),
+                              ("evals", [None], "evaluator missing")]:
+        with pytest.raises(ValueError, match=words):
+            _core.FusedLoop(**{**ok, key: value})
+    loop = _core.FusedLoop(**ok)
+    with pytest.raises(ValueError, match="state must be a 1-D array"):
+        loop.set_state(0, np.zeros(3), -1)
+    with pytest.raises(ValueError, match="threads"):
+        loop.run(3, 1, 1.0, 0)
+    with pytest.raises(ValueError, match="not held"):
+        loop.records(5)
+
+
+# --- a record is appended whole or not at all (interrupts injected deterministically) ---
+
+RECORD_PATH = {"simulate", "_python_loop", "_one_record", "run", "drain", "_stack", "_empty",
+               "__call__", "due"}
+
+
+class InterruptAt:
+    """A tracer that raises KeyboardInterrupt at the n-th bytecode executed in the functions
+    of the record path (simulate.py), before the exception handler of `simulate` is entered."""
+
+    def __init__(self, n):
+        self.n, self.count, self.fired = n, 0, False
+
+    def __call__(self, frame, event, arg):
+        code = frame.f_code
+        if code.co_filename != simulate_module.__file__ or code.co_name not in RECORD_PATH:
+            return None
+        frame.f_trace_opcodes = True
+        return self.local
+
+    def local(self, frame, event, arg):
+        if event == "opcode" and not self.fired:
+            self.count += 1
+            if self.count == self.n:
+                self.fired = True
+                raise KeyboardInterrupt
+        return self.local
+
+
+@pytest.mark.parametrize("loop", ["fused", "python"])
+def test_interrupt_at_every_bytecode_of_the_record_path(loop, python_loop, monkeypatch):
+    setting, eta = SETTINGS["K2-uneven"]
+    steps, every = 5, 2  # records at 0, 2, 4 and the last step 5
+    grids = build_grids(setting)
+    monkeypatch.setattr(simulate_module, "build_grids", lambda *args: grids)  # build once
+    run = mf.simulate if loop == "fused" else python_loop
+    full = mf.simulate(setting, eta, steps, record_every=every, threads=1)
+    n, outcomes = 0, set()
+    while True:
+        n += 1
+        tracer = InterruptAt(n)
+        sys.settrace(tracer)
+        try:
+            done = run(setting, eta, steps, record_every=every, threads=1,
+                       callback=lambda t, g, p: None, callback_every=1)
+        except mf.Interrupted as exc:
+            sys.settrace(None)
+            part = exc.result
+            outcomes.add("interrupted")
+            # whole: resuming checks every length and the state, and ends where a plain run does
+            assert io.equal(run(setting, eta, steps, record_every=every, threads=1,
+                                resume=part), full), n
+        except KeyboardInterrupt:
+            sys.settrace(None)
+            outcomes.add("before the first record")
+        else:
+            sys.settrace(None)
+            assert not tracer.fired and io.equal(done, full)
+            break
+        finally:
+            sys.settrace(None)
+    assert n > 300 and outcomes == {"interrupted", "before the first record"}
+
+
+def test_resume_refuses_a_broken_record():
+    setting, eta = SETTINGS["paper-exact-pp"]
+
+    def stop(t, grad, partial):
+        if t == 9:
+            raise KeyboardInterrupt
+
+    with pytest.raises(mf.Interrupted) as info:
+        mf.simulate(setting, eta, 20, record_every=2, callback=stop, callback_every=1)
+    good = info.value.result
+
+    def broken(**change):
+        fields = {"steps": good.steps, "loss": good.loss, "fp": good._fp,
+                  "fp_grad": good._fp_grad, "attention": good._attention,
+                  "patch_loss": good._patch_loss, "pp": good._pp, "state": good.state,
+                  "last_step": good.last_step}
+        fields.update(change)
+        return mf.Result(setting, "cpp", eta, fields["steps"], fields["loss"], fields["fp"],
+                         fields["fp_grad"], fields["attention"], fields["patch_loss"],
+                         fields["pp"], fields["state"], good.dropped,
+                         last_step=fields["last_step"], record_every=2)
+
+    shorter_state = mf.State([a[:1] for a in good.state.fp], good.state.pp)
+    moved = good.state.copy()
+    moved.pp[0, 0] += 1e-9
+    for bad, words in [
+        (broken(loss=good.loss[:-1]), "losses for 5 recorded steps"),
+        (broken(pp=good._pp[1:]), "pp does not have one entry"),
+        (broken(fp=[good._fp[0][:-1]]), "fp does not have one entry"),
+        (broken(fp_grad=[good._fp_grad[0][:, :1]]), "fp_grad does not have one entry"),
+        (broken(patch_loss=[]), "patch_loss does not have one entry"),
+        (broken(steps=good.steps[::-1]), "none missing"),
+        (broken(last_step=13), "none missing"),
+        (broken(last_step=7), "none missing"),
+        (broken(state=shorter_state), "state fp shapes"),
+        (broken(last_step=8, state=moved), "differs from its record at step 8"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            mf.simulate(setting, eta, 20, record_every=2, resume=bad)
+    mf.simulate(setting, eta, 20, record_every=2, resume=good)
