@@ -190,10 +190,10 @@ Status FusedLoop::run(const RunLimits& lim, double eta, int threads,
             finite = finite && std::isfinite(next_[i]);
         }
         if (!finite) return Status::nonfinite;
+        const bool stop = lim.stop_every > 0 && t_ % lim.stop_every == 0;
         std::swap(state_, next_);
         ++t_;
-        if (t_ == lim.steps || (lim.stop_every > 0 && t_ % lim.stop_every == 0))
-            return Status::chunk;
+        if (t_ == lim.steps || stop) return Status::chunk;
         const auto now = clock::now();
         if (lim.seconds > 0 && seconds(now - start) >= lim.seconds) return Status::chunk;
         if (poll && seconds(now - polled) >= lim.poll_seconds) {

@@ -32,7 +32,7 @@ enum class Status : int { done = 0, chunk = 1, nonfinite = 2, tolerance = 3, int
 struct RunLimits {
     int64_t steps = 0;           // the run's last step (run() also returns right on reaching it)
     int64_t record_every = 1;    // record steps 0, record_every, ... and `steps`
-    int64_t stop_every = 0;      // return after each completed step t with t % stop_every == 0
+    int64_t stop_every = 0;      // return after each step from a multiple of stop_every
     double seconds = 0.0;        // return after a step once this much time passed (0: never)
     double poll_seconds = 0.05;  // call poll() at most this often
     double tol = 0.0;            // return before the step when an error estimate exceeds it

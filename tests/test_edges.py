@@ -262,7 +262,8 @@ def test_interrupted_names_the_last_completed_step():
             raise KeyboardInterrupt
 
     with pytest.raises(mf.Interrupted, match="after step 5 \\(last recorded step 4\\)") as info:
-        mf.simulate(s, eta=1.0, steps=9, record_every=2, backend="numpy", callback=stop)
+        mf.simulate(s, eta=1.0, steps=9, record_every=2, backend="numpy", callback=stop,
+                    callback_every=1)
     assert info.value.result.last_step == 5
 
 

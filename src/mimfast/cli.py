@@ -330,8 +330,8 @@ class _Interrupts:
 class _Progress:
     """Run callback: progress bar (tqdm) and checkpoints every N steps, not interruptible.
 
-    ``simulate`` calls it at least at every multiple of N (``callback_every``) and a few times
-    a second otherwise.
+    ``simulate`` calls it after every step from a multiple of N (``callback_every``) and a few
+    times a second otherwise; a checkpoint is saved after each step from a multiple of N.
     """
 
     def __init__(self, show, start, total, checkpoint, every, interrupts):
@@ -349,7 +349,7 @@ class _Progress:
             if not self.bar.disable:
                 own = min(float(a[:, 0].min()) for a in grad.attention)
                 self.bar.set_postfix_str(f"own-area attention (min) {own:.4f}", refresh=False)
-            if self.every and t % self.every == 0:
+            if self.every and (t - 1) % self.every == 0:
                 self.checkpoint(partial())
 
     def close(self):

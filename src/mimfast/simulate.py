@@ -242,14 +242,16 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
         ``Interrupted.result`` or a loaded checkpoint): continue from its ``state`` at its
         ``last_step``. The result equals that of an uninterrupted run.
     callback : callable, optional
-        ``callback(t, grad, partial)`` after some completed GD steps t: after every step t that
-        is a multiple of ``callback_every``, after the last step, and otherwise about every
-        :data:`CALLBACK_SECONDS` seconds. ``grad`` is the :class:`~mimfast.Gradient` evaluated
-        at step t - 1 (its observables), and ``partial()`` builds the :class:`Result` so far,
-        state at step t included (for progress displays and checkpoints; it copies the record,
-        so call it only when needed).
+        ``callback(t, grad, partial)`` after some completed GD steps t: after every step from a
+        multiple of ``callback_every`` (t - 1 = j callback_every), after the last step, and
+        otherwise about every :data:`CALLBACK_SECONDS` seconds. ``grad`` is the
+        :class:`~mimfast.Gradient` evaluated at step t - 1 (its observables; those of a
+        recorded step when callback_every = record_every), and ``partial()`` builds the
+        :class:`Result` so far, state at step t included (for progress displays and
+        checkpoints; it copies the record, so call it only when needed).
     callback_every : int, optional
-        Steps that must reach the callback (e.g. checkpoints); default: only the timed calls.
+        Steps whose gradient must reach the callback (e.g. checkpoints, or stopping on a
+        recorded observable); default: only the timed calls.
 
     Returns
     -------
@@ -320,7 +322,7 @@ class _Clock:
 
     def due(self, t):
         return self.callback is not None and (
-            t == self.steps or (self.every is not None and t % self.every == 0)
+            t == self.steps or (self.every is not None and (t - 1) % self.every == 0)
             or time.monotonic() - self.last >= CALLBACK_SECONDS)
 
     def __call__(self, t, grad):

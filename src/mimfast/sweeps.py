@@ -182,7 +182,7 @@ def _simulate(setting, task, threads):
     callback = stop if task["until"] else None
     try:
         return mf.simulate(setting, effective_eta(task), task["steps"], every,
-                           callback=callback, **kwargs)
+                           callback=callback, callback_every=every, **kwargs)
     except _Converged as exc:
         return exc.result
 
