@@ -496,6 +496,25 @@ def _sweep(args):
     return run(args, UsageError)
 
 
+# what each command needs beyond numpy, and the extra of mimfast that installs it
+COMMAND_EXTRAS = {
+    "run": (("xarray", "netCDF4", "pandas", "tqdm", "matplotlib"), "cli"),
+    "summary": (("xarray", "netCDF4"), "io"),
+    "plot": (("xarray", "netCDF4", "matplotlib"), "cli"),
+    "sweep": (("xarray", "netCDF4", "pandas", "tqdm", "matplotlib", "scipy"), "sweep"),
+}
+
+
+def _require_extras(command):
+    """Fail before any work when an optional dependency of ``command`` is missing."""
+    from ._extras import require_all
+
+    modules, extra = COMMAND_EXTRAS[command]
+    if command == "run" and sys.version_info < (3, 11):
+        modules += ("tomli",)  # config files
+    require_all(modules, f"`mimfast {command}`", extra)
+
+
 def main(argv=None):
     """Entry point of the ``mimfast`` command; returns the exit code.
 
@@ -516,6 +535,7 @@ def main(argv=None):
         return int(exc.code or 0)
     command = {"run": _run, "summary": _summary, "plot": _plot, "sweep": _sweep}[args.command]
     try:
+        _require_extras(args.command)
         return command(args)
     except UsageError as exc:
         print(f"mimfast {args.command}: error: {exc}", file=sys.stderr)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._extras import require
 from .model import State
 from .setting import Cluster, Group, Setting
 from .simulate import Result
@@ -37,6 +38,12 @@ ENGINE = "netcdf4"
 
 class ResultFileError(ValueError):
     """A file that is not a readable mimfast results file."""
+
+
+def _xarray():
+    """xarray, with the netCDF4 engine present (the ``io`` extra)."""
+    require("netCDF4", "reading and writing results files")
+    return require("xarray", "reading and writing results files")
 
 
 def _pad(arrays, shape):
@@ -65,7 +72,7 @@ def to_dataset(result, analysis=None, attrs=None):
     -------
     xarray.Dataset
     """
-    import xarray as xr
+    xr = _xarray()
 
     from . import __version__
 
@@ -152,7 +159,7 @@ def _pad_int(rows, G):
 
 
 def _analysis_dataset(analysis, K, G):
-    import xarray as xr
+    xr = _xarray()
 
     def field(name, missing=-1, dtype=np.int64):
         out = np.full((K, G), missing, dtype=dtype)
@@ -228,7 +235,7 @@ def open_dataset(path):
     ResultFileError
         When it is not a readable mimfast results file.
     """
-    import xarray as xr
+    xr = _xarray()
 
     path = Path(path)
     if not path.is_file():
@@ -327,7 +334,7 @@ def table(result):
     ``loss_gap``, then ``attention_<key>``, ``fp_<key>``, ``fp_grad_<key>`` and (exact PP)
     ``pp_<key>`` for the keys ``own``, ``group0``, ... (and ``self`` for PP).
     """
-    import pandas as pd
+    pd = require("pandas", "the trajectory table")
 
     from .analysis import class_name, loss_gap, paper_shaped
 

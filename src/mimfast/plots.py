@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._extras import require
 from .analysis import analyze, class_name, fp_keys, paper_shaped, pp_fp_sizes
 
 __all__ = ["FIGURES", "attention_figure", "fp_figure", "pp_figure", "save_figures"]
@@ -19,7 +20,7 @@ DPI = 130
 
 
 def _figure(ncols, width=5.2, height=3.8):
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", "figures").Figure
 
     fig = Figure(figsize=(width * ncols, height), layout="constrained")
     return fig, fig.subplots(1, ncols, squeeze=False)[0]

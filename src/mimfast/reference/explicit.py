@@ -15,7 +15,10 @@ import math
 import numbers
 
 import numpy as np
-import torch
+
+from .._extras import require
+
+torch = require("torch", "the explicit reference model (mimfast.reference)")
 
 __all__ = ["MAX_ENUMERATED_MASKS", "ExplicitModel"]
 
