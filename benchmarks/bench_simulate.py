@@ -1,9 +1,12 @@
-"""Whole runs of :func:`mimfast.simulate`: time at P = 10^6, peak memory at P = 10^8, 10^9."""
+"""Whole runs of :func:`mimfast.simulate`: time at P = 10^6, peak memory at P = 10^8, 10^9,
+and the fused C++ loop against the Python loop."""
 
 # asv reads params/param_names as plain class-level lists.
 # ruff: noqa: RUF012
 
 from __future__ import annotations
+
+import sys
 
 import mimfast as mf
 
@@ -40,3 +43,30 @@ class SimulateMemory:
 
     def peakmem_simulate(self, P):
         mf.simulate(self.setting, eta=ETA, steps=self.steps, backend="cpp")
+
+
+class SimulateLoop:
+    """Time of 100 GD steps with the C++ backend, grids built beforehand: the whole loop in
+    C++ ("fused", the default) against the Python loop with the same kernel ("python")."""
+
+    params = ([10**4, 10**6], ["fused", "python"])
+    param_names = ["P", "loop"]
+    steps = 100
+    timeout = 300
+
+    def setup(self, P, loop):
+        self.module = sys.modules["mimfast.simulate"]
+        if not hasattr(self.module, "FUSED"):
+            raise NotImplementedError("this mimfast has no fused loop")
+        self.setting = common.setting(P)
+        grids = common.grids(self.setting)
+        self.saved = self.module.build_grids, self.module.FUSED
+        self.module.build_grids = lambda *args: grids
+        self.module.FUSED = {"cpp"} if loop == "fused" else set()
+
+    def teardown(self, P, loop):
+        self.module.build_grids, self.module.FUSED = self.saved
+
+    def time_steps(self, P, loop):
+        mf.simulate(self.setting, eta=ETA, steps=self.steps, record_every=10, backend="cpp",
+                    threads=1)

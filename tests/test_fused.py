@@ -258,3 +258,62 @@ def test_resume_refuses_a_broken_record():
         with pytest.raises(ValueError, match=words):
             mf.simulate(setting, eta, 20, record_every=2, resume=bad)
     mf.simulate(setting, eta, 20, record_every=2, resume=good)
+
+
+def relative_difference(a, b, n):
+    """The loop's error estimate, written out: the larger relative 2-norm difference of the
+    gradient sums (dB_self, dA, dB) and of the observables (loss, alpha)."""
+    grad = np.r_[2, 3 + n: 3 + 3 * n]
+    obs = np.r_[1, 3: 3 + n]
+    return max(np.linalg.norm(a[i] - b[i]) / np.linalg.norm(a[i]) for i in (grad, obs))
+
+
+def finish(loop, steps, eta, **limits):
+    """Run the loop until it ends or stops for a reason other than reaching the last step."""
+    while (status := loop.run(steps, 1, eta, 1, **limits)) == 1:
+        pass
+    return status
+
+
+def test_check_evaluators_give_the_error_estimate_and_stop_the_loop():
+    """The hooks quadrature uses: a second evaluator per class, its difference recorded as the
+    error estimate, a tolerance that stops the loop before the step, and new evaluators."""
+    from mimfast.backends import cpp_backend
+    from mimfast.model import class_inputs
+
+    s, eta, steps = mf.Setting.paper(10**4, 0.9, 0.3), 20.0, 12
+    fine, coarse = build_grids(s), build_grids(s, 1e-4)  # coarse: a larger tail left out
+    classes = s.classes()
+    layout = StateLayout(s)
+    plain = mf.simulate(s, eta, steps, threads=1)
+
+    loop = cpp_backend.fused_loop(s, fine, layout, [prepared(coarse[c]) for c in classes])
+    loop.set_state(0, np.zeros(layout.size), -1)
+    assert finish(loop, steps, eta) == 0  # done
+    rec_steps, loss, states, _, _, _, error = loop.records(0)
+    np.testing.assert_array_equal(loss, plain.loss)  # the check does not change the steps
+    assert error.shape == (steps + 1, len(classes)) and np.all(error > 0)
+    for i, t in enumerate(rec_steps):
+        state = layout.state(states[i])
+        for j, (k, h) in enumerate(classes):
+            inp = class_inputs(s, state, k, h, fine[k, h])
+            a, b = (prepared(g[k, h]).sums(inp.z, inp.wu, inp.wm, inp.wself, 1)
+                    for g in (fine, coarse))
+            assert error[i, j] == pytest.approx(relative_difference(a, b, len(inp.z)), rel=1e-9)
+    np.testing.assert_array_equal(loop.max_error(), error.max(axis=0))
+
+    # a tolerance below the estimate stops the loop before step 0 is used or recorded
+    loop = cpp_backend.fused_loop(s, fine, layout, [prepared(coarse[c]) for c in classes])
+    loop.set_state(0, np.zeros(layout.size), -1)
+    tol = 0.5 * error[0].max()
+    assert loop.run(steps, 1, eta, 1, tol=tol) == 3  # tolerance
+    assert loop.t == 0 and loop.recorded == 0
+    for i, c in enumerate(classes):  # "refine": checks that agree with the evaluators
+        loop.set_evaluators(i, prepared(fine[c]), prepared(fine[c]))
+    assert finish(loop, steps, eta, tol=tol) == 0
+    rec_steps, loss, *_, error = loop.records(0)
+    np.testing.assert_array_equal(loss, plain.loss)
+    assert np.all(error == 0)
+    with pytest.raises(ValueError, match="must have 3 categories"):
+        loop.set_evaluators(0, prepared(build_grids(mf.Setting([mf.Cluster([mf.Group(1, 4)])],
+                                                            masked=2))[0, 0]))

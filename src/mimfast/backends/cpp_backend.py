@@ -45,12 +45,14 @@ def kernel(grid, inputs, threads=None):
                                check_threads(threads))
 
 
-def fused_loop(setting, grids, layout):
+def fused_loop(setting, grids, layout, checks=None):
     """The C++ GD loop (``cpp/fused.hpp``) over the exact class grids, state laid out by
     ``layout`` (a :class:`~mimfast.model.StateLayout`).
 
     Its class inputs and accumulation are those of :func:`mimfast.model.evaluate`, with the
-    same per-class factors computed here the same way.
+    same per-class factors computed here the same way. ``checks`` optionally gives per class
+    (in ``setting.classes()`` order) a second evaluator (any ``_core.ClassEval``) whose
+    difference from the first is recorded as the class's error estimate.
     """
     scale = setting.masked / setting.P
     classes = setting.classes()
@@ -64,5 +66,5 @@ def fused_loop(setting, grids, layout):
         pi = setting.weights[k]
         coef.append(float(pi * scale))
         coef_loss.append(float(pi * scale * setting.clusters[k].groups[h].patches))
-    return _core.FusedLoop(evals, [None] * len(classes), z, live, a_off, p_off, coef,
-                           coef_loss, layout.size)
+    checks = [None] * len(classes) if checks is None else list(checks)
+    return _core.FusedLoop(evals, checks, z, live, a_off, p_off, coef, coef_loss, layout.size)
