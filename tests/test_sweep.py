@@ -185,12 +185,19 @@ def test_fits_per_regime(local_table):
     assert set(f["regime"]) == {"kappa_c=0.9 kappa_s=0.3 (Delta=+0.50)",
                                 "kappa_c=0.6 kappa_s=0.3 (Delta=-0.10)"}
     neg = f[(f["kappa_c"] == 0.6) & (f["quantity"] == "local_switch")].iloc[0]
-    assert neg["n"] == 0 and "2 of 2" in neg["note"]  # one phase: nothing to fit
+    assert neg["n"] == 0 and neg["note"] == "left out of 2: 2 zero or not reached"  # one phase
     pos = table[(table["kappa_c"] == 0.9) & (table["status"] == "done")]
     gap = f[(f["kappa_c"] == 0.9) & (f["quantity"] == "global_loss_gap")].iloc[0]
     P, y = pos["P"].to_numpy(float), pos["global_loss_gap"].to_numpy(float)
     assert gap["exponent"] == pytest.approx(np.log10(y[1] / y[0]) / np.log10(P[1] / P[0]))
     assert "power-law fits" in scaling.report(table, f)
+    # a time of a few steps is not resolved by the steps: it stays out of the fit
+    short = table.copy()
+    short.loc[(short["kappa_c"] == 0.9) & (short["P"] == 10000), "local_switch"] = 3
+    f = scaling.fits(short, quantities=["local_switch"])
+    pos = f[f["kappa_c"] == 0.9].iloc[0]
+    assert pos["n"] == 1 and pos["note"] == "left out of 2: 1 under 10 steps"
+    assert scaling.fits(short, quantities=["local_switch"], min_steps=1).iloc[0]["n"] == 2
 
 
 def test_cli_sweep(tmp_path, capsys):

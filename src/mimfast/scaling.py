@@ -23,6 +23,9 @@ __all__ = ["QUANTITIES", "REGIME", "boundary", "boundary_agreement", "fit_power"
 REGIME = ("kappa_c", "kappa_s", "gamma", "K", "z", "pp", "eta", "eta_rule", "steps", "until",
           "record_every", "method", "backend", "epsilon", "tail_tol")
 
+# times shorter than this many steps are not resolved by the steps and stay out of fits
+MIN_STEPS = 10
+
 # quantity -> (table column, description, in gradient-flow time)
 QUANTITIES = {
     "local_switch": ("local_switch", "phase switch of a local query (steps)", False),
@@ -89,12 +92,14 @@ def _label(regime):
     return f"kappa_c={regime['kappa_c']:g} kappa_s={regime['kappa_s']:g} (Delta={delta:+.2f})"
 
 
-def fits(table, level=0.95, quantities=None):
+def fits(table, level=0.95, quantities=None, min_steps=MIN_STEPS):
     """Power-law fits against P of each quantity, per regime.
 
     A point enters a fit when its task is done and the quantity is positive: a phase switch
-    of 0 (one phase) or a T_eps that was not reached is left out, and the ``note`` column
-    says how many points were.
+    of 0 (one phase) or a T_eps that was not reached is left out. So is a time (phase switch,
+    T_eps) of fewer than ``min_steps`` steps, which the steps do not resolve: with a large
+    learning rate a whole phase can fit in one step. The ``note`` column says how many
+    points were left out and why.
 
     Parameters
     ----------
@@ -104,6 +109,8 @@ def fits(table, level=0.95, quantities=None):
         Confidence level of the exponent intervals.
     quantities : list of str, optional
         Keys of :data:`QUANTITIES` (default all).
+    min_steps : int
+        Shortest time, in steps, that enters a fit.
 
     Returns
     -------
@@ -121,11 +128,13 @@ def fits(table, level=0.95, quantities=None):
         for name in quantities or QUANTITIES:
             column, text, flow = QUANTITIES[name]
             y = rows[column].astype("float64").to_numpy()
+            steps = column.endswith(("_switch", "_T_eps"))
+            short = (y < min_steps) & (y > 0) if steps else np.zeros(len(y), dtype=bool)
             if flow:
                 y = y * rows["eta_used"].to_numpy(dtype=float)
             if name == "local_fp_global_min":
                 y = -y
-            ok = np.isfinite(y) & (y > 0)
+            ok = np.isfinite(y) & (y > 0) & ~short
             P = rows["P"].to_numpy(dtype=float)[ok]
             row = {"regime": _label(regime), "kappa_c": regime["kappa_c"],
                    "kappa_s": regime["kappa_s"],
@@ -133,8 +142,10 @@ def fits(table, level=0.95, quantities=None):
                    "quantity": name, "description": text, "n": int(ok.sum()),
                    "P_min": P.min() if len(P) else math.nan,
                    "P_max": P.max() if len(P) else math.nan}
-            left = len(y) - int(ok.sum())
-            row["note"] = f"{left} of {len(y)} points left out (0 or not reached)" if left else ""
+            notes = [f"{int(short.sum())} under {min_steps} steps"] if short.any() else []
+            left = len(y) - int(ok.sum()) - int(short.sum())
+            notes += [f"{left} zero or not reached"] if left else []
+            row["note"] = f"left out of {len(y)}: " + ", ".join(notes) if notes else ""
             if len(np.unique(P)) >= 2:
                 row.update(fit_power(P, y[ok], level))
             out.append(row)
@@ -222,13 +233,14 @@ def report(table, fit_table=None):
         for regime, rows in fit_table.groupby("regime", sort=False):
             lines.append(f"  {regime}")
             for r in rows.itertuples():
-                span = f"P {_fmt(r.P_min, '.0e')}..{_fmt(r.P_max, '.0e')}, n={r.n}"
-                if math.isnan(r.exponent) if isinstance(r.exponent, float) else False:
-                    fit = "no fit"
+                if r.n < 2 or math.isnan(r.exponent):
+                    fit, span = "no fit", ""
                 else:
                     fit = f"b = {r.exponent:+.3f} [{_fmt(r.low, '+.3f')}, {_fmt(r.high, '+.3f')}]"
-                note = f"; {r.note}" if r.note else ""
-                lines.append(f"    {r.description:<52} {fit:<28} {span}{note}")
+                    span = f"P {r.P_min:.0e}..{r.P_max:.0e}, n={r.n}, r2={r.r2:.3f}"
+                note = "; ".join(x for x in (span, r.note) if x)
+                lines.append(f"    {r.description}")
+                lines.append(f"        {fit:<30} {note}")
     agreement = boundary_agreement(table)
     if agreement:
         lines += ["", "phases of a local query vs the sign of Delta (|Delta| >= 0.05):"]
