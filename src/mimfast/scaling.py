@@ -95,7 +95,8 @@ def _label(regime):
 def fits(table, level=0.95, quantities=None, min_steps=MIN_STEPS):
     """Power-law fits against P of each quantity, per regime.
 
-    A point enters a fit when its task is done and the quantity is positive: a phase switch
+    Regimes with fewer than three values of P are not fitted. A point enters a fit when its
+    task is done and the quantity is positive: a phase switch
     of 0 (one phase) or a T_eps that was not reached is left out. So is a time (phase switch,
     T_eps) of fewer than ``min_steps`` steps, which the steps do not resolve: with a large
     learning rate a whole phase can fit in one step. The ``note`` column says how many
@@ -123,7 +124,7 @@ def fits(table, level=0.95, quantities=None, min_steps=MIN_STEPS):
 
     out = []
     for regime, rows in _regimes(table):
-        if rows["P"].nunique() < 2:
+        if rows["P"].nunique() < 3:  # too few for an interval
             continue
         for name in quantities or QUANTITIES:
             column, text, flow = QUANTITIES[name]
@@ -264,7 +265,9 @@ def scaling_figure(table, fit_table=None):
     panels = ["local_grad_ratio0", "local_switch", "local_T_eps", "global_T_eps",
               "local_fp_global_min", "local_loss_gap", "global_loss_gap", "local_T_eps_time"]
     fig, axes = _figure(4, 2)
-    for i, (regime, rows) in enumerate(_regimes(table)):
+    fitted = set(fit_table["regime"])
+    regimes = [(r, rows) for r, rows in _regimes(table) if _label(r) in fitted]
+    for i, (regime, rows) in enumerate(regimes):
         label = _label(regime)
         for ax, name in zip(axes, panels):
             column, text, flow = QUANTITIES[name]
