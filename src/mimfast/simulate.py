@@ -404,15 +404,19 @@ class Fused:
 
     def drain(self):
         """Move the loop's new records into ``blocks`` (as one block; safe to repeat)."""
-        taken = sum(len(b[0]) for origin, b in self.blocks if origin is self)
+        # blocks of this loop are tagged (self, loop records up to here): what was handed over
+        # is read from the list itself, which an interrupt leaves with or without the new block
+        taken = next((src[1] for src, _ in reversed(self.blocks)
+                      if src is not None and src[0] is self), 0)
         self.loop.forget(taken)
-        if self.loop.recorded > taken:
+        end = self.loop.recorded
+        if end > taken:
             steps, loss, state, grad, att, ploss, _ = self.loop.records(taken)
             fp, pp = self.layout.split(state)
             fp_grad, _ = self.layout.split(grad)
             attention, _ = self.layout.split(att)
-            self.blocks.append((self, (steps, loss, fp, fp_grad, attention,
-                                       self.layout.per_class(ploss), pp)))
+            self.blocks.append(((self, end), (steps, loss, fp, fp_grad, attention,
+                                              self.layout.per_class(ploss), pp)))
 
     def gradient(self):
         """The :class:`Gradient` of the loop's last evaluation."""
