@@ -207,6 +207,6 @@ def test_progress_bar_only_when_asked(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "step/s" in done.stderr and "own-area attention" in done.stderr
     assert "Theorem 4.1" in done.stdout and "step/s" not in done.stdout
-    done = subprocess.run(cli("run", *SMALL, "--out", str(tmp_path)),  # not a terminal
+    done = subprocess.run(cli("run", *SMALL, "--out", str(tmp_path), "--force"),  # no terminal
                           check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "step/s" not in done.stderr

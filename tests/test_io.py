@@ -76,7 +76,7 @@ def test_interrupted_run_round_trips_and_resumes_exactly(tmp_path):
 def test_equal_sees_one_bit(run):
     other = mf.Result(run.setting, run.backend, run.eta, run.steps, run.loss.copy(),
                       run._fp, run._fp_grad, run._attention, run._patch_loss, run._pp,
-                      run.state, run.dropped, run.last_step, run.record_every)
+                      run.state, run.dropped, run.last_step, run.record_every, run.tail_tol)
     assert io.equal(run, other)
     other.loss[-1] = np.nextafter(other.loss[-1], np.inf)
     assert not io.equal(run, other)
@@ -111,7 +111,11 @@ def test_bad_files(tmp_path):
         io.load(other)
     broken = tmp_path / "broken.nc"
     setting, eta = SETTINGS["paper-exact-pp"]
-    io.to_dataset(mf.simulate(setting, eta, 2, threads=1)).drop_vars("fp").to_netcdf(broken,
-                                                                           engine=io.ENGINE)
+    ds = io.to_dataset(mf.simulate(setting, eta, 2, threads=1)).drop_vars("fp")
+    ds.to_netcdf(broken, engine=io.ENGINE)
+    with pytest.raises(io.ResultFileError, match="fails its checksum"):
+        io.load(broken)
+    ds.attrs[io.DIGEST] = io.digest(ds)  # a consistent digest over an incomplete file
+    ds.to_netcdf(broken, engine=io.ENGINE)
     with pytest.raises(io.ResultFileError, match="incomplete"):
         io.load(broken)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -101,8 +102,10 @@ def _count(text):
     """A whole-number option that also accepts 1e6 and 10**6."""
     try:
         if "**" in text:
-            base, power = text.split("**")
-            return int(base) ** int(power)
+            base, power = (int(v) for v in text.split("**"))
+            if power < 0 or (abs(base) > 1 and power * math.log10(abs(base)) > 30):
+                raise argparse.ArgumentTypeError(f"{text!r} is out of range (at most 10**30)")
+            return base**power
         value = float(text)
         if value.is_integer():
             return int(value)
@@ -163,6 +166,9 @@ def _parser():
     g.add_argument("--out", type=Path, metavar="DIR", help="output folder (default mimfast-run)")
     g.add_argument("--plots", action=argparse.BooleanOptionalAction,
                    help="write the figures (default: yes)")
+    g.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out folder, replacing its files (an "
+                        "unfinished run there is discarded)")
     g = run.add_argument_group("long runs")
     g.add_argument("--checkpoint-every", type=_count, dest="checkpoint_every", metavar="N",
                    help="save DIR/checkpoint.nc every N steps (default 100; 0: never)")
@@ -230,6 +236,8 @@ def _options(args):
         raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     base = {} if "clusters" in config else PRESETS[preset]
     opts = {**DEFAULTS, **base, **config, **given, "preset": preset}
+    if "masked" in opts and ("gamma" in given or "gamma" in config):
+        raise UsageError("give either masked or gamma, not both")
     if "clusters" in opts:
         opts.pop("preset")
         clash = [k for k in PAPER_KEYS if k in given or k in config]
@@ -237,6 +245,9 @@ def _options(args):
             raise UsageError(f"the config file gives clusters; drop {', '.join(clash)}")
         if "eta" not in opts:
             raise UsageError("a setting given by clusters needs eta (--eta or eta = ...)")
+    elif "masked" in opts:
+        raise UsageError("masked applies to a setting given by clusters; the paper's setting "
+                         "takes gamma")
     elif "eta" not in opts:
         opts["eta"] = PRESET_ETA * max(1.0, opts["P"] / PRESET_P) ** (1 - opts["kappa_s"])
     return opts
@@ -287,16 +298,24 @@ def _saved_options(out):
 class _Interrupts:
     """Ctrl-C (SIGINT) and SIGTERM as KeyboardInterrupt, held back while :meth:`hold` is active.
 
-    An interrupt that lands inside a file write (netCDF, under xarray's locks) or inside the
-    progress bar could leave a lock taken or a file half written; there it is only noted, and
-    raised when the held section ends.
+    Only the first signal interrupts: once it has arrived the run is stopping and saving what
+    it has, and further signals (a second Ctrl-C, or ``timeout`` signalling both the process
+    and its group) are noted and otherwise ignored, so they cannot disturb that save.
+
+    An interrupt that lands inside a NetCDF write (under xarray's locks) or inside the progress
+    bar could leave a lock taken; there it is only noted, and raised when the held section
+    ends. Held sections are short: analysis and the other outputs are interruptible.
     """
 
     def __init__(self):
-        self.holding = self.pending = False
+        self.holding = self.pending = self.stopping = False
         self.previous = {}
 
     def _handler(self, signum, frame):
+        if self.stopping:
+            os.write(2, b"mimfast: already stopping; saving what was computed\n")
+            return
+        self.stopping = True
         if self.holding:
             self.pending = True
         else:
@@ -328,7 +347,7 @@ class _Interrupts:
 
 
 class _Progress:
-    """Run callback: progress bar (tqdm) and checkpoints every N steps, not interruptible.
+    """Run callback: progress bar (tqdm) and checkpoints every N steps.
 
     ``simulate`` calls it after every step from a multiple of N (``callback_every``) and a few
     times a second otherwise; a checkpoint is saved after each step from a multiple of N.
@@ -349,12 +368,42 @@ class _Progress:
             if not self.bar.disable:
                 own = min(float(a[:, 0].min()) for a in grad.attention)
                 self.bar.set_postfix_str(f"own-area attention (min) {own:.4f}", refresh=False)
-            if self.every and (t - 1) % self.every == 0:
-                self.checkpoint(partial())
+        if self.every and (t - 1) % self.every == 0:
+            self.checkpoint(partial())
 
     def close(self):
         with self.interrupts.hold():
             self.bar.close()
+
+
+def _prepare_out(out, resume, force):
+    """Create and lock the output folder, remove what killed runs left, and refuse to
+    overwrite a finished or unfinished run unless asked to. Returns the lock (keep it open)."""
+    from . import io
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = io.lock_folder(out)
+    except io.FolderLockedError as exc:
+        raise UsageError(f"{exc}; wait for it to finish or choose another --out") from None
+    try:
+        io.clean_temporaries(out)
+        if resume is None:
+            present = sorted(p.name for p in out.iterdir() if p.name != io.LOCK_NAME)
+            if CHECKPOINT in present and not force:
+                raise UsageError(f"{out} holds an unfinished run ({CHECKPOINT}): continue it "
+                                 f"with `mimfast run --resume {out}`, or add --force to discard "
+                                 "it, or choose another --out")
+            if present and not force:
+                shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+                raise UsageError(f"{out} is not empty ({shown}); add --force to replace its "
+                                 "files, or choose another --out")
+            if force:
+                (out / CHECKPOINT).unlink(missing_ok=True)
+    except BaseException:
+        lock.close()
+        raise
+    return lock
 
 
 def _run(args):
@@ -375,6 +424,7 @@ def _run(args):
         opts.pop("resume")
     else:
         opts = _options(args)
+    force = bool(opts.pop("force", False))
     out = Path(opts["out"])
     setting = _setting(opts)
     for key, least in (("steps", 0), ("record_every", 1), ("checkpoint_every", 0)):
@@ -388,57 +438,62 @@ def _run(args):
     if resume is not None and opts["steps"] < resume.last_step:
         raise UsageError(f"--steps {opts['steps']}: the saved run is already at step "
                          f"{resume.last_step}")
-    if resume is None and (out / CHECKPOINT).exists():
-        raise UsageError(f"{out} holds an unfinished run ({CHECKPOINT}): continue it with "
-                         f"`mimfast run --resume {out}`, or delete it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     saved = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()
              if k not in ("progress", "threads")}
     attrs = {"run_options": json.dumps(saved, sort_keys=True)}
-
-    def checkpoint(partial):
-        io.save(partial, out / CHECKPOINT, attrs=attrs)
-
     show = opts.get("progress")
     show = sys.stderr.isatty() if show is None else show
     start = 0 if resume is None else resume.last_step
-    with _Interrupts() as interrupts:
-        progress = _Progress(show, start, opts["steps"], checkpoint, opts["checkpoint_every"],
-                             interrupts)
-        try:
-            result = mf.simulate(setting, float(opts["eta"]), opts["steps"],
-                                 opts["record_every"], backend=opts["backend"],
-                                 threads=opts.get("threads"), tail_tol=opts["tail_tol"],
-                                 resume=resume, callback=progress,
-                                 callback_every=opts["checkpoint_every"] or None)
-        except mf.Interrupted as exc:
-            progress.close()
+    with _Interrupts() as interrupts, _prepare_out(out, resume, force):
+
+        def checkpoint(partial):
             with interrupts.hold():
-                checkpoint(exc.result)
-            print(f"mimfast: interrupted after step {exc.result.last_step}; checkpoint saved "
-                  f"to {out / CHECKPOINT}; continue with `mimfast run --resume {out}`",
-                  file=sys.stderr)
+                io.save(partial, out / CHECKPOINT, attrs=attrs)
+
+        def save_and_stop(result, when):
+            checkpoint(result)
+            print(f"mimfast: interrupted {when}; checkpoint saved to {out / CHECKPOINT}; "
+                  f"continue with `mimfast run --resume {out}`", file=sys.stderr)
             return EXIT_INTERRUPTED
-        except KeyboardInterrupt:
+
+        try:
+            progress = _Progress(show, start, opts["steps"], checkpoint, opts["checkpoint_every"],
+                                 interrupts)
+            try:
+                result = mf.simulate(setting, float(opts["eta"]), opts["steps"],
+                                     opts["record_every"], backend=opts["backend"],
+                                     threads=opts.get("threads"), tail_tol=opts["tail_tol"],
+                                     resume=resume, callback=progress,
+                                     callback_every=opts["checkpoint_every"] or None)
+            except mf.Interrupted as exc:
+                progress.close()
+                return save_and_stop(exc.result, f"after step {exc.result.last_step}")
+            except KeyboardInterrupt:
+                progress.close()
+                if resume is not None:
+                    return save_and_stop(resume, f"before step {resume.last_step + 1}")
+                print("mimfast: interrupted before the first step; nothing saved", file=sys.stderr)
+                return EXIT_INTERRUPTED
             progress.close()
-            print("mimfast: interrupted before the first step; nothing saved", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        progress.close()
-        with interrupts.hold():
-            analysis = analyze(result, opts["epsilon"])
-            _write_outputs(result, analysis, out, attrs, opts["plots"])
+            try:
+                analysis = analyze(result, opts["epsilon"])
+                _write_outputs(result, analysis, out, attrs, opts["plots"])
+            except KeyboardInterrupt:
+                return save_and_stop(result, f"while writing the outputs (the run is complete at "
+                                             f"step {result.last_step})")
             (out / CHECKPOINT).unlink(missing_ok=True)
+        finally:  # what an interrupt cut short (it may land in a cleanup too)
+            io.clean_temporaries(out)
     return EXIT_OK
 
 
 def _write_outputs(result, analysis, out, attrs, plots):
     from . import io
 
-    files = [io.save(result, out / RESULT, analysis, attrs),
-             io.export(result, out / "trajectories.csv")]
     text = _report(result, analysis)
-    (out / "summary.txt").write_text(text + "\n")
-    files.append(out / "summary.txt")
+    files = [io.save(result, out / RESULT, analysis, attrs),
+             io.export(result, out / "trajectories.csv"),
+             io.write_text(out / "summary.txt", text + "\n")]
     if plots:
         from .plots import save_figures
 

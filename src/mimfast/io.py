@@ -14,12 +14,29 @@ Layout (dimension names)::
     key           "own", "group0", "group1", ...: the key categories of a query
     pp_key        "self", "own", "group0", ...: the PP key categories (exact PP only)
     claim         the claims of Theorem 4.1 checked by the analysis
+
+Checksums, so that a corrupted file is refused, never read as a different result:
+
+- the file ends with a trailer line ``mimfast-sha256:<hex>``, the SHA-256 of every byte before
+  it. :func:`open_dataset` checks it before the NetCDF library parses anything (a corrupt
+  HDF5 structure can crash that library, not only make it fail);
+- a SHA-256 digest of all variables (names, dimensions, types, values) and attributes, in the
+  global attribute ``mimfast_sha256``, checked after reading;
+- HDF5 Fletcher-32 checksums on the numeric variables.
+
+Every file mimfast writes goes through :func:`atomic_output`: written to a temporary file
+beside its path, flushed to disk, then renamed over the path, so a reader sees the old file
+or the complete new one, never a part.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import re
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +46,19 @@ from .model import State
 from .setting import Cluster, Group, Setting
 from .simulate import Result
 
-__all__ = ["FORMAT", "ResultFileError", "equal", "export", "from_dataset", "load",
-           "open_dataset", "save", "table", "to_dataset"]
+__all__ = ["FORMAT", "DiskFullError", "FolderLockedError", "ResultFileError", "atomic_output",
+           "clean_temporaries", "digest", "equal", "export", "from_dataset", "load",
+           "lock_folder", "open_dataset", "save", "table", "to_dataset", "write_text"]
 
-FORMAT = 1
+FORMAT = 2  # 2: SHA-256 digest and Fletcher-32 checksums (format 1 files are read unchecked)
 ENGINE = "netcdf4"
+DIGEST = "mimfast_sha256"
+_TRAILER = re.compile(rb"\nmimfast-sha256:([0-9a-f]{64})\n\Z")
+_TRAILER_LEN = 81
+LOCK_NAME = ".mimfast.lock"
+_TEMP = re.compile(r"^\.mimfast-(\d+)-[0-9a-f]+\.tmp$")
+# free space below which a failed write is reported as a full disk
+_LOW_SPACE = 1 << 20
 
 
 class ResultFileError(ValueError):
@@ -44,6 +69,168 @@ def _xarray():
     """xarray, with the netCDF4 engine present (the ``io`` extra)."""
     require("netCDF4", "reading and writing results files")
     return require("xarray", "reading and writing results files")
+
+
+class DiskFullError(OSError):
+    """A write failed because the file system is full (errno ENOSPC)."""
+
+
+class FolderLockedError(RuntimeError):
+    """Another mimfast process holds the folder's lock."""
+
+
+def _disk_full(folder, target, exc):
+    """A :class:`DiskFullError` if ``exc`` came from a full disk (by errno, or because the
+    file system of ``folder`` has next to no space left: HDF5 reports ENOSPC as its own
+    error), else None."""
+    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+    if not full:
+        try:
+            st = os.statvfs(folder)
+            full = st.f_bavail * st.f_frsize < _LOW_SPACE
+        except OSError:
+            full = False
+    if full:
+        return DiskFullError(errno.ENOSPC, f"disk full: no space left on the device while "
+                                           f"writing {target} ({exc})")
+    return None
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - a platform without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_output(path):
+    """Write a file atomically: yields a temporary path beside ``path``; when the block ends
+    normally the file is flushed to disk (fsync) and renamed over ``path``.
+
+    If the block or the flush fails (or is interrupted) the temporary file is removed and
+    ``path`` is left as it was. A symbolic link at ``path`` is kept: its target is replaced.
+    The temporary name is short (``.mimfast-<pid>-<random>.tmp``), so any valid ``path``
+    works; :func:`clean_temporaries` removes those left by a killed process.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the folder of ``path`` does not exist.
+    DiskFullError
+        When the file system is full.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    folder = target.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"no such folder: {folder} (to write "
+                                              f"{target.name})")
+    tmp = folder / f".mimfast-{os.getpid()}-{secrets.token_hex(6)}.tmp"
+    try:
+        try:
+            yield tmp
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except (OSError, RuntimeError) as exc:
+            full = _disk_full(folder, target, exc)
+            if full is not None:
+                raise full from exc
+            raise
+        os.replace(tmp, target)
+        _fsync_dir(folder)
+    finally:
+        try:
+            # a writer that failed may keep the file open (HDF5 cannot close a file it cannot
+            # flush): empty it first, so its space is freed even then
+            os.truncate(tmp, 0)
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def write_text(path, text):
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(text)
+    return Path(path)
+
+
+def clean_temporaries(folder):
+    """Remove the temporary files that killed mimfast processes left in ``folder``.
+
+    Only names of :func:`atomic_output` whose process is no longer running are removed.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The removed files.
+    """
+    removed = []
+    for entry in Path(folder).iterdir():
+        m = _TEMP.match(entry.name)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and _alive(pid):
+            continue
+        try:
+            entry.unlink()
+            removed.append(entry)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_folder(folder, name=LOCK_NAME):
+    """Take the folder's exclusive lock (the file ``name``, fcntl) for this process.
+
+    Returns
+    -------
+    file
+        Keep it open while working in the folder; closing it (or the process ending, however
+        it ends) releases the lock.
+
+    Raises
+    ------
+    FolderLockedError
+        When another process holds it.
+    """
+    import fcntl
+
+    path = Path(folder) / name
+    f = open(path, "a+")  # noqa: SIM115 - held by the caller
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise FolderLockedError(f"{folder} is in use by another mimfast process (pid {holder})")
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 def _pad(arrays, shape):
@@ -135,6 +322,7 @@ def to_dataset(result, analysis=None, attrs=None):
         "record_every": int(result.record_every),
         "last_step": int(result.last_step),
         "dropped": float(result.dropped),
+        "tail_tol": -1.0 if result.tail_tol is None else float(result.tail_tol),
         "P": int(s.P),
         "masked": int(s.masked),
         "pp": s.pp,
@@ -147,8 +335,57 @@ def to_dataset(result, analysis=None, attrs=None):
         extra = _analysis_dataset(analysis, K, G)
         ds = ds.merge(extra)
         ds.attrs = {**info, **extra.attrs}
-    ds.attrs.update(attrs or {})
+    extra = dict(attrs or {})
+    clash = sorted(set(extra) & (set(ds.attrs) | {DIGEST, "information_gap",
+                                                   "information_gap_actual", "analysis_epsilon",
+                                                   "analysis_summary", "kappa_c", "kappa_s"}))
+    if clash:
+        raise ValueError(f"attrs may not override the attributes mimfast writes: {clash}")
+    for key, value in extra.items():
+        if not isinstance(key, str) or not isinstance(value, (str, int, float, np.number)) \
+                or isinstance(value, bool):
+            raise TypeError(f"attrs must map names to str, int or float; got {key!r}: "
+                            f"{type(value).__name__}")
+    ds.attrs.update(extra)
     return ds
+
+
+def _canonical(value):
+    """Bytes of an attribute value that survive a NetCDF round trip unchanged."""
+    if isinstance(value, str):
+        return b"s" + value.encode("utf-8", "surrogatepass")
+    if isinstance(value, (bytes, np.bytes_)):
+        return b"b" + bytes(value)
+    arr = np.asarray(value)
+    if arr.ndim:
+        return b"a" + b"|".join(_canonical(v) for v in arr.tolist())
+    if arr.dtype.kind in "iub":
+        return b"i" + str(int(arr)).encode()
+    if arr.dtype.kind == "f":
+        return b"f" + float(arr).hex().encode()
+    return b"r" + repr(value).encode()
+
+
+def digest(ds):
+    """SHA-256 over every variable (name, dimensions, dtype, values) and every attribute of a
+    results dataset, except the stored digest itself (hex string)."""
+    h = hashlib.sha256()
+    attrs = {k: v for k, v in ds.attrs.items() if k != DIGEST}
+    for name in sorted(attrs):
+        h.update(b"\0A" + name.encode() + b"=" + _canonical(attrs[name]))
+    for name in sorted(map(str, ds.variables)):
+        var = ds.variables[name]
+        h.update(b"\0V" + name.encode() + b"(" + ",".join(map(str, var.dims)).encode() + b")")
+        for key in sorted(var.attrs):
+            h.update(b"\0a" + str(key).encode() + b"=" + _canonical(var.attrs[key]))
+        values = np.asarray(var.values)
+        if values.dtype.kind in "OUS":
+            h.update(b"T" + "\0".join(map(str, values.ravel().tolist())).encode("utf-8",
+                                                                               "surrogatepass"))
+        else:
+            h.update(values.dtype.str.encode() + str(values.shape).encode())
+            h.update(np.ascontiguousarray(values).tobytes())
+    return h.hexdigest()
 
 
 def _pad_int(rows, G):
@@ -215,14 +452,49 @@ def save(result, path, analysis=None, attrs=None):
     """
     path = Path(path)
     ds = to_dataset(result, analysis, attrs)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        ds.to_netcdf(tmp, engine=ENGINE)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    ds.attrs[DIGEST] = digest(ds)
+    encoding = {name: {"fletcher32": True, "chunksizes": var.shape}
+                for name, var in ds.variables.items()
+                if var.dtype.kind in "iuf" and var.ndim and 0 not in var.shape}
+    with atomic_output(path) as tmp:
+        ds.to_netcdf(tmp, engine=ENGINE, encoding=encoding)
+        with open(tmp, "rb") as f:
+            sha = _sha256(f, os.path.getsize(tmp))
+        with open(tmp, "ab") as f:  # NetCDF readers ignore bytes after the HDF5 end of file
+            f.write(b"\nmimfast-sha256:" + sha.encode() + b"\n")
     return path
+
+
+def _sha256(f, n):
+    """SHA-256 (hex) of the first ``n`` bytes of the open binary file ``f``."""
+    h = hashlib.sha256()
+    while n > 0:
+        chunk = f.read(min(n, 1 << 20))
+        if not chunk:
+            break
+        h.update(chunk)
+        n -= len(chunk)
+    return h.hexdigest()
+
+
+def _check_trailer(path):
+    """Refuse a file whose checksum trailer does not match its bytes (see the module notes).
+
+    A file without a trailer (format 1, or a foreign file) is left to the NetCDF reader."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size < _TRAILER_LEN:
+            return
+        f.seek(size - _TRAILER_LEN)
+        m = _TRAILER.search(f.read())
+        if m is None:
+            return
+        f.seek(0)
+        sha = _sha256(f, size - _TRAILER_LEN)
+    if sha != m.group(1).decode():
+        raise ResultFileError(f"{path} fails its checksum: the file is corrupt (changed after "
+                              "mimfast wrote it)")
 
 
 def open_dataset(path):
@@ -241,24 +513,46 @@ def open_dataset(path):
     if not path.is_file():
         raise FileNotFoundError(f"no such results file: {path}")
     try:
+        _check_trailer(path)
+    except OSError as exc:
+        raise ResultFileError(f"cannot read {path} ({exc})") from None
+    try:
         with xr.open_dataset(path, engine=ENGINE) as ds:
             ds = ds.load()
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ResultFileError(f"{path} is not a readable NetCDF file ({exc})") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt file can fail anywhere in the readers
+        raise ResultFileError(f"{path} is not a readable NetCDF file "
+                              f"({type(exc).__name__}: {exc})") from None
     version = ds.attrs.get("mimfast_format")
     if version is None:
         raise ResultFileError(f"{path} is a NetCDF file but not a mimfast results file")
-    if int(version) > FORMAT:
-        raise ResultFileError(f"{path} has results format {version}; this mimfast reads up to "
-                              f"{FORMAT} (upgrade mimfast)")
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        raise ResultFileError(f"{path} has an unreadable results format {version!r}") from None
+    if version > FORMAT or version < 1:
+        raise ResultFileError(f"{path} has results format {version}; this mimfast reads 1 to "
+                              f"{FORMAT} (a newer mimfast, or a corrupt file)")
+    if version >= 2:
+        stored = ds.attrs.get(DIGEST)
+        try:
+            ok = isinstance(stored, str) and digest(ds) == stored
+        except Exception:  # noqa: BLE001 - values a corrupt file made unreadable
+            ok = False
+        if not ok:
+            raise ResultFileError(f"{path} fails its checksum: the file is corrupt (changed "
+                                  "after mimfast wrote it)")
     return ds
 
 
 def from_dataset(ds):
     """Rebuild the :class:`Result` stored in a results dataset (see :func:`to_dataset`)."""
     try:
-        return _from_dataset(ds)
-    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        result = _from_dataset(ds)
+        result.check()
+        return result
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, OverflowError) as exc:
         raise ResultFileError(f"incomplete or inconsistent mimfast results file ({exc})") from None
 
 
@@ -286,7 +580,8 @@ def _from_dataset(ds):
         setting, str(a["backend"]), float(a["eta"]), ds["step"].values, ds["loss"].values,
         per("fp"), per("fp_grad"), per("attention"),
         [ds["patch_loss"].values[:, k, :G] for k, G in enumerate(sizes)], pp, state,
-        float(a["dropped"]), last_step=int(a["last_step"]), record_every=int(a["record_every"]))
+        float(a["dropped"]), last_step=int(a["last_step"]), record_every=int(a["record_every"]),
+        tail_tol=float(a["tail_tol"]) if float(a.get("tail_tol", -1)) > 0 else None)
 
 
 def load(path):
@@ -305,6 +600,7 @@ def equal(a, b):
     s = a.setting
     if (s != b.setting or s.kappa != b.setting.kappa or a.backend != b.backend
             or a.eta != b.eta or a.record_every != b.record_every or a.last_step != b.last_step
+            or a.tail_tol != b.tail_tol
             or a.dropped != b.dropped or not np.array_equal(a.steps, b.steps)
             or not np.array_equal(a.loss, b.loss)):
         return False
@@ -374,12 +670,13 @@ def export(result, path):
     """
     path = Path(path)
     df = table(result)
-    if path.suffix == ".parquet":
-        try:
-            df.to_parquet(path, index=False)
-        except ImportError as exc:
-            raise ImportError(f"Parquet export needs pyarrow or fastparquet ({exc}); "
-                              "use a .csv path instead") from None
-    else:
-        df.to_csv(path, index=False)
+    with atomic_output(path) as tmp:
+        if path.suffix == ".parquet":
+            try:
+                df.to_parquet(tmp, index=False)
+            except ImportError as exc:
+                raise ImportError(f"Parquet export needs pyarrow or fastparquet ({exc}); "
+                                  "use a .csv path instead") from None
+        else:
+            df.to_csv(tmp, index=False)
     return path

@@ -13,6 +13,7 @@ import numpy as np
 
 from ._extras import require
 from .analysis import analyze, class_name, fp_keys, paper_shaped, pp_fp_sizes
+from .io import atomic_output
 
 __all__ = ["FIGURES", "attention_figure", "fp_figure", "pp_figure", "save_figures"]
 
@@ -130,22 +131,24 @@ def pp_figure(result):
     fig, (left, right) = _figure(2)
     right.sharey(left)
     styles = ["-", "--", ":", "-."]
+    paper = paper_shaped(s)
     for i, (k, h) in enumerate(s.classes()):
-        name = class_name(s, k, h)
+        name = class_name(s, k, h, paper)
         for key in fp_keys(s, k, h):
             label = "own area" if key == "own" else _key_label(s, h, key)
             left.plot(result.steps, result.fp(k, h, key), color=_color(key), ls=styles[i % 4],
                       lw=1.6, label=f"{name} query, {label}")
     if s.pp == "exact":
         for i, (_, h) in enumerate(s.classes()):
-            name = class_name(s, 0, h)
+            name = class_name(s, 0, h, paper)
             for key in ["self"] + fp_keys(s, 0, h):
                 label = {"self": "itself", "own": "own area"}.get(key) or _key_label(s, h, key)
                 right.plot(result.steps, result.pp(h, key), color=_color(key), ls=styles[i % 4],
                            lw=1.6, label=f"{name} query, {label}")
         right.legend(fontsize=7, loc="upper right")
         pp, fp = pp_fp_sizes(result)
-        right.text(0.5, 0.3, f"largest |PP| = {pp:.3g}\n= {pp / fp:.1%} of the largest |FP|",
+        share = f"{pp / fp:.1%} of the largest |FP|" if fp else "nothing learned yet"
+        right.text(0.5, 0.3, f"largest |PP| = {pp:.3g}\n= {share}",
                    ha="center", va="center", transform=right.transAxes, fontsize=9,
                    bbox={"facecolor": "white", "edgecolor": "0.7"})
     else:
@@ -192,6 +195,7 @@ def save_figures(result, folder, analysis=None):
     for name, make in FIGURES.items():
         fig = make(result) if name == "pp" else make(result, analysis)
         path = folder / f"{name}.png"
-        fig.savefig(path, dpi=DPI)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, format="png")
         paths.append(path)
     return paths

@@ -317,30 +317,21 @@ def read_table(out):
 
 
 def _write_table(out, df):
-    """Write the table atomically: to a file beside it, then rename over it."""
-    path = Path(out) / TABLE
-    tmp = path.with_name(f".{TABLE}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            df.to_csv(f, index=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write the table atomically (:func:`mimfast.io.atomic_output`)."""
+    from .io import atomic_output
+
+    with atomic_output(Path(out) / TABLE) as tmp, open(tmp, "w", newline="") as f:
+        df.to_csv(f, index=False)
 
 
 def _lock(out):
     """Hold an exclusive lock on the sweep folder (one sweep writes a table at a time)."""
-    import fcntl
+    from .io import FolderLockedError, lock_folder
 
-    f = open(Path(out) / LOCK, "w")  # noqa: SIM115 - held until the sweep ends
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
+        return lock_folder(out, LOCK)
+    except FolderLockedError:
         raise RuntimeError(f"another sweep is running in {out}") from None
-    return f
 
 
 def _cores():
