@@ -153,6 +153,11 @@ def test_phase_boundary_follows_the_sign_of_delta(tmp_path):
     assert set(ph.loc[ph["delta"] < 0, "phases"]) == {1}
     b = scaling.boundary(table, 10**4)
     assert (b["one_phase_max"] < b["theory"]).all() and (b["theory"] < b["two_phase_min"]).all()
+    crit = scaling.critical_gap(table).iloc[0]
+    assert crit["ordered"] and crit["one_phase_max"] < 0 < crit["two_phase_min"]
+    # kappa_s = 0.3, kappa_c = 0.6 and kappa_s = 0.4, kappa_c = 0.75 (actual sizes)
+    assert crit["one_phase_max"] == mf.Setting.paper(10**4, 0.6, 0.3).delta_actual
+    assert crit["two_phase_min"] == mf.Setting.paper(10**4, 0.75, 0.4).delta_actual
     paths = scaling.save_figures(table, tmp_path)
     assert [p.name for p in paths] == ["phases.png"]  # one P: nothing to fit
 

@@ -16,8 +16,9 @@ import math
 
 import numpy as np
 
-__all__ = ["QUANTITIES", "REGIME", "boundary", "boundary_agreement", "fit_power", "fits",
-           "phases", "report", "save_figures"]
+__all__ = ["QUANTITIES", "REGIME", "boundary", "boundary_agreement", "critical_gap",
+           "fit_power", "fits", "gap_figure", "phase_figure", "phases", "report", "save_figures",
+           "scaling_figure"]
 
 # the task parameters that, with P, define a run: a regime is one value of all but P
 REGIME = ("kappa_c", "kappa_s", "gamma", "K", "z", "pp", "eta", "eta_rule", "steps", "until",
@@ -189,6 +190,12 @@ def boundary_agreement(table, margin=0.05):
     return out
 
 
+def _bracket(x, phases):
+    """The largest x of a one-phase run and the smallest x of a two-phase run (NaN: none)."""
+    one, two = x[phases == 1], x[phases == 2]
+    return (one.max() if len(one) else math.nan), (two.min() if len(two) else math.nan)
+
+
 def boundary(table, P):
     """The measured phase boundary at one P: per κ_s, the κ_c between the largest one-phase
     and the smallest two-phase κ_c (NaN where the measurement does not bracket it).
@@ -205,15 +212,55 @@ def boundary(table, P):
     ph = ph[(ph["P"] == P) & ph["phases"].notna()]
     rows = []
     for ks, g in ph.groupby("kappa_s"):
-        one = g.loc[g["phases"] == 1, "kappa_c"]
-        two = g.loc[g["phases"] == 2, "kappa_c"]
-        lo = one.max() if len(one) else math.nan
-        hi = two.min() if len(two) else math.nan
-        mid = (lo + hi) / 2 if len(one) and len(two) and lo < hi else math.nan
+        lo, hi = _bracket(g["kappa_c"], g["phases"])
+        mid = (lo + hi) / 2 if lo < hi else math.nan
         rows.append({"kappa_s": ks, "one_phase_max": lo, "two_phase_min": hi, "kappa_c": mid,
                      "theory": (1 + ks) / 2})
     return pd.DataFrame(rows, columns=["kappa_s", "one_phase_max", "two_phase_min", "kappa_c",
                                        "theory"])
+
+
+def critical_gap(table):
+    """Where the measured phases change along Δ, per P: the largest Δ of a one-phase run and
+    the smallest Δ of a two-phase run (Δ from the actual sizes, docs/model.md §4).
+
+    The theorem puts the change at Δ = 0 as P grows; at finite P it sits where the measured
+    runs bracket it.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``P``, ``one_phase_max``, ``two_phase_min`` and ``ordered`` (every one-phase run has a
+        smaller Δ than every two-phase run).
+    """
+    import pandas as pd
+
+    done = table[(table["status"] == "done") & table["local_phases"].notna()]
+    rows = []
+    for P, g in done.groupby("P"):
+        lo, hi = _bracket(g["delta_actual"], g["local_phases"])
+        rows.append({"P": int(P), "one_phase_max": lo, "two_phase_min": hi,
+                     "ordered": bool(not lo >= hi)})
+    return pd.DataFrame(rows, columns=["P", "one_phase_max", "two_phase_min", "ordered"])
+
+
+def gap_figure(table):
+    """Measured phases of a local query against the information gap Δ (actual sizes), one
+    row per P: how the change from one to two phases approaches Δ = 0 as P grows."""
+    done = table[table["status"] == "done"]
+    fig, (ax,) = _figure(1, width=6.4, height=3.8)
+    for value, marker, color, name in ((1, "o", "C0", "one phase"), (2, "^", "C3", "two phases")):
+        sel = done[done["local_phases"] == value]
+        ax.semilogy(sel["delta_actual"], sel["P"], marker, color=color, ls="none", label=name)
+    crit = critical_gap(table).dropna()
+    if len(crit):
+        mid = (crit["one_phase_max"] + crit["two_phase_min"]) / 2
+        ax.semilogy(mid, crit["P"], "-", color="C2", lw=2, label="measured change")
+    ax.axvline(0, color="k", ls="--", lw=1, label=r"$\Delta = 0$ (theorem)")
+    ax.set_xlabel(r"information gap $\Delta$ (actual sizes)")
+    ax.set_ylabel("P")
+    ax.legend(fontsize=7)
+    return fig
 
 
 def _fmt(v, f=".3g"):
@@ -248,6 +295,13 @@ def report(table, fit_table=None):
         for P, (agree, n, unknown) in agreement.items():
             extra = f"; {unknown} never switched in the run" if unknown else ""
             lines.append(f"  P = {P:.0e}: {agree} of {n} agree{extra}")
+        crit = critical_gap(table).dropna(subset=["one_phase_max", "two_phase_min"])
+        if len(crit):
+            lines += ["", "where one phase turns into two (Delta from the actual sizes):"]
+            lines += [f"  P = {r.P:.0e}: one phase up to Delta = {r.one_phase_max:+.3f}, two "
+                      f"phases from {r.two_phase_min:+.3f}" + ("" if r.ordered else
+                                                              " (not ordered: they overlap)")
+                      for r in crit.itertuples()]
     return "\n".join(lines)
 
 
@@ -323,8 +377,9 @@ def phase_figure(table):
 
 
 def save_figures(table, out, fit_table=None, dpi=130):
-    """Write ``scaling.png`` (when some regime spans two P) and ``phases.png`` (when the
-    table holds at least three (κ_c, κ_s) pairs) into folder ``out``; returns their paths."""
+    """Write ``scaling.png`` (when some regime is fitted), ``phases.png`` (when the table holds
+    at least three (κ_c, κ_s) pairs) and then ``gap.png`` (for two P or more) into folder
+    ``out``; returns their paths."""
     from pathlib import Path
 
     out = Path(out)
@@ -337,4 +392,7 @@ def save_figures(table, out, fit_table=None, dpi=130):
     if len(ph.drop_duplicates(["kappa_c", "kappa_s"])) >= 3:
         paths.append(out / "phases.png")
         phase_figure(table).savefig(paths[-1], dpi=dpi)
+        if ph["P"].nunique() >= 2:
+            paths.append(out / "gap.png")
+            gap_figure(table).savefig(paths[-1], dpi=dpi)
     return paths
