@@ -210,3 +210,17 @@ def test_progress_bar_only_when_asked(tmp_path):
     done = subprocess.run(cli("run", *SMALL, "--out", str(tmp_path), "--force"),  # no terminal
                           check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "step/s" not in done.stderr
+
+
+def test_checkpoint_once_per_multiple_crossed():
+    """The run callback comes after steps from multiples of N and at timed moments between;
+    a checkpoint is written once per multiple of N crossed, not at step 1."""
+    from mimfast.cli import _Interrupts, _Progress
+
+    saved = []
+    with _Interrupts() as interrupts:
+        progress = _Progress(False, 0, 1000, saved.append, 100, interrupts)
+        for t in (1, 57, 101, 150, 199, 201, 230, 420):
+            progress(t, None, lambda t=t: t)
+        progress.close()
+    assert saved == [101, 201, 420]

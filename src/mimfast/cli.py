@@ -350,7 +350,8 @@ class _Progress:
     """Run callback: progress bar (tqdm) and checkpoints every N steps.
 
     ``simulate`` calls it after every step from a multiple of N (``callback_every``) and a few
-    times a second otherwise; a checkpoint is saved after each step from a multiple of N.
+    times a second otherwise; a checkpoint is saved at the first call after each multiple of N
+    (so none right after step 1).
     """
 
     def __init__(self, show, start, total, checkpoint, every, interrupts):
@@ -364,11 +365,11 @@ class _Progress:
     def __call__(self, t, grad, partial):
         with self.interrupts.hold():
             self.bar.update(t - self.t)
-            self.t = t
+            last, self.t = self.t, t
             if not self.bar.disable:
                 own = min(float(a[:, 0].min()) for a in grad.attention)
                 self.bar.set_postfix_str(f"own-area attention (min) {own:.4f}", refresh=False)
-        if self.every and (t - 1) % self.every == 0:
+        if self.every and t // self.every > last // self.every:
             self.checkpoint(partial())
 
     def close(self):
