@@ -1,5 +1,6 @@
 """mimfast.analysis on hand-made trajectories with known answers, and on real runs."""
 
+import re
 from fractions import Fraction
 from math import comb
 
@@ -170,10 +171,41 @@ def test_evolution_table_lists_events_and_values():
     r = mf.simulate(mf.Setting.paper(10**4, 0.9, 0.3), eta=20.0, steps=200, threads=1)
     text = evolution(r)
     lines = text.splitlines()
-    assert lines[1].split()[:2] == ["step", "global"]
-    steps = [int(line.split()[0]) for line in lines[2:]]
+    assert lines[1].split()[:2] == ["step", "global"] and lines[1].split()[-1] == "L"
+    rows = [line for line in lines[2:] if line.split()[0].isdigit()]
+    steps = [int(line.split()[0]) for line in rows]
     assert steps[0] == 0 and steps[-1] == 200 and steps == sorted(steps)
-    assert phase_switch(r, 0, 1) in steps and convergence_time(r, 0, 1) in steps
-    last = lines[-1].split()
+    switch, t_eps = phase_switch(r, 0, 1), convergence_time(r, 0, 1)
+    assert switch in steps and t_eps in steps
+    # the event rows are marked, and only they
+    marks = {int(line.split()[0]): " ".join(line.split()[7:]) for line in rows}
+    assert "local switch" in marks[switch] and "local T_eps" in marks[t_eps]
+    events = {switch, t_eps, phase_switch(r, 0, 0), convergence_time(r, 0, 0)}
+    assert all(bool(m) == (t in events) for t, m in marks.items())
+    last = rows[-1].split()
     assert float(last[3]) == pytest.approx(r.fp(0, 1, "own")[-1], rel=1e-4)
     assert float(last[5]) == pytest.approx(r.attention(0, 1, "own")[-1], rel=1e-4)
+    assert float(last[6]) == pytest.approx(r.loss[-1], rel=1e-4)
+    # the L column is said to be the total over the masked patches
+    assert "summed over the m = 5,000 masked patches" in text
+
+
+def test_report_says_still_falling_and_not_converged():
+    import mimfast as mf
+    from mimfast.analysis import analyze
+
+    s = mf.Setting.paper(10**4, 0.9, 0.3)
+    # 30 steps: the global FP still falls, attention has not converged, no local switch yet
+    a = analyze(mf.simulate(s, eta=20.0, steps=30, threads=1))
+    table = a.table()
+    assert "@ 30 (still falling)" in table
+    claims = {c.name: c for c in a.claims}
+    for name in ("attention", "loss_gap", "local_phases"):
+        assert claims[name].holds is False
+        assert claims[name].detail.endswith("not converged: raise --steps"), name
+    # converged: no such note
+    a = analyze(mf.simulate(s, eta=20.0, steps=300, threads=1))
+    assert "raise --steps" not in a.table()
+    # no step at all: no inf, no "step never"
+    text = analyze(mf.simulate(s, eta=20.0, steps=0, threads=1)).table()
+    assert not re.search(r"\binf\b", text) and "never" not in text and "raise --steps" in text

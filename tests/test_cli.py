@@ -91,6 +91,8 @@ def test_help_and_version(capsys):
     (["run", "--kappa-c", "1.5"] + SMALL, 2, "kappa_c must lie in (0, 1)"),
     (["run", "--backend", "fortran"] + SMALL, 2, "backend 'fortran' is not available"),
     (["run", "--steps", "-1", "--P", "1e3"], 2, "steps must be at least 0"),
+    (["run", "--etaa", "5"], 2, "--etaa (did you mean --eta?)"),
+    (["summary", "x.nc", "--epsilom", "0.1"], 2, "did you mean --epsilon?"),
     (["run", "--z", "1", "2", "3"] + SMALL, 2, "z takes one value or two"),
     (["run", "--eta", "1e9", "--P", "1e3", "--steps", "5", "--no-plots", "--threads", "1"], 1,
      "too large"),
@@ -127,6 +129,51 @@ def test_bad_config_values_and_clusters(tmp_path, capsys):
     assert "needs eta" in capsys.readouterr().err
     assert main(["run", "--config", str(config), "--eta", "1", "--P", "10"]) == 2
     assert "drop P" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eta", "-5"], "eta must be finite and non-negative, got -5.0"),
+    (["--eta", "nan"], "eta must be finite"),
+    (["--threads", "0"], "threads must lie in"),
+    (["--tail-tol", "0.5"], "tail_tol must lie in"),
+    (["--step-axis", "log"], "invalid choice"),
+])
+def test_refused_values_exit_2_and_write_nothing(argv, message, tmp_path, capsys):
+    out = tmp_path / "never-made"
+    assert main(["run", "--P", "1e3", "--steps", "5", "--out", str(out)] + argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_keys_inside_a_config_group_name_the_allowed_ones(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text("eta = 1.0\nsteps = 2\n[[clusters]]\n"
+                      "groups = [{areas = 1, size = 4, colour = 2}, {areas = 3, size = 2}]\n")
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "a group: unknown key(s) colour; its keys are areas, size, z (optional)" in err
+    assert "__init__" not in err
+    config.write_text("eta = 1.0\n[[clusters]]\nweight = 1.0\nareas = 2\n")
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "a [[clusters]] entry: unknown key(s) areas; its keys are groups, weight" in err
+    assert not (tmp_path / "mimfast-run").exists()
+
+
+def test_summary_and_plot_of_a_run_folder_and_a_finished_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out)] + SMALL) == 0
+    printed = capsys.readouterr().out
+    assert main(["summary", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == printed.strip()
+    assert main(["plot", str(out), "--step-axis", "symlog"]) == 0
+    capsys.readouterr()
+    assert all((out / f"{name}.png").stat().st_size > 20_000 for name in ("fp", "pp"))
+    before = (out / "result.nc").stat().st_mtime_ns
+    assert main(["run", "--resume", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "is finished (40 steps)" in err and "--steps N" in err
+    assert (out / "result.nc").stat().st_mtime_ns == before  # nothing rewritten
 
 
 def test_bad_results_file(tmp_path, capsys):
@@ -224,3 +271,25 @@ def test_checkpoint_once_per_multiple_crossed():
             progress(t, None, lambda t=t: t)
         progress.close()
     assert saved == [101, 201, 420]
+
+
+def test_figures_step_axis_and_pp_legends():
+    from mimfast.plots import attention_figure, fp_figure, pp_figure
+
+    r = mf.simulate(mf.Setting.paper(1000, 0.9, 0.3), 5.0, 30, threads=1)
+    for make in (fp_figure, attention_figure, pp_figure):
+        assert all(ax.get_xscale() == "linear" for ax in make(r).axes)
+        assert all(ax.get_xscale() == "symlog" and ax.get_xlim()[0] == 0
+                   for ax in make(r, step_axis="symlog").axes)
+    with pytest.raises(ValueError, match="step_axis must be one of linear, symlog"):
+        fp_figure(r, step_axis="log")
+    left, right = pp_figure(r).axes
+    # colour = key (own, local, global, itself), line style = class: one entry each, not one
+    # per curve; small PP curves apart on a symlog scale of their own
+    from matplotlib.legend import Legend
+
+    legends = [a for a in left.get_children() if isinstance(a, Legend)]
+    labels = sorted(t.get_text() for legend in legends for t in legend.texts)
+    assert labels == sorted(["key: own area", "key: local areas", "key: global area",
+                             "key: itself", "global query", "local query"])
+    assert right.get_yscale() == "symlog" and not right.get_legend()

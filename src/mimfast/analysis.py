@@ -201,6 +201,7 @@ class Analysis:
     classes: tuple
     claims: tuple
     header: str
+    last_step: int = 0
 
     def table(self):
         """The summary table and the claims, as text."""
@@ -212,7 +213,8 @@ class Analysis:
                 "phases", "T_eps", "attention", "loss gap"]
         rows = [[c.name, f"{c.areas} x {c.size}", f"{c.fp_own:.4f}", fmt(c.fp_global, ".4f"),
                  "-" if c.global_fp_min is None
-                 else f"{c.global_fp_min:.4f} @ {c.global_fp_min_step}",
+                 else f"{c.global_fp_min:.4f} @ {c.global_fp_min_step}"
+                 + (" (still falling)" if c.global_fp_min_step == self.last_step > 0 else ""),
                  fmt(c.phase_switch, "d"), fmt(c.phases, "d"),
                  fmt(c.convergence_time, "d"), f"{c.attention:.6f}", f"{c.loss_gap:.3e}"]
                 for c in self.classes]
@@ -223,9 +225,12 @@ class Analysis:
             return "  ".join(cells).rstrip()
 
         notes = ("A_own, A_global: FP correlation with the own area's and the global area's "
-                 "feature at the last step;\nswitch: first recorded step where the own feature "
-                 "has the largest FP gradient (0: one phase);\nT_eps: first recorded step with "
-                 "own-area attention >= 1 - eps; attention, loss gap: at the last step")
+                 "feature at the last step;\nmin A_global @ step: its lowest value and when "
+                 "(still falling: at the last step);\nswitch: first recorded step where the own "
+                 "feature has the largest FP gradient (0: one phase; -: none in the run);\n"
+                 "T_eps: first recorded step with own-area attention >= 1 - eps; attention, "
+                 "loss gap: at the last step,\n  for one masked query of the class (loss gap: "
+                 "its expected loss above the irreducible part)")
         out = [self.header]
         if self.delta is not None:
             out.append(f"information gap Delta = {self.delta:+.4f} "
@@ -305,7 +310,8 @@ def analyze(result, epsilon=EPSILON, pp_ratio=PP_RATIO):
     header = (f"{s!r}\neta = {result.eta:g}, {result.last_step} steps "
               f"(recorded every {result.record_every}), backend {result.backend}")
     return Analysis(float(epsilon), delta, s.delta_actual if paper else None, tuple(rows),
-                    _claims(result, rows, epsilon, pp_ratio, delta), header)
+                    _claims(result, rows, epsilon, pp_ratio, delta), header,
+                    int(result.steps[-1]))
 
 
 def _claims(result, rows, epsilon, pp_ratio, delta):
@@ -313,11 +319,18 @@ def _claims(result, rows, epsilon, pp_ratio, delta):
     paper's shape, so the phase claims do not apply)."""
     gap = max(r.loss_gap for r in rows)
     attention = min(r.attention for r in rows)
+    # a failing claim whose measure still improves at the end failed because the run ended
+    improving = {"loss_gap": _improving(result, rows, lambda k, h: -loss_gap(result, k, h)),
+                 "attention": _improving(result, rows,
+                                         lambda k, h: result.attention(k, h, "own"))}
     claims = [
         Claim("loss_gap", "loss gap <= eps for every class", bool(gap <= epsilon),
-              f"largest gap {gap:.3e}"),
+              f"largest gap {gap:.3e}" + (EARLY if gap > epsilon and improving["loss_gap"]
+                                          else "")),
         Claim("attention", "own-area attention >= 1 - eps for every class",
-              bool(attention >= 1 - epsilon), f"smallest {attention:.6f}"),
+              bool(attention >= 1 - epsilon),
+              f"smallest {attention:.6f}" + (EARLY if attention < 1 - epsilon
+                                             and improving["attention"] else "")),
     ]
     local_text = "local areas learn in two phases iff Delta > 0"
     global_text = "the global area learns in one phase"
@@ -329,11 +342,15 @@ def _claims(result, rows, epsilon, pp_ratio, delta):
         local = [r for r in rows if r.h == 1]
         glob = [r for r in rows if r.h == 0]
         want = 2 if delta > 0 else 1
+        # no switch in the run (yet): the run ended before the own feature took the lead
+        early_local = any(r.phases is None for r in local)
+        early_global = any(r.phases is None for r in glob)
         claims += [
             Claim("local_phases", local_text, all(r.phases == want for r in local),
-                  f"Delta = {delta:+.3f} predicts {want}; phase switch at step {_steps(local)}"),
+                  f"Delta = {delta:+.3f} predicts {want}; {_steps(local)}"
+                  + (EARLY if early_local else "")),
             Claim("global_phases", global_text, all(r.phases == 1 for r in glob),
-                  f"phase switch at step {_steps(glob)}"),
+                  _steps(glob) + (EARLY if early_global else "")),
         ]
     pp_text = "PP correlations small relative to FP"
     if result.setting.pp != "exact":
@@ -344,14 +361,34 @@ def _claims(result, rows, epsilon, pp_ratio, delta):
             claims.append(Claim("pp_small", pp_text, None,
                                 "nothing learned yet: PP and FP are 0 (no GD step run)"))
         else:
-            ratio = pp / fp if fp else math.inf
-            claims.append(Claim("pp_small", pp_text, bool(ratio <= pp_ratio),
-                                f"max|PP| / max|FP| = {ratio:.3g} (threshold {pp_ratio:g})"))
+            if fp == 0:
+                claims.append(Claim("pp_small", pp_text, False,
+                                    f"max|PP| = {pp:.3g} while every FP correlation is 0"))
+            else:
+                ratio = pp / fp
+                claims.append(Claim("pp_small", pp_text, bool(ratio <= pp_ratio),
+                                    f"max|PP| / max|FP| = {ratio:.3g} (threshold {pp_ratio:g})"))
     return tuple(claims)
 
 
+#: Appended to a failing claim that failed only because the run ended too early.
+EARLY = "; not converged: raise --steps"
+
+
+def _improving(result, rows, measure):
+    """Whether the run ended while ``measure(k, h)`` (larger is better) still rose for some
+    class of ``rows``, or before any step: then a claim on it failed for want of steps."""
+    if len(result.steps) < 2:
+        return True
+    return any(np.asarray(measure(r.k, r.h))[-1] > np.asarray(measure(r.k, r.h))[-2]
+               for r in rows)
+
+
 def _steps(rows):
-    return ", ".join("never" if r.phase_switch is None else str(r.phase_switch) for r in rows)
+    switches = [r.phase_switch for r in rows]
+    if all(t is None for t in switches):
+        return "no phase switch in the run"
+    return "phase switch at step " + ", ".join("none" if t is None else str(t) for t in switches)
 
 
 def evolution(result, rows=8, epsilon=EPSILON):
@@ -377,14 +414,18 @@ def evolution(result, rows=8, epsilon=EPSILON):
     steps = result.steps
     last = int(steps[-1])
     wanted = {0, last} | {int(round(last ** (i / (rows - 1)))) for i in range(1, rows - 1)}
+    paper = paper_shaped(s)
+    events = {}  # step -> what happens there
     for k, h in s.classes():
-        for event in (phase_switch(result, k, h), convergence_time(result, k, h, epsilon)):
-            if event is not None:
-                wanted.add(event)
+        name = class_name(s, k, h, paper)
+        for what, t in (("switch", phase_switch(result, k, h)),
+                        ("T_eps", convergence_time(result, k, h, epsilon))):
+            if t is not None:
+                wanted.add(t)
+                events.setdefault(t, []).append(f"{name} {what}")
     index = sorted({int(np.searchsorted(steps, t)) for t in wanted if t <= last})
     cols = ["step"]
     series = []
-    paper = paper_shaped(s)
     for k, h in s.classes():
         name = class_name(s, k, h, paper)
         cols.append(f"{name} A_own")
@@ -394,9 +435,16 @@ def evolution(result, rows=8, epsilon=EPSILON):
             series.append(result.fp(k, h, 0))
         cols.append(f"{name} attention")
         series.append(result.attention(k, h, "own"))
-    cols.append("loss")
+    cols.append("L")
     series.append(result.loss)
     table = [[str(int(steps[i]))] + [f"{x[i]:.5g}" for x in series] for i in index]
     width = [max(len(r[c]) for r in [cols] + table) for c in range(len(cols))]
     lines = ["  ".join(v.rjust(w) for v, w in zip(r, width)) for r in [cols] + table]
-    return "\n".join(["how the FP correlations and own-area attention evolve:"] + lines)
+    marks = [""] + [", ".join(events.get(int(steps[i]), [])) for i in index]
+    lines = [(line + "  " + mark).rstrip() for line, mark in zip(lines, marks)]
+    notes = (f"A_own, A_global: FP correlations; attention: on the unmasked keys of the own area;"
+             f"\nL: population loss, the expected error summed over the m = {s.masked:,} masked "
+             f"patches\n  (per masked patch: L / m); marked rows: a phase switch (switch) or "
+             f"T_eps (attention >= {1 - epsilon:g})")
+    return "\n".join(["how the FP correlations and own-area attention evolve:"] + lines
+                     + [notes])

@@ -34,9 +34,10 @@ PRESET_ETA, PRESET_P = 100.0, 10**6
 DEFAULTS = {"preset": "paper-positive", "gamma": 0.5, "K": 1, "z": 1.0, "pp": "auto",
             "steps": 1000, "record_every": 1, "backend": "cpp", "threads": None,
             "tail_tol": 1e-15, "epsilon": 0.05, "checkpoint_every": 100, "out": "mimfast-run",
-            "plots": True}
+            "plots": True, "step_axis": "linear"}
 # may change when a saved run is resumed; everything else is the saved run's
-RESUME_KEYS = {"resume", "steps", "threads", "checkpoint_every", "progress", "plots", "epsilon"}
+RESUME_KEYS = {"resume", "steps", "threads", "checkpoint_every", "progress", "plots", "epsilon",
+               "step_axis"}
 RESULT, CHECKPOINT = "result.nc", "checkpoint.nc"
 PAPER_KEYS = ("P", "kappa_c", "kappa_s", "K", "z")
 # what each config key must hold
@@ -46,6 +47,7 @@ CONFIG_TYPES = {
     "checkpoint_every": _INT, "masked": _INT, "kappa_c": _NUM, "kappa_s": _NUM, "gamma": _NUM,
     "eta": _NUM, "tail_tol": _NUM, "epsilon": _NUM, "z": _NUM + (list,), "preset": _STR,
     "pp": _STR, "backend": _STR, "out": _STR, "plots": _BOOL, "progress": _BOOL,
+    "step_axis": _STR,
     "clusters": (list,),
 }
 
@@ -76,7 +78,7 @@ config file (TOML): the keys are the option names with underscores, e.g.
   P = 100000
   kappa_c = 0.6          # kappa_s, gamma, K, z (one number or [global, local]), pp
   eta = 20.0             # steps, record_every, backend, threads, tail_tol
-  epsilon = 0.05         # checkpoint_every, plots, out (relative to the file's folder)
+  epsilon = 0.05         # checkpoint_every, plots, step_axis, out (relative to the file's folder)
 
 or, instead of the paper's setting, any setting (then eta is required):
 
@@ -169,6 +171,8 @@ def _parser():
     g.add_argument("--force", action="store_true",
                    help="write into a non-empty --out folder, replacing its files (an "
                         "unfinished run there is discarded)")
+    g.add_argument("--step-axis", dest="step_axis", choices=["linear", "symlog"],
+                   help="step axis of the figures; symlog shows the first steps (default linear)")
     g = run.add_argument_group("long runs")
     g.add_argument("--checkpoint-every", type=_count, dest="checkpoint_every", metavar="N",
                    help="save DIR/checkpoint.nc every N steps (default 100; 0: never)")
@@ -182,10 +186,14 @@ def _parser():
                        ("plot", "write the figures of a saved run")):
         q = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-        q.add_argument("file", type=Path, metavar="FILE", help="results file (result.nc)")
+        q.add_argument("file", type=Path, metavar="FILE",
+                       help="results file (result.nc), or the folder of a run")
         q.add_argument("--epsilon", type=_number,
                        help="tolerance of Theorem 4.1 (default: the one saved with the run)")
         if name == "plot":
+            q.add_argument("--step-axis", dest="step_axis", choices=["linear", "symlog"],
+                           default="linear", help="step axis of the figures; symlog shows the "
+                                                  "first steps (default linear)")
             q.add_argument("--out", type=Path, metavar="DIR",
                            help="folder of the figures (default: the folder of FILE)")
     from .cli_sweep import add_parser
@@ -253,13 +261,33 @@ def _options(args):
     return opts
 
 
+CLUSTER_KEYS = {"groups": True, "weight": False}  # key: required
+GROUP_KEYS = {"areas": True, "size": True, "z": False}
+
+
+def _keys(table, allowed, what):
+    """``table`` (a TOML table) when its keys are allowed and the required ones present."""
+    if not isinstance(table, dict):
+        raise TypeError(f"{what} must be a table, got {table!r}")
+    names = ", ".join(k + ("" if need else " (optional)") for k, need in allowed.items())
+    unknown = sorted(set(table) - set(allowed))
+    missing = [k for k, need in allowed.items() if need and k not in table]
+    if unknown or missing:
+        problem = (f"unknown key(s) {', '.join(unknown)}" if unknown
+                   else f"missing key(s) {', '.join(missing)}")
+        raise ValueError(f"{what}: {problem}; its keys are {names}")
+    return table
+
+
 def _setting(opts):
     import mimfast as mf
 
     pp = None if opts.get("pp", "auto") == "auto" else opts["pp"]
     try:
         if "clusters" in opts:
-            clusters = [mf.Cluster([mf.Group(**g) for g in c["groups"]], c.get("weight", 1.0))
+            clusters = [mf.Cluster([mf.Group(**_keys(g, GROUP_KEYS, "a group")) for g in
+                                    _keys(c, CLUSTER_KEYS, "a [[clusters]] entry")["groups"]],
+                                   c.get("weight", 1.0))
                         for c in opts["clusters"]]
             if "masked" in opts:
                 return mf.Setting(clusters, masked=opts["masked"], pp=pp)
@@ -407,6 +435,22 @@ def _prepare_out(out, resume, force):
     return lock
 
 
+def _check_values(setting, opts):
+    """The run's numbers as :func:`mimfast.simulate` checks them, refused as usage errors
+    (exit 2) before anything is written."""
+    from .grid import check_tail_tol
+    from .simulate import _check_run
+
+    try:
+        _check_run(setting, opts["eta"], opts["steps"], opts["record_every"],
+                   opts.get("threads"))
+        check_tail_tol(opts["tail_tol"])
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    if opts.get("step_axis", "linear") not in ("linear", "symlog"):
+        raise UsageError(f"step_axis must be linear or symlog, got {opts['step_axis']!r}")
+
+
 def _run(args):
     import mimfast as mf
 
@@ -439,6 +483,13 @@ def _run(args):
     if resume is not None and opts["steps"] < resume.last_step:
         raise UsageError(f"--steps {opts['steps']}: the saved run is already at step "
                          f"{resume.last_step}")
+    if (resume is not None and opts["steps"] == resume.last_step
+            and not (out / CHECKPOINT).exists()):
+        print(f"mimfast run: the run in {out} is finished ({resume.last_step} steps); "
+              f"nothing to do. Extend it with `mimfast run --resume {out} --steps N`, "
+              f"N > {resume.last_step}", file=sys.stderr)
+        return EXIT_OK
+    _check_values(setting, opts)
     saved = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()
              if k not in ("progress", "threads")}
     attrs = {"run_options": json.dumps(saved, sort_keys=True)}
@@ -478,7 +529,8 @@ def _run(args):
             progress.close()
             try:
                 analysis = analyze(result, opts["epsilon"])
-                _write_outputs(result, analysis, out, attrs, opts["plots"])
+                _write_outputs(result, analysis, out, attrs, opts["plots"],
+                               opts.get("step_axis", "linear"))
             except KeyboardInterrupt:
                 return save_and_stop(result, f"while writing the outputs (the run is complete at "
                                              f"step {result.last_step})")
@@ -488,7 +540,7 @@ def _run(args):
     return EXIT_OK
 
 
-def _write_outputs(result, analysis, out, attrs, plots):
+def _write_outputs(result, analysis, out, attrs, plots, step_axis="linear"):
     from . import io
 
     text = _report(result, analysis)
@@ -498,13 +550,16 @@ def _write_outputs(result, analysis, out, attrs, plots):
     if plots:
         from .plots import save_figures
 
-        files += save_figures(result, out, analysis)
+        files += save_figures(result, out, analysis, step_axis)
     print(text)
     print("wrote " + ", ".join(str(f) for f in files), file=sys.stderr)
 
 
 def _load(path):
     from . import io
+
+    if Path(path).is_dir():  # a run's output folder
+        path = Path(path) / RESULT
 
     try:
         ds = io.open_dataset(path)
@@ -540,8 +595,9 @@ def _plot(args):
     from .plots import save_figures
 
     result, analysis = _saved_analysis(args)
-    out = args.out if args.out is not None else args.file.parent
-    paths = save_figures(result, out, analysis)
+    out = args.out if args.out is not None else (
+        args.file if args.file.is_dir() else args.file.parent)
+    paths = save_figures(result, out, analysis, args.step_axis)
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return EXIT_OK
 
@@ -571,6 +627,20 @@ def _require_extras(command):
     require_all(modules, f"`mimfast {command}`", extra)
 
 
+def _unknown_options(parser, command, unknown):
+    """Exit 2 with the subcommand's usage, naming the closest option of each unknown one."""
+    import difflib
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = sub.choices[command]
+    known = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+    words = []
+    for word in unknown:
+        close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)
+        words.append(f"{word} (did you mean {close[0]}?)" if close else word)
+    sub.error("unrecognized arguments: " + " ".join(words))
+
+
 def main(argv=None):
     """Entry point of the ``mimfast`` command; returns the exit code.
 
@@ -586,7 +656,9 @@ def main(argv=None):
     """
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            _unknown_options(parser, args.command, unknown)
     except SystemExit as exc:  # --help, --version (0) and usage errors (2)
         return int(exc.code or 0)
     command = {"run": _run, "summary": _summary, "plot": _plot, "sweep": _sweep}[args.command]

@@ -27,6 +27,20 @@ def _figure(ncols, width=5.2, height=3.8):
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
+#: Scales of the step axis: linear, or symlog (linear up to step 10, logarithmic beyond) so
+#: that the first steps of a long run show.
+STEP_AXES = ("linear", "symlog")
+
+
+def _step_axis(ax, step_axis):
+    if step_axis not in STEP_AXES:
+        raise ValueError(f"step_axis must be one of {', '.join(STEP_AXES)}, got {step_axis!r}")
+    ax.set_xlabel("GD step" + (" (symlog scale)" if step_axis == "symlog" else ""))
+    if step_axis == "symlog":
+        ax.set_xscale("symlog", linthresh=10, linscale=0.5)
+        ax.set_xlim(left=0)
+
+
 def _key_label(setting, h, g):
     """What the FP/PP key category ``g`` (a group index) is, seen from a query of group h."""
     if paper_shaped(setting):
@@ -39,7 +53,7 @@ def _color(key):
     return {"own": "C0", "self": "0.45"}.get(key) or f"C{1 + key}"
 
 
-def fp_figure(result, analysis=None):
+def fp_figure(result, analysis=None, step_axis="linear"):
     """FP correlations over time, one panel per query class, phase switch marked.
 
     Parameters
@@ -47,6 +61,8 @@ def fp_figure(result, analysis=None):
     result : Result
     analysis : Analysis, optional
         Its phase switches are marked (computed when not given).
+    step_axis : {"linear", "symlog"}
+        Scale of the step axis; symlog shows the first steps of a long run.
 
     Returns
     -------
@@ -69,14 +85,14 @@ def fp_figure(result, analysis=None):
             ax.axvline(c.phase_switch, color="0.3", ls="--", lw=1, label=note)
         ax.axhline(0, color="0.8", lw=0.8, zorder=0)
         ax.set_title(f"{c.name} query ({c.areas} x {c.size} patches)\n{note}", fontsize=10)
-        ax.set_xlabel("GD step")
+        _step_axis(ax, step_axis)
         ax.set_ylabel(r"FP correlation $e_p^\top Q\, v$ (per area)")
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(_title(result, "FP correlations"), fontsize=11)
     return fig
 
 
-def attention_figure(result, analysis=None):
+def attention_figure(result, analysis=None, step_axis="linear"):
     """Own-area attention (logit axis) and loss gap (log axis) over time, per query class.
 
     Parameters
@@ -84,6 +100,8 @@ def attention_figure(result, analysis=None):
     result : Result
     analysis : Analysis, optional
         Its epsilon and convergence times T_eps are marked (computed when not given).
+    step_axis : {"linear", "symlog"}
+        Scale of the step axis.
 
     Returns
     -------
@@ -114,53 +132,72 @@ def attention_figure(result, analysis=None):
     right.set_ylabel("loss gap  E[l | k, h] - irreducible")
     right.set_title("expected loss of a masked query\nabove its irreducible part", fontsize=10)
     for ax in (left, right):
-        ax.set_xlabel("GD step")
+        _step_axis(ax, step_axis)
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(_title(result, "convergence"), fontsize=11)
     return fig
 
 
-def pp_figure(result):
-    """PP correlations beside the FP correlations, on the same vertical scale.
+def pp_figure(result, step_axis="linear"):
+    """PP correlations beside the FP correlations, each on its own vertical scale.
+
+    Colour tells the key category, line style the query class, so the legends list each
+    once; the PP panel states how large PP gets relative to FP.
+
+    Parameters
+    ----------
+    result : Result
+    step_axis : {"linear", "symlog"}
+        Scale of the step axis.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
+    Line2D = require("matplotlib.lines", "figures").Line2D
     s = result.setting
     fig, (left, right) = _figure(2)
-    right.sharey(left)
     styles = ["-", "--", ":", "-."]
     paper = paper_shaped(s)
-    for i, (k, h) in enumerate(s.classes()):
-        name = class_name(s, k, h, paper)
+    classes = list(s.classes())
+    keys = {}  # key -> label, in the order first drawn
+    for i, (k, h) in enumerate(classes):
         for key in fp_keys(s, k, h):
-            label = "own area" if key == "own" else _key_label(s, h, key)
+            keys.setdefault(key, "own area" if key == "own" else _key_label(s, h, key))
             left.plot(result.steps, result.fp(k, h, key), color=_color(key), ls=styles[i % 4],
-                      lw=1.6, label=f"{name} query, {label}")
+                      lw=1.6)
     if s.pp == "exact":
-        for i, (_, h) in enumerate(s.classes()):
-            name = class_name(s, 0, h, paper)
+        for i, (_, h) in enumerate(classes):
             for key in ["self"] + fp_keys(s, 0, h):
-                label = {"self": "itself", "own": "own area"}.get(key) or _key_label(s, h, key)
-                right.plot(result.steps, result.pp(h, key), color=_color(key), ls=styles[i % 4],
-                           lw=1.6, label=f"{name} query, {label}")
-        right.legend(fontsize=7, loc="upper right")
+                keys.setdefault(key, {"self": "itself"}.get(key) or keys.get(key)
+                                or _key_label(s, h, key))
+                right.plot(result.steps, result.pp(h, key), color=_color(key),
+                           ls=styles[i % 4], lw=1.6)
         pp, fp = pp_fp_sizes(result)
-        share = f"{pp / fp:.1%} of the largest |FP|" if fp else "nothing learned yet"
-        right.text(0.5, 0.3, f"largest |PP| = {pp:.3g}\n= {share}",
-                   ha="center", va="center", transform=right.transAxes, fontsize=9,
+        if pp > 0:  # small PP curves stay apart from zero and from the largest one
+            right.set_yscale("symlog", linthresh=pp * 1e-3)
+        share = f"= {pp / fp:.1%} of the largest |FP|" if fp else "nothing learned yet"
+        right.text(0.03, 0.97, f"largest |PP| = {pp:.3g}\n{share}", ha="left", va="top",
+                   transform=right.transAxes, fontsize=9,
                    bbox={"facecolor": "white", "edgecolor": "0.7"})
     else:
         right.text(0.5, 0.5, "PP correlations frozen at 0\n(pp='frozen')", ha="center",
                    va="center", transform=right.transAxes)
     left.set_title(r"FP correlations $e_p^\top Q\, v$ (per area)", fontsize=10)
-    right.set_title(r"PP correlations $e_p^\top Q\, e_q$ (per key position)", fontsize=10)
-    left.set_ylabel("correlation (same scale in both panels)")
+    right.set_title(r"PP correlations $e_p^\top Q\, e_q$ (per key position)" + "\n"
+                    + "own scale: symlog, linear below 1/1000 of the largest", fontsize=10)
+    left.set_ylabel("correlation")
     for ax in (left, right):
         ax.axhline(0, color="0.8", lw=0.8, zorder=0)
-        ax.set_xlabel("GD step")
-    left.legend(fontsize=7, loc="best")
+        _step_axis(ax, step_axis)
+    key_legend = left.legend(
+        [Line2D([], [], color=_color(key), lw=1.6) for key in keys],
+        [f"key: {label}" for label in keys.values()], fontsize=7, loc="upper left")
+    left.add_artist(key_legend)
+    left.legend([Line2D([], [], color="0.3", ls=styles[i % 4], lw=1.6)
+                 for i in range(len(classes))],
+                [f"{class_name(s, k, h, paper)} query" for k, h in classes], fontsize=7,
+                loc="lower left")
     fig.suptitle(_title(result, "PP stays small beside FP"), fontsize=11)
     return fig
 
@@ -174,7 +211,7 @@ def _title(result, what):
 FIGURES = {"fp": fp_figure, "attention": attention_figure, "pp": pp_figure}
 
 
-def save_figures(result, folder, analysis=None):
+def save_figures(result, folder, analysis=None, step_axis="linear"):
     """Write every figure of :data:`FIGURES` as ``<folder>/<name>.png``.
 
     Parameters
@@ -183,6 +220,8 @@ def save_figures(result, folder, analysis=None):
     folder : str or Path
         Created if missing.
     analysis : Analysis, optional
+    step_axis : {"linear", "symlog"}
+        Scale of the step axis of every figure.
 
     Returns
     -------
@@ -193,7 +232,8 @@ def save_figures(result, folder, analysis=None):
     analysis = analysis or analyze(result)
     paths = []
     for name, make in FIGURES.items():
-        fig = make(result) if name == "pp" else make(result, analysis)
+        fig = (make(result, step_axis=step_axis) if name == "pp"
+               else make(result, analysis, step_axis=step_axis))
         path = folder / f"{name}.png"
         with atomic_output(path) as tmp:
             fig.savefig(tmp, dpi=DPI, format="png")
