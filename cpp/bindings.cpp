@@ -71,6 +71,35 @@ std::shared_ptr<mimfast::ExactGrid> make_grid(
     return std::make_shared<mimfast::ExactGrid>(std::move(g));
 }
 
+// A Gauss–Hahn point set from its arrays, copied.
+std::shared_ptr<mimfast::PointSet> make_points(
+    Arr<double> counts, Arr<double> rest, Arr<double> centre, Arr<double> node_x,
+    Arr<double> node_w, int inner, int last, Arr<int64_t> blocks, Arr<double> sizes,
+    Arr<double> s_a, Arr<double> s_b, Arr<double> inv_areas, Arr<double> inv_sizes) {
+    if (counts.ndim() != 2) throw std::invalid_argument("counts must be a 2-D array");
+    if (blocks.ndim() != 2 || blocks.shape(1) != 3)
+        throw std::invalid_argument("blocks must be an (n, 3) array");
+    for (const py::array* a : std::initializer_list<const py::array*>{
+             &rest, &centre, &node_x, &node_w, &sizes, &s_a, &s_b, &inv_areas, &inv_sizes})
+        if (a->ndim() != 1) throw std::invalid_argument("point set tables must be 1-D arrays");
+    mimfast::PointArrays p;
+    p.n_cat = static_cast<int>(counts.shape(1));
+    p.inner = inner;
+    p.last = last;
+    p.counts = copy(counts);
+    p.rest = copy(rest);
+    p.centre = copy(centre);
+    p.node_x = copy(node_x);
+    p.node_w = copy(node_w);
+    p.blocks = copy(blocks);
+    p.sizes = copy(sizes);
+    p.s_a = copy(s_a);
+    p.s_b = copy(s_b);
+    p.inv_areas = copy(inv_areas);
+    p.inv_sizes = copy(inv_sizes);
+    return std::make_shared<mimfast::PointSet>(std::move(p));
+}
+
 py::array_t<double> eval_sums(const mimfast::ClassEval& e, Arr<double> z, Arr<double> wu,
                               Arr<double> wm, double wself, int threads) {
     if (threads < 1) throw std::invalid_argument("threads must be at least 1");
@@ -228,6 +257,12 @@ void bind_kernel(py::module_& m) {
         .def("max_error", &Fused::max_error)
         .def("records", &Fused::records, py::arg("start"))
         .def("forget", &Fused::forget, py::arg("upto"));
+    py::class_<mimfast::PointSet, mimfast::ClassEval, std::shared_ptr<mimfast::PointSet>>(
+        m, "ClassPoints", "A class's Gauss–Hahn point set, copied and validated for the kernel.")
+        .def(py::init(&make_points), py::arg("counts"), py::arg("rest"), py::arg("centre"),
+             py::arg("node_x"), py::arg("node_w"), py::arg("inner"), py::arg("last"),
+             py::arg("blocks"), py::arg("sizes"), py::arg("s_a"), py::arg("s_b"),
+             py::arg("inv_areas"), py::arg("inv_sizes"));
     m.def("openmp_enabled", &mimfast::openmp_enabled, "Whether the kernel was built with OpenMP.");
     m.def("max_threads", &mimfast::max_threads, "Threads the kernel uses by default.");
 }

@@ -5,6 +5,30 @@
 #include <utility>
 
 namespace mimfast {
+namespace {
+
+Inputs constants(const std::vector<double>& sizes, const std::vector<double>& s_a,
+                 const std::vector<double>& s_b, const std::vector<double>& inv_areas,
+                 const std::vector<double>& inv_sizes) {
+    Inputs in;
+    in.sizes = sizes.data();
+    in.s_a = s_a.data();
+    in.s_b = s_b.data();
+    in.inv_areas = inv_areas.data();
+    in.inv_sizes = inv_sizes.data();
+    return in;
+}
+
+Inputs with_weights(Inputs in, const double* z, const double* wu, const double* wm,
+                    double wself) {
+    in.z = z;
+    in.wu = wu;
+    in.wm = wm;
+    in.wself = wself;
+    return in;
+}
+
+}  // namespace
 
 ExactGrid::ExactGrid(GridArrays arrays) : a_(std::move(arrays)) {
     const size_t n = static_cast<size_t>(a_.n_cat);
@@ -46,22 +70,46 @@ ExactGrid::ExactGrid(GridArrays arrays) : a_(std::move(arrays)) {
     g_.off_last = a_.off_last;
     g_.blocks = a_.blocks.data();
     g_.n_blocks = static_cast<int64_t>(a_.blocks.size() / 3);
-    in_.sizes = a_.sizes.data();
-    in_.s_a = a_.s_a.data();
-    in_.s_b = a_.s_b.data();
-    in_.inv_areas = a_.inv_areas.data();
-    in_.inv_sizes = a_.inv_sizes.data();
+    in_ = constants(a_.sizes, a_.s_a, a_.s_b, a_.inv_areas, a_.inv_sizes);
     validate(g_);
 }
 
 void ExactGrid::sums(const double* z, const double* wu, const double* wm, double wself,
                      int threads, double* out) const {
-    Inputs in = in_;
-    in.z = z;
-    in.wu = wu;
-    in.wm = wm;
-    in.wself = wself;
-    class_sums(g_, in, threads, out);
+    class_sums(g_, with_weights(in_, z, wu, wm, wself), threads, out);
+}
+
+PointSet::PointSet(PointArrays arrays) : a_(std::move(arrays)) {
+    const size_t n = static_cast<size_t>(a_.n_cat);
+    auto fail = [](const std::string& what) { throw std::invalid_argument("point set: " + what); };
+    if (a_.n_cat < 2) fail("fewer than two key categories");
+    if (a_.counts.size() % n != 0) fail("counts must have n_cat columns");
+    const size_t rows = a_.counts.size() / n;
+    if (a_.rest.size() != rows || a_.centre.size() != rows)
+        fail("rest and centre must have one entry per row");
+    if (a_.node_x.size() != a_.node_w.size()) fail("node_x and node_w differ in length");
+    if (a_.blocks.size() % 3 != 0) fail("blocks must be an (n, 3) array");
+    for (const auto* v : {&a_.sizes, &a_.s_a, &a_.s_b, &a_.inv_areas, &a_.inv_sizes})
+        if (v->size() != n) fail("per-category constants must have n_cat entries");
+    g_.n_cat = a_.n_cat;
+    g_.inner = a_.inner;
+    g_.last = a_.last;
+    g_.n_rows = static_cast<int64_t>(rows);
+    g_.counts_f = a_.counts.data();
+    g_.rest_f = a_.rest.data();
+    g_.centre = a_.centre.data();
+    g_.node_x = a_.node_x.data();
+    g_.node_w = a_.node_w.data();
+    g_.n_nodes = static_cast<int64_t>(a_.node_x.size());
+    g_.blocks = a_.blocks.data();
+    g_.n_blocks = static_cast<int64_t>(a_.blocks.size() / 3);
+    in_ = constants(a_.sizes, a_.s_a, a_.s_b, a_.inv_areas, a_.inv_sizes);
+    validate(g_);
+}
+
+void PointSet::sums(const double* z, const double* wu, const double* wm, double wself,
+                    int threads, double* out) const {
+    class_sums(g_, with_weights(in_, z, wu, wm, wself), threads, out);
 }
 
 }  // namespace mimfast

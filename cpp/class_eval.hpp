@@ -47,4 +47,28 @@ class ExactGrid final : public ClassEval {
     Inputs in_;
 };
 
+// The arrays of one weighted point set (see mimfast/quadrature.py, ClassPoints), owned.
+struct PointArrays {
+    int n_cat = 0, inner = 0, last = 0;
+    std::vector<double> counts, rest, centre, node_x, node_w;  // counts n_rows x n_cat
+    std::vector<int64_t> blocks;                               // n x 3: row, first, stop
+    std::vector<double> sizes, s_a, s_b, inv_areas, inv_sizes;
+};
+
+// The expectation over a Gauss–Hahn point set (docs/model.md §8), summed by the same kernel
+// as a count grid (kernel.cpp): a row's inner count runs over node offsets instead of
+// consecutive integers.
+class PointSet final : public ClassEval {
+   public:
+    explicit PointSet(PointArrays arrays);
+    int n_cat() const override { return a_.n_cat; }
+    void sums(const double* z, const double* wu, const double* wm, double wself, int threads,
+              double* out) const override;
+
+   private:
+    PointArrays a_;
+    Grid g_;
+    Inputs in_;
+};
+
 }  // namespace mimfast

@@ -13,6 +13,7 @@
 #include <array>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -61,20 +62,21 @@ struct Moments {
 #else
 #define MIMFAST_DISPATCH
 #endif
+#if defined(__GNUC__)
+#define MIMFAST_INLINE inline __attribute__((always_inline))
+#else
+#define MIMFAST_INLINE inline
+#endif
 
-MIMFAST_DISPATCH
-Moments block_moments(const Grid& g, int64_t row, int64_t first, int64_t stop, int64_t x0,
-                      double d0, double d1) {
-    const double rw = g.row_weight[row];
-    const int64_t rest = g.rest[row];
-    const double* tin = g.t_inner - g.off_inner;
-    const double* tlast = g.t_last - g.off_last;
+// The ten moments over the points j in [first, stop) at offsets x = xw(j).first with weights
+// xw(j).second: the one hot loop, inlined into the grid and the point-set walkers below.
+template <class XW>
+MIMFAST_INLINE Moments accumulate(int64_t first, int64_t stop, double d0, double d1, XW xw) {
     double m00 = 0, m01 = 0, m11 = 0, m02 = 0, m12 = 0, m22 = 0, m03 = 0, m13 = 0, m23 = 0,
            m33 = 0;
 #pragma omp simd reduction(+ : m00, m01, m11, m02, m12, m22, m03, m13, m23, m33)
     for (int64_t j = first; j < stop; ++j) {
-        const double x = static_cast<double>(j - x0);
-        const double w = rw * tin[j] * tlast[rest - j];
+        const auto [x, w] = xw(j);
         const double i = 1.0 / (d0 + d1 * x);
         const double p1 = w * i, p2 = p1 * i, p3 = p2 * i;
         const double x2 = x * x;
@@ -103,21 +105,54 @@ Moments block_moments(const Grid& g, int64_t row, int64_t first, int64_t stop, i
     return mo;
 }
 
+MIMFAST_DISPATCH
+Moments block_moments_grid(const Grid& g, int64_t row, int64_t first, int64_t stop, int64_t x0,
+                     double d0, double d1) {
+    const double rw = g.row_weight[row];
+    const int64_t rest = g.rest[row];
+    const double* tin = g.t_inner - g.off_inner;
+    const double* tlast = g.t_last - g.off_last;
+    return accumulate(first, stop, d0, d1, [=](int64_t j) {
+        return std::pair<double, double>(static_cast<double>(j - x0),
+                                         rw * tin[j] * tlast[rest - j]);
+    });
+}
+
+MIMFAST_DISPATCH
+Moments block_moments_points(const double* nx, const double* nw, int64_t first, int64_t stop,
+                      double d0, double d1) {
+    return accumulate(first, stop, d0, d1,
+                      [=](int64_t j) { return std::pair<double, double>(nx[j], nw[j]); });
+}
+
+Moments block_moments(const Grid& g, int64_t row, int64_t first, int64_t stop, double x0,
+                      double d0, double d1) {
+    if (g.node_x) return block_moments_points(g.node_x, g.node_w, first, stop, d0, d1);
+    return block_moments_grid(g, row, first, stop, static_cast<int64_t>(x0), d0, d1);
+}
+
 void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
     const int n = g.n_cat;
     const int64_t row = g.blocks[3 * b], first = g.blocks[3 * b + 1], stop = g.blocks[3 * b + 2];
-    const int64_t x0 = (first + stop - 1) / 2;
-    const int64_t* cnt = g.counts + row * n;
-
-    // counts U_c(x) = u[c] + a[c] x and free keys V_c(x) = C_c - U_c(x)
+    // counts U_c(x) = u[c] + a[c] x and free keys V_c(x) = C_c - U_c(x); the inner count is
+    // x0 + x (grid: x0 the block's middle value; point set: the row's centre)
     double u[MAX_CAT], a[MAX_CAT];
-    for (int c = 0; c < n; ++c) {
-        u[c] = static_cast<double>(cnt[c]);
-        a[c] = 0.0;
+    double x0;
+    if (g.node_x) {
+        const double* cnt = g.counts_f + row * n;
+        for (int c = 0; c < n; ++c) u[c] = cnt[c];
+        x0 = g.centre[row];
+        u[g.last] = g.rest_f[row] - x0;
+    } else {
+        const int64_t* cnt = g.counts + row * n;
+        for (int c = 0; c < n; ++c) u[c] = static_cast<double>(cnt[c]);
+        const int64_t ix0 = (first + stop - 1) / 2;
+        x0 = static_cast<double>(ix0);
+        u[g.last] = static_cast<double>(g.rest[row] - ix0);
     }
-    u[g.inner] = static_cast<double>(x0);
+    for (int c = 0; c < n; ++c) a[c] = 0.0;
+    u[g.inner] = x0;
     a[g.inner] = 1.0;
-    u[g.last] = static_cast<double>(g.rest[row] - x0);
     a[g.last] = -1.0;
 
     // D = d0 + d1 x; R = D - wu_0 U_0 = r0 + r1 x (R / D = beta = 1 - alpha_own)
@@ -175,6 +210,14 @@ void validate(const Grid& g) {
         fail("the number of key categories must be in [2, " + std::to_string(MAX_CAT) + "]");
     if (g.inner < 0 || g.inner >= g.n_cat || g.last < 0 || g.last >= g.n_cat || g.inner == g.last)
         fail("inner and last categories must be two different categories");
+    if (g.node_x) {
+        for (int64_t b = 0; b < g.n_blocks; ++b) {
+            const int64_t r = g.blocks[3 * b], a = g.blocks[3 * b + 1], s = g.blocks[3 * b + 2];
+            if (r < 0 || r >= g.n_rows || a < 0 || s > g.n_nodes || a >= s)
+                fail("block " + std::to_string(b) + " leaves the point set");
+        }
+        return;
+    }
     for (int64_t r = 0; r < g.n_rows; ++r) {
         if (g.lo[r] > g.hi[r]) fail("row " + std::to_string(r) + " has lo > hi");
         if (g.lo[r] < g.off_inner || g.hi[r] - g.off_inner >= g.n_inner)

@@ -5,7 +5,7 @@
 
 namespace mimfast {
 
-// The count grid of one query class (see mimfast/grid.py, ClassGrid).
+// The count grid of one query class (see mimfast/grid.py, ClassGrid), or a point set.
 struct Grid {
     int n_cat = 0;
     int inner = 0, last = 0;
@@ -21,6 +21,15 @@ struct Grid {
     int64_t n_last = 0, off_last = 0;
     const int64_t* blocks = nullptr;  // n_blocks x 3: row, first, stop
     int64_t n_blocks = 0;
+    // A weighted point set (mimfast/quadrature.py, ClassPoints) instead of a count grid when
+    // node_x is set: rows of float counts whose inner count is centre + node_x[j] (weight
+    // node_w[j]) and whose last count takes the rest; blocks then slice the node arrays.
+    const double* counts_f = nullptr;  // n_rows x n_cat, row-major
+    const double* rest_f = nullptr;
+    const double* centre = nullptr;
+    const double* node_x = nullptr;
+    const double* node_w = nullptr;
+    int64_t n_nodes = 0;
 };
 
 // Per-category constants of the class (category 0: the own area) and its key weights.

@@ -94,10 +94,10 @@ def test_grid_too_large_says_how_large():
     big = 10**9 // 5
     s = mf.Setting([C([G(1, big), G(1, big), G(1, big), G(1, big), G(1, big)])])
     with pytest.raises(ValueError, match=r"would need about more than 1024 TiB .*quadrature"):
-        mf.simulate(s, eta=1.0, steps=1)
+        mf.simulate(s, eta=1.0, steps=1, method="exact")
     s = mf.Setting([C([G(1, 10**6)] * 4)])
     with pytest.raises(ValueError, match=r"would need about [0-9.]+ GiB \(.*rows.*quadrature"):
-        mf.simulate(s, eta=1.0, steps=1)
+        mf.simulate(s, eta=1.0, steps=1, method="exact")
 
 
 def test_window_tables_are_inside_the_memory_limit():
@@ -105,7 +105,7 @@ def test_window_tables_are_inside_the_memory_limit():
     # of them is allocated, naming the quadrature method
     s = mf.Setting.paper(2**62, 0.9, 0.3)
     with pytest.raises(ValueError, match=r"1-D probability tables.*method=\"quadrature\""):
-        mf.simulate(s, eta=1.0, steps=1)
+        mf.simulate(s, eta=1.0, steps=1, method="exact")
     s = mf.Setting.paper(10**6, 0.9, 0.3)
     with pytest.raises(ValueError, match=r"1-D probability tables"):
         mf.grid.build_grids(s, max_bytes=10**5)

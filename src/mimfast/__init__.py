@@ -12,7 +12,8 @@ from . import analysis, io, scaling, sweeps
 from .backends import backends
 from .model import Gradient, State
 from .setting import Cluster, Group, Setting
-from .simulate import Interrupted, Result, gradient, simulate
+from .simulate import (Interrupted, Result, ToleranceError, ToleranceWarning, gradient,
+                       simulate)
 from .sweeps import sweep
 
 try:
@@ -30,6 +31,8 @@ __all__ = [
     "Result",
     "Setting",
     "State",
+    "ToleranceError",
+    "ToleranceWarning",
     "__version__",
     "analysis",
     "backends",

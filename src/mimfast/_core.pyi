@@ -41,5 +41,25 @@ class ClassGrid(ClassEval):
         inv_sizes: npt.NDArray[np.float64],
     ) -> None: ...
 
+class ClassPoints(ClassEval):
+    """A class's Gauss–Hahn point set, copied and validated for the kernel."""
+
+    def __init__(
+        self,
+        counts: npt.NDArray[np.float64],
+        rest: npt.NDArray[np.float64],
+        centre: npt.NDArray[np.float64],
+        node_x: npt.NDArray[np.float64],
+        node_w: npt.NDArray[np.float64],
+        inner: int,
+        last: int,
+        blocks: npt.NDArray[np.int64],
+        sizes: npt.NDArray[np.float64],
+        s_a: npt.NDArray[np.float64],
+        s_b: npt.NDArray[np.float64],
+        inv_areas: npt.NDArray[np.float64],
+        inv_sizes: npt.NDArray[np.float64],
+    ) -> None: ...
+
 def openmp_enabled() -> bool: ...
 def max_threads() -> int: ...

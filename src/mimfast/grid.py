@@ -119,7 +119,7 @@ def log_binom_pmf(x, n, p):
     p : float or (int, int)
         Success probability in (0, 1), or the exact fraction ``a / b`` as a pair of integers
         (then x - n p is formed in integer arithmetic, which keeps the result accurate to
-        about 1e-15 absolute near the mean even for n ~ 1e9).
+        about 1e-15 absolute near the mean at any n up to 2^62).
 
     Returns
     -------
@@ -129,7 +129,7 @@ def log_binom_pmf(x, n, p):
     x = np.atleast_1d(np.asarray(x, dtype=np.int64))
     if isinstance(p, tuple):
         a, b = (int(v) for v in p)
-        exact = max(n * a, int(x.max(initial=0)) * b, n * b) < 2**62
+        exact = "int64" if max(n * a, int(x.max(initial=0)) * b, n * b) < 2**62 else "int"
         p = a / b
         certain = 0 if a == 0 else n if a == b else None
     else:
@@ -147,8 +147,10 @@ def log_binom_pmf(x, n, p):
     out[hi] = -_bd0(nf, n * p, n - n * p)[0] - n * q if q < 0.1 else n * math.log(p)
     mid = (x > 0) & (x < n)
     xm = xf[mid]
-    if exact:
+    if exact == "int64":
         diff = (x[mid] * b - n * a) / b
+    elif exact:  # products beyond int64: Python integers, correctly rounded quotients
+        diff = np.array([(int(v) * b - n * a) / b for v in x[mid]], dtype=np.float64)
     else:
         diff = xm - n * p
     lc = (
@@ -161,6 +163,25 @@ def log_binom_pmf(x, n, p):
     lf = _LN_2PI + np.log(xm) + np.log1p(-xm / n)
     out[mid] = lc - 0.5 * lf
     return out
+
+
+def category_constants(sizes, areas):
+    """Per-category constants of docs/model.md §3 that every kernel reads from a point set.
+
+    Returns a dict: ``fsizes`` (sizes as floats), ``inv_sizes`` and ``inv_areas`` (1 / C and
+    1 / n', 0 when empty), ``s_a`` and ``s_b`` (E[S2 | r] = s_a r (C - r) + s_b r^2), ``live``
+    (categories with key positions) and ``live_list``.
+    """
+    C = np.asarray(sizes).astype(np.float64)
+    n = np.asarray(areas).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_areas = np.where(n > 0, 1.0 / n, 0.0)
+        inv_sizes = np.where(C > 0, 1.0 / C, 0.0)
+        # E[S2 | r] = s_a r (C - r) + s_b r^2 = r (1 - 1/n') (C - r) / (C - 1) + r^2 / n'
+        s_a = np.where(n > 1, (1.0 - inv_areas) / (C - 1.0), 0.0)
+    live = C > 0
+    return {"fsizes": C, "inv_sizes": inv_sizes, "inv_areas": inv_areas, "s_a": s_a,
+            "s_b": inv_areas, "live": live, "live_list": live.tolist()}
 
 
 @dataclass
@@ -220,17 +241,8 @@ class ClassGrid:
     cut: float = 0.0
 
     def __post_init__(self):
-        C = self.sizes.astype(np.float64)
-        n = self.areas.astype(np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self.inv_areas = np.where(self.areas > 0, 1.0 / n, 0.0)
-            self.inv_sizes = np.where(self.sizes > 0, 1.0 / C, 0.0)
-            # E[S2 | r] = s_a r (C - r) + s_b r^2 = r (1 - 1/n') (C - r) / (C - 1) + r^2 / n'
-            self.s_a = np.where(self.areas > 1, (1.0 - self.inv_areas) / (C - 1.0), 0.0)
-        self.s_b = self.inv_areas
-        self.fsizes = C
-        self.live = self.sizes > 0
-        self.live_list = self.live.tolist()
+        for key, value in category_constants(self.sizes, self.areas).items():
+            setattr(self, key, value)
 
     @property
     def n_cat(self) -> int:

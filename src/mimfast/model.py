@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class _Layout:
         return 3 + 3 * self.n
 
 
-@lru_cache(maxsize=None)
+@cache
 def sum_layout(n_cat):
     """Positions of the kernel's sums for ``n_cat`` key categories.
 
@@ -191,6 +191,13 @@ class Gradient:
         Per cluster, (G_k,): E[l | k, h] for a masked query of group h.
     dropped : float
         Largest probability mass left out of a class grid.
+    error : float
+        Quadrature only (docs/model.md §8): the largest estimated relative error of a class
+        (:func:`mimfast.quadrature.sums_error`); 0 for the exact grid.
+    met : bool
+        Whether every class met the quadrature tolerance.
+    method : {"exact", "quadrature"}
+        How the expectations were computed.
     """
 
     fp: list
@@ -199,6 +206,9 @@ class Gradient:
     attention: list
     patch_loss: list
     dropped: float
+    error: float = 0.0
+    met: bool = True
+    method: str = "exact"
 
 
 @dataclass
@@ -237,19 +247,22 @@ def class_inputs(setting, state, k, h, grid):
     return ClassInputs(z, wu, wm, math.exp(b_self - top))
 
 
-def evaluate(setting, grids, state, kernel, threads=None):
+def evaluate(setting, grids, state, kernel, threads=None, rtol=1e-13):
     """Exact expected gradient and observables at ``state`` (docs/model.md §2–3).
 
     Parameters
     ----------
     setting : Setting
     grids : dict
-        Class grids from :func:`mimfast.grid.build_grids`.
+        Class grids from :func:`mimfast.grid.build_grids`, or adaptive quadratures from
+        :func:`mimfast.quadrature.build_quadratures` (docs/model.md §8).
     state : State
     kernel : callable
         ``kernel(grid, inputs, threads) -> sums`` of a backend.
     threads : int, optional
         Threads for compiled kernels.
+    rtol : float
+        Quadrature only: target of each class's error estimate.
 
     Returns
     -------
@@ -258,7 +271,7 @@ def evaluate(setting, grids, state, kernel, threads=None):
     scale = setting.masked / setting.P
     G_pp = None if state.pp is None else np.zeros_like(state.pp)
     fp, attention, patch_loss = [], [], []
-    loss, dropped = 0.0, 0.0
+    loss, dropped, error, met, method = 0.0, 0.0, 0.0, True, "exact"
     for k, cluster in enumerate(setting.clusters):
         pi = setting.weights[k]
         G = len(cluster.groups)
@@ -267,7 +280,13 @@ def evaluate(setting, grids, state, kernel, threads=None):
         patch_loss.append(np.zeros(G))
         for h, group in enumerate(cluster.groups):
             grid = grids[k, h]
-            sums = np.asarray(kernel(grid, class_inputs(setting, state, k, h, grid), threads))
+            inputs = class_inputs(setting, state, k, h, grid)
+            if hasattr(grid, "evaluate"):  # adaptive quadrature: richer rule and its error
+                sums, err, ok = grid.evaluate(
+                    lambda pts, inputs=inputs: np.asarray(kernel(pts, inputs, threads)), rtol)
+                error, met, method = max(error, err), met and ok, "quadrature"
+            else:
+                sums = np.asarray(kernel(grid, inputs, threads))
             lay = sum_layout(grid.n_cat)
             fp[k][h] = pi * scale * sums[lay.dA]
             attention[k][h] = sums[lay.alpha]
@@ -277,4 +296,4 @@ def evaluate(setting, grids, state, kernel, threads=None):
             if G_pp is not None:
                 G_pp[h, 0] += pi * scale * sums[lay.dB_self]
                 G_pp[h, 1:] += pi * scale * sums[lay.dB]
-    return Gradient(fp, G_pp, loss, attention, patch_loss, dropped)
+    return Gradient(fp, G_pp, loss, attention, patch_loss, dropped, error, met, method)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -11,9 +12,18 @@ import numpy as np
 from .backends import DEFAULT, check_threads, get_kernel
 from .grid import DEFAULT_MAX_BYTES, build_grids, check_tail_tol
 from .model import Gradient, State, StateLayout, evaluate
+from .quadrature import build_quadratures, choose_method
 from .setting import Setting
 
-__all__ = ["simulate", "gradient", "Result", "Interrupted"]
+__all__ = ["simulate", "gradient", "Result", "Interrupted", "ToleranceError", "ToleranceWarning"]
+
+
+class ToleranceError(ArithmeticError):
+    """The quadrature could not meet its error tolerance (raised with ``strict=True``)."""
+
+
+class ToleranceWarning(UserWarning):
+    """The quadrature could not meet its error tolerance at some step."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -65,10 +75,22 @@ class Result:
         Largest probability mass a class grid left out.
     tail_tol : float or None
         Tail tolerance of the count grids (None: not known, e.g. an old results file).
+    method : {"exact", "quadrature"}
+        How the expectations were computed (docs/model.md §3 grid or §8 quadrature).
+    error : numpy.ndarray
+        Estimated relative error of the gradient and observables at each recorded step (the
+        largest over classes of :func:`mimfast.quadrature.sums_error`); 0 for ``exact``.
+    tolerance_met : bool
+        False when the quadrature missed its tolerance at some step (a
+        :class:`ToleranceWarning` was issued).
+    levels : dict
+        Quadrature node levels per class ``(k, h)`` after the last step (for an identical
+        resume); empty for ``exact``.
     """
 
     def __init__(self, setting, backend, eta, steps, loss, fp, fp_grad, attention, patch_loss,
-                 pp, state, dropped, last_step=None, record_every=1, tail_tol=None):
+                 pp, state, dropped, last_step=None, record_every=1, tail_tol=None,
+                 method="exact", error=None, tolerance_met=True, levels=None):
         self.setting = setting
         self.backend = backend
         self.eta = eta
@@ -84,6 +106,11 @@ class Result:
         self.last_step = int(self.steps[-1]) if last_step is None else int(last_step)
         self.record_every = int(record_every)
         self.tail_tol = None if tail_tol is None else float(tail_tol)
+        self.method = str(method)
+        self.error = (np.zeros(len(self.steps)) if error is None
+                      else np.asarray(error, dtype=np.float64))
+        self.tolerance_met = bool(tolerance_met)
+        self.levels = {} if levels is None else {key: list(v) for key, v in levels.items()}
 
     def _class(self, k, h):
         K = self.setting.K
@@ -215,7 +242,7 @@ def _count(name, value, least):
 
 def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
              tail_tol=1e-15, max_grid_bytes=DEFAULT_MAX_BYTES, resume=None, callback=None,
-             callback_every=None):
+             callback_every=None, method="auto", rtol=1e-13, strict=False):
     """Run exact population GD from Q = 0 and record the trajectory.
 
     Parameters
@@ -249,6 +276,18 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
         recorded step when callback_every = record_every), and ``partial()`` builds the
         :class:`Result` so far, state at step t included (for progress displays and
         checkpoints; it copies the record, so call it only when needed).
+    method : {"auto", "exact", "quadrature"}, default "auto"
+        ``exact`` sums the count grid (docs/model.md §3); ``quadrature`` uses Gauss–Hahn rules
+        whose cost does not grow with P (docs/model.md §8); ``auto`` picks exact when its grid
+        is small (:func:`mimfast.quadrature.choose_method`). ``Result.method`` records it.
+        Quadrature runs step in Python for every backend.
+    rtol : float, default 1e-13
+        Quadrature: each step's estimated error of every class (relative to the norms of its
+        gradient, attention and loss) must stay below this; node counts grow until it does.
+    strict : bool, default False
+        Quadrature: raise :class:`ToleranceError` when the tolerance cannot be met (otherwise
+        the run goes on, warns with :class:`ToleranceWarning` and sets
+        ``Result.tolerance_met = False``).
     callback_every : int, optional
         Steps whose gradient must reach the callback (e.g. checkpoints, or stopping on a
         recorded observable); default: only the timed calls.
@@ -270,8 +309,17 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
     kernel = get_kernel(backend)
     if resume is not None:
         _resume_point(resume, setting, eta, record_every, steps, backend, tail_tol)
-    grids = build_grids(setting, tail_tol, max_grid_bytes)
+    _check_tolerance(rtol, strict)
+    method = choose_method(setting, method)
+    if resume is not None and resume.method != method:
+        raise ValueError(f"resume: the saved run used method={resume.method!r}, got {method!r}")
+    if method == "exact":
+        grids = build_grids(setting, tail_tol, max_grid_bytes)
+    else:
+        grids = build_quadratures(setting, resume.levels if resume is not None else None)
     dropped = max(g.dropped for g in grids.values())
+    # quadrature: error estimates of the recorded steps, and whether rtol was always met
+    quad = {"errors": [], "met": True, "rtol": rtol, "strict": strict}
     blocks = []  # whole records, in blocks; a block is appended in one step or not at all
     t, state = 0, State.zeros(setting)
     if resume is not None:
@@ -281,18 +329,23 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
                                 (resume._fp, resume._fp_grad, resume._attention,
                                  resume._patch_loss)),
                               None if resume._pp is None else resume._pp[:n])))
+        quad["errors"] = list(resume.error[:n])
+        quad["met"] = resume.tolerance_met
     at = [t, state]  # the last completed step and its state, replaced in one step
     loop = None
-    if backend in FUSED:
+    if backend in FUSED and method == "exact":
         loop = Fused(setting, grids, blocks, t, state)
 
     def partial():
         if loop is not None:
             loop.drain()
             at[:] = [loop.t, loop.state()]
+        quadrature = method == "quadrature"
         return Result(setting, backend, eta, *_stack(setting, [b for _, b in blocks]),
                       at[1], dropped, last_step=at[0], record_every=record_every,
-                      tail_tol=tail_tol)
+                      tail_tol=tail_tol, method=method,
+                      error=quad["errors"] if quadrature else None, tolerance_met=quad["met"],
+                      levels={key: g.levels for key, g in grids.items()} if quadrature else None)
 
     clock = _Clock(callback, callback_every, steps, partial)
     try:
@@ -300,7 +353,7 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
             loop.run(steps, record_every, eta, threads, clock)
         else:
             _python_loop(setting, grids, kernel, threads, eta, steps, record_every, blocks, at,
-                         clock)
+                         clock, quad)
     except KeyboardInterrupt:
         result = partial()
         if len(result.steps):
@@ -358,14 +411,37 @@ def _empty(setting):
             [np.zeros((0, g)) for g in G], pp)
 
 
-def _python_loop(setting, grids, kernel, threads, eta, steps, record_every, blocks, at, clock):
+def _check_tolerance(rtol, strict):
+    if isinstance(rtol, bool) or not isinstance(rtol, Real) or not 0 < rtol < 1:
+        raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be True or False, got {type(strict).__name__}")
+
+
+def _tolerance(grad, rtol, strict, where, first=True):
+    """Raise (strict) or warn (once) when the quadrature missed rtol for ``grad``."""
+    if grad.met:
+        return
+    msg = (f"{where}the quadrature's error estimate {grad.error:.3g} stays above rtol={rtol:g} "
+           "with the most nodes allowed")
+    if strict:
+        raise ToleranceError(msg)
+    if first:
+        warnings.warn(msg, ToleranceWarning, stacklevel=3)
+
+
+def _python_loop(setting, grids, kernel, threads, eta, steps, record_every, blocks, at, clock,
+                 quad):
     """GD steps from ``at`` to ``steps`` with a backend's kernel, one Python step at a time."""
     t, state = at
     last = int(blocks[-1][1][0][-1]) if blocks and len(blocks[-1][1][0]) else -1
     while True:
-        grad = evaluate(setting, grids, state, kernel, threads)
+        grad = evaluate(setting, grids, state, kernel, threads, quad["rtol"])
+        _tolerance(grad, quad["rtol"], quad["strict"], f"step {t}: ", quad["met"])
+        quad["met"] = quad["met"] and grad.met
         if (t % record_every == 0 or t == steps) and last < t:
             blocks.append((None, _one_record(t, grad, state)))
+            quad["errors"].append(grad.error)
             last = t
         if t == steps:
             return
@@ -480,7 +556,8 @@ def _resume_point(resume, setting, eta, record_every, steps, backend, tail_tol):
     return resume.last_step, resume.state.copy(), n
 
 
-def gradient(setting, state=None, backend=DEFAULT, threads=None, tail_tol=1e-15):
+def gradient(setting, state=None, backend=DEFAULT, threads=None, tail_tol=1e-15,
+             method="auto", rtol=1e-13, strict=False):
     """One exact expected gradient of the population loss (docs/model.md §2–3).
 
     Parameters
@@ -491,11 +568,18 @@ def gradient(setting, state=None, backend=DEFAULT, threads=None, tail_tol=1e-15)
     backend : str
     threads : int, optional
     tail_tol : float
+    method : {"auto", "exact", "quadrature"}
+        As in :func:`simulate`; ``Gradient.method`` records the one used.
+    rtol : float
+        Quadrature tolerance, as in :func:`simulate`.
+    strict : bool
+        Raise :class:`ToleranceError` when the quadrature misses ``rtol`` (otherwise warn).
 
     Returns
     -------
     Gradient
-        dL/dA and dL/dB shaped like the state, with the loss and observables.
+        dL/dA and dL/dB shaped like the state, with the loss and observables (``error`` and
+        ``met`` report the quadrature's estimate).
     """
     if not isinstance(setting, Setting):
         raise TypeError(f"setting must be a mimfast.Setting, got {type(setting).__name__}")
@@ -505,5 +589,11 @@ def gradient(setting, state=None, backend=DEFAULT, threads=None, tail_tol=1e-15)
     state.check(setting)
     threads = None if threads is None else check_threads(threads)
     kernel = get_kernel(backend)
-    return evaluate(setting, build_grids(setting, check_tail_tol(tail_tol)), state, kernel,
-                    threads)
+    _check_tolerance(rtol, strict)
+    if choose_method(setting, method) == "exact":
+        grids = build_grids(setting, check_tail_tol(tail_tol))
+    else:
+        grids = build_quadratures(setting)
+    grad = evaluate(setting, grids, state, kernel, threads, rtol)
+    _tolerance(grad, rtol, strict, "")
+    return grad

@@ -24,11 +24,18 @@ def available():
 
 
 def prepared(grid):
-    """The grid copied and validated for the kernel, once per grid (cached on it).
+    """The grid (or point set) copied and validated for the kernel, once (cached on it).
 
     The handle owns copies of the arrays, so later changes to ``grid`` cannot reach it.
     """
     handle = getattr(grid, "_cpp", None)
+    if handle is None and hasattr(grid, "node_x"):  # a quadrature point set
+        handle = _core.ClassPoints(
+            grid.counts, grid.rest, grid.centre, grid.node_x, grid.node_w, grid.inner,
+            grid.last, grid.blocks, grid.fsizes, grid.s_a, grid.s_b, grid.inv_areas,
+            grid.inv_sizes,
+        )
+        grid._cpp = handle
     if handle is None:
         handle = _core.ClassGrid(
             grid.counts, grid.rest, grid.lo, grid.hi, grid.row_weight, grid.t_inner,

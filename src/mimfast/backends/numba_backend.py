@@ -82,6 +82,30 @@ if numba is not None:
             m33 += p3 * x2 * x
         return (m00, m01, m11, m02, m12, m22, m03, m13, m23, m33)
 
+    @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+    def point_moments(first, stop, d0, d1, node_x, node_w):
+        """The same ten moments over the nodes of a point-set row (offsets node_x)."""
+        m00 = m01 = m11 = m02 = m12 = m22 = m03 = m13 = m23 = m33 = 0.0
+        for k in range(first, stop):
+            x = node_x[k]
+            w = node_w[k]
+            i = 1.0 / (d0 + d1 * x)
+            p1 = w * i
+            p2 = p1 * i
+            p3 = p2 * i
+            x2 = x * x
+            m00 += w
+            m01 += p1
+            m11 += p1 * x
+            m02 += p2
+            m12 += p2 * x
+            m22 += p2 * x2
+            m03 += p3
+            m13 += p3 * x
+            m23 += p3 * x2
+            m33 += p3 * x2 * x
+        return (m00, m01, m11, m02, m12, m22, m03, m13, m23, m33)
+
     @njit
     def count(counts, rest, row, c, ci, cl, x0):
         """(u, a): the count of category c is u + a x in the block."""
@@ -93,10 +117,13 @@ if numba is not None:
 
     @njit
     def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
-                   C, z, sa, sb, ia, isz, wu, wm, wself, out):
+                   C, z, sa, sb, ia, isz, wu, wm, wself, centre, node_x, node_w, out):
+        """docs/model.md §3 sums of one block: of a count grid, or of a point set when
+        ``node_x`` is non-empty (float counts, inner count ``centre[row] + node_x[k]``)."""
         n = C.shape[0]
         row, first, stop = blocks[b, 0], blocks[b, 1], blocks[b, 2]
-        x0 = (first + stop - 1) // 2
+        points = node_x.shape[0] > 0
+        x0 = centre[row] if points else float((first + stop - 1) // 2)
         u0, a0 = count(counts, rest, row, 0, ci, cl, x0)
         r0 = wself + wm[0] * (C[0] - u0)
         r1 = -a0 * wm[0]
@@ -104,8 +131,11 @@ if numba is not None:
             u, a = count(counts, rest, row, c, ci, cl, x0)
             r0 += wu[c] * u + wm[c] * (C[c] - u)
             r1 += a * (wu[c] - wm[c])
-        m = moments(first, stop, x0, r0 + wu[0] * u0, r1 + a0 * wu[0], row_weight[row],
-                    rest[row], t_in, off_in, t_last, off_last)
+        if points:
+            m = point_moments(first, stop, r0 + wu[0] * u0, r1 + a0 * wu[0], node_x, node_w)
+        else:
+            m = moments(first, stop, int(x0), r0 + wu[0] * u0, r1 + a0 * wu[0],
+                        row_weight[row], rest[row], t_in, off_in, t_last, off_last)
 
         zero = (0.0, 0.0, 0.0, 0.0)
         R = (r0, r1, 0.0, 0.0)
@@ -144,19 +174,24 @@ if numba is not None:
 
     @numba.njit(cache=True, parallel=True)
     def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
-                 C, z, sa, sb, ia, isz, wu, wm, wself):
+                 C, z, sa, sb, ia, isz, wu, wm, wself, centre, node_x, node_w):
         n_blocks = blocks.shape[0]
         ns = 3 + 3 * C.shape[0]
         part = np.zeros((n_blocks, ns))
         for b in numba.prange(n_blocks):
             block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
-                       blocks, C, z, sa, sb, ia, isz, wu, wm, wself, part[b])
+                       blocks, C, z, sa, sb, ia, isz, wu, wm, wself, centre, node_x, node_w,
+                       part[b])
         out = np.zeros(ns)
         for b in range(n_blocks):
             for s in range(ns):
                 out[s] += part[b, s]
         return out
 
+
+
+_NONE = np.zeros(0)
+_ONE = np.zeros(1)
 
 
 def kernel(grid, inputs, threads=None):
@@ -169,10 +204,18 @@ def kernel(grid, inputs, threads=None):
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
+        if hasattr(grid, "node_x"):  # a quadrature point set: no probability tables
+            return all_sums(
+                grid.counts, grid.rest, _NONE, _NONE, 0, _NONE, 0, grid.inner, grid.last,
+                grid.blocks, grid.fsizes, inputs.z, grid.s_a, grid.s_b, grid.inv_areas,
+                grid.inv_sizes, inputs.wu, inputs.wm, inputs.wself, grid.centre, grid.node_x,
+                grid.node_w,
+            )
         return all_sums(
             grid.counts, grid.rest, grid.row_weight, grid.t_inner, grid.off_inner, grid.t_last,
             grid.off_last, grid.inner, grid.last, grid.blocks, grid.fsizes, inputs.z, grid.s_a,
             grid.s_b, grid.inv_areas, grid.inv_sizes, inputs.wu, inputs.wm, inputs.wself,
+            _ONE, _NONE, _NONE,
         )
     finally:
         numba.set_num_threads(previous)

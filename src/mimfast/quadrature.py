@@ -1,0 +1,540 @@
+"""Gauss–Hahn point sets of docs/model.md §8: the count expectation of a class at any P.
+
+The unmasked counts of a query class are multivariate hypergeometric (docs/model.md §3). Written
+as a chain of univariate conditionals, smallest category first and the largest taking the rest,
+
+    U_a ~ HG(M, K_a, N),  U_b | U_a ~ HG(M - K_a, K_b, N - U_a),  ...
+
+each conditional is integrated by a Gauss rule of its own law: the Hahn polynomials are the
+orthogonal polynomials of HG(M, K, N) and their three-term recurrence is closed-form, so an
+n-node rule (exact for polynomials of degree 2n - 1) costs O(n^2) whatever P is. A conditional
+whose support has at most n points (all counts before it integers) is enumerated instead, with
+the saddle-point pmf of :func:`mimfast.grid.log_binom_pmf`.
+
+A :class:`ClassPoints` has the interface of :class:`mimfast.grid.ClassGrid` that kernels use
+(``rows()``, ``blocks``, per-category constants), with float counts: within a row the outer
+categories are fixed at nodes of their rules, the innermost rule's nodes run over the "inner"
+category and the "last" category takes the rest, so a compiled kernel sums a row exactly as it
+sums a grid row (counts affine in the node offset).
+
+Error control lives in :class:`ClassQuadrature` and :func:`sums_error`: every evaluation also
+evaluates a richer rule (the next node count in every Gauss dimension), returns the richer
+sums, and reports their difference as the error estimate; node counts grow until the estimate
+is below ``rtol``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from .grid import BLOCK, category_constants, log_binom_pmf
+from .model import sum_layout
+
+__all__ = [
+    "AUTO_GRID_POINTS",
+    "LEVELS",
+    "MAX_POINTS",
+    "METHODS",
+    "ClassPoints",
+    "ClassQuadrature",
+    "build_quadratures",
+    "choose_method",
+    "grid_points_estimate",
+    "hahn_rule",
+    "hg_rule",
+    "sums_error",
+]
+
+# node counts of a Gauss dimension, coarse to rich (a richer rule is the next entry)
+LEVELS = (6, 9, 13, 19, 28, 42, 63, 94, 141, 211, 316)
+# largest number of points of one rule set of a class; growth beyond it is refused
+MAX_POINTS = 2_000_000
+# method="auto" runs the exact grid up to this many points per step (all classes), quadrature
+# beyond: where a quadrature step became cheaper (see docs/performance.md)
+AUTO_GRID_POINTS = 20_000
+METHODS = ("exact", "quadrature", "auto")
+
+
+def hahn_rule(K, Kc, N, Nc, n):
+    """Gauss rule of HG(M, K, N) (N draws from M = K + Kc, K successes), centred on its mean.
+
+    Parameters
+    ----------
+    K, Kc : int or float
+        Successes and failures in the population.
+    N, Nc : numpy.ndarray
+        Draws and non-draws (M - N) of each instance; floats are allowed (a conditional at an
+        earlier category's Gauss node).
+    n : int
+        Nodes, at most ``floor(min(K, Kc, N, Nc)) + 1`` (the recurrence stays positive).
+
+    Returns
+    -------
+    mean : numpy.ndarray, shape (m,)
+        N K / M.
+    offsets, weights : numpy.ndarray, shape (m, n)
+        Nodes minus the mean, and weights (summing to 1).
+
+    Notes
+    -----
+    The Hahn recurrence (alpha = -K-1, beta = -(M-K)-1) gives the monic Jacobi matrix with
+    A_j = (M+1-j)(K-j)(N-j) / ((M+1-2j)(M-2j)), C_j = j(M-N+1-j)(M-K+1-j) / ((M+2-2j)(M+1-2j)),
+    diagonal A_j + C_j and off-diagonal sqrt(A_{j-1} C_j). Both A_j and the mean are of size P
+    while the nodes spread over ~sqrt(P), so the matrix is formed centred on the mean and
+    scaled by the standard deviation s: A_j - mean = mean expm1(sum of log1p of small ratios),
+    which keeps the nodes' offsets accurate to ~1e-16 s at any P.
+    """
+    N = np.asarray(N, dtype=np.float64)
+    Nc = np.asarray(Nc, dtype=np.float64)
+    K, Kc = float(K), float(Kc)
+    M = K + Kc
+    mean = N * K / M
+    m = len(N)
+    if n == 1:
+        return mean, np.zeros((m, 1)), np.ones((m, 1))
+    j = np.arange(n, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (np.log1p((1 - j) / M) + np.log1p(-j / K) + np.log1p(-j / N[:, None])
+             - np.log1p((1 - 2 * j) / M) - np.log1p(-2 * j / M))
+    t[:, 0] = 0.0
+    a_dev = mean[:, None] * np.expm1(t)
+    A = mean[:, None] + a_dev
+    C = j * (Nc[:, None] + 1 - j) * ((Kc + 1 - j) / ((M + 2 - 2 * j) * (M + 1 - 2 * j)))
+    s = np.sqrt(A[:, 0] * C[:, 1])
+    J = np.zeros((m, n, n))
+    idx = np.arange(n)
+    J[:, idx, idx] = (a_dev + C) / s[:, None]
+    off = np.sqrt(A[:, :-1] * C[:, 1:]) / s[:, None]
+    J[:, idx[1:], idx[:-1]] = off
+    J[:, idx[:-1], idx[1:]] = off
+    xi, vec = np.linalg.eigh(J)
+    w = vec[:, 0, :] ** 2
+    w /= w.sum(axis=1, keepdims=True)
+    return mean, xi * s[:, None], w
+
+
+def hg_rule(K, Kc, N, Nc, n):
+    """Rule of one conditional HG(K + Kc, K, N): enumerated support or Gauss–Hahn nodes.
+
+    ``N`` and ``Nc`` are Python ints (exact) or floats. The support is enumerated when the
+    counts are integers and it has at most ``n`` points (probabilities from
+    :func:`mimfast.grid.log_binom_pmf`, normalised over the whole support). Otherwise an
+    ``n``-node Gauss rule (fewer where the population is too small for ``n``).
+
+    Returns
+    -------
+    x : list
+        Node values (ints when enumerated, floats otherwise).
+    mean : float or int
+        The centre the offsets refer to.
+    offsets, weights : numpy.ndarray
+        ``x - mean`` and the weights.
+    exact : bool
+        Whether the support was enumerated.
+    """
+    integral = isinstance(N, int) and isinstance(Nc, int)
+    if integral:
+        lo, hi = max(0, N - Kc), min(K, N)
+        if hi - lo + 1 <= n:
+            x = np.arange(lo, hi + 1, dtype=np.int64)
+            M = K + Kc
+            logp = log_binom_pmf(x, K, (N, M)) + log_binom_pmf(N - x, Kc, (N, M))
+            w = np.exp(logp - logp.max())
+            w /= math.fsum(w)
+            xs = [int(v) for v in x]
+            return xs, lo, np.array([float(v - lo) for v in xs]), w, True
+    cap = math.floor(min(K, Kc, N, Nc)) + 1
+    mean, off, w = hahn_rule(K, Kc, np.array([float(N)]), np.array([float(Nc)]), min(n, cap))
+    mean = float(mean[0])
+    return [mean + o for o in off[0]], mean, off[0], w[0], False
+
+
+@dataclass
+class ClassPoints:
+    """A weighted point set of one query class with the kernel interface of ``ClassGrid``.
+
+    Attributes
+    ----------
+    sizes, areas : numpy.ndarray of int64
+        Key positions and areas per category (see :class:`mimfast.grid.ClassGrid`).
+    inner, last : int
+        The category of the innermost rule's nodes, and the category that takes the rest.
+    counts : numpy.ndarray of float64, shape (n_rows, n_cat)
+        Counts of the outer categories in each row (inner and last columns 0).
+    rest : numpy.ndarray of float64, shape (n_rows,)
+        Unmasked keys left for inner + last in each row.
+    centre : numpy.ndarray of float64, shape (n_rows,)
+        Inner count the row's node offsets refer to.
+    node_x, node_w : numpy.ndarray of float64
+        Offsets of the inner count from ``centre`` and full weights of every point, row by row.
+    blocks : numpy.ndarray of int64, shape (n_blocks, 3)
+        ``(row, first, stop)`` slices of the node arrays (at most :data:`mimfast.grid.BLOCK`).
+    nodes : tuple of int
+        Node count of each dimension of the chain.
+    """
+
+    sizes: np.ndarray
+    areas: np.ndarray
+    inner: int
+    last: int
+    counts: np.ndarray
+    rest: np.ndarray
+    centre: np.ndarray
+    node_x: np.ndarray
+    node_w: np.ndarray
+    blocks: np.ndarray
+    nodes: tuple = ()
+    mass: float = 1.0
+
+    def __post_init__(self):
+        for key, value in category_constants(self.sizes, self.areas).items():
+            setattr(self, key, value)
+
+    @property
+    def n_cat(self) -> int:
+        """Number of key categories."""
+        return len(self.sizes)
+
+    @property
+    def points(self) -> int:
+        """Number of points."""
+        return len(self.node_x)
+
+    @property
+    def dropped(self) -> float:
+        """Probability mass left out: none (the rules integrate the whole law)."""
+        return 0.0
+
+    def rows(self):
+        """Yield ``(counts, probabilities)`` row by row; counts are floats (Gauss nodes)."""
+        starts = np.searchsorted(self.blocks[:, 0], np.arange(len(self.rest) + 1))
+        bounds = np.append(self.blocks[:, 1], len(self.node_x))[starts]
+        for r in range(len(self.rest)):
+            x = self.node_x[bounds[r]:bounds[r + 1]]
+            c = np.repeat(self.counts[r][None, :], len(x), axis=0)
+            c[:, self.inner] = self.centre[r] + x
+            c[:, self.last] = (self.rest[r] - self.centre[r]) - x
+            yield c, self.node_w[bounds[r]:bounds[r + 1]]
+
+    def probabilities(self):
+        """All points at once: ``(counts, weights)``."""
+        parts = list(self.rows())
+        return np.concatenate([c for c, _ in parts]), np.concatenate([w for _, w in parts])
+
+
+def chain_order(sizes):
+    """Live categories in chain order (smallest first; the last one takes the rest)."""
+    live = [i for i in range(len(sizes)) if sizes[i] > 0]
+    return sorted(live, key=lambda i: (int(sizes[i]), i))
+
+
+def _gauss_children(K, Kc, w, counts, N, Nc, n):
+    """Gauss nodes of HG(K + Kc, K, N) for a batch of float instances, batched by node count.
+
+    Returns, per instance, ``(parent index, mean, offsets, weights)`` as flat arrays over all
+    children together with each instance's slice.
+    """
+    cap = np.floor(np.minimum(np.minimum(N, Nc), min(K, Kc))).astype(np.int64) + 1
+    n_eff = np.minimum(cap, n)
+    parent, mean, off, wt = [], [], [], []
+    for m in np.unique(n_eff):
+        sel = np.nonzero(n_eff == m)[0]
+        mu, o, ww = hahn_rule(K, Kc, N[sel], Nc[sel], int(m))
+        parent.append(np.repeat(sel, m))
+        mean.append(np.repeat(mu, m))
+        off.append(o.ravel())
+        wt.append(ww.ravel())
+    order = np.argsort(np.concatenate(parent), kind="stable")
+    return (np.concatenate(parent)[order], np.concatenate(mean)[order],
+            np.concatenate(off)[order], np.concatenate(wt)[order])
+
+
+def build_points(sizes, areas, unmasked, nodes):
+    """The point set of one class with ``nodes[d]`` nodes in chain dimension d.
+
+    Parameters
+    ----------
+    sizes, areas : sequence of int
+    unmasked : int
+        Unmasked keys u drawn from ``sum(sizes)`` positions.
+    nodes : sequence of int
+        Node counts of the free dimensions of :func:`chain_order` (all but the last).
+
+    Returns
+    -------
+    ClassPoints
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    areas = np.asarray(areas, dtype=np.int64)
+    size_int = [int(v) for v in sizes]
+    order = chain_order(size_int)
+    n_cat = len(size_int)
+    N_all = sum(size_int)
+    u = int(unmasked)
+    last = order[-1]
+    dims = order[:-1]
+    if len(nodes) != len(dims):
+        raise ValueError(f"need {len(dims)} node counts, got {len(nodes)}")
+    # instances of the chain so far: exact ones (integer counts, Python ints: their
+    # conditionals may be enumerated) and float ones (after a Gauss node), kept as arrays
+    exact = [(1.0, [0] * n_cat, u, N_all - u)]
+    fw, fc = np.zeros(0), np.zeros((0, n_cat))
+    fN, fNc = np.zeros(0), np.zeros(0)
+    pool = N_all
+    rows = []  # (weight, counts, rest, centre, offsets, weights) per row
+    for i, (d, n) in enumerate(zip(dims, nodes)):
+        K = size_int[d]
+        Kc = pool - K
+        inner = i == len(dims) - 1
+        nxt = []
+        gw, gc, gN, gNc = [], [], [], []
+        if len(fw):  # instances already at Gauss nodes: batched
+            parent, mean, off, wt = _gauss_children(K, Kc, fw, fc, fN, fNc, n)
+            if inner:
+                bounds = np.searchsorted(parent, np.arange(len(fw) + 1))
+                for r in range(len(fw)):
+                    a, b = bounds[r], bounds[r + 1]
+                    rows.append((fw[r], fc[r], fN[r], mean[a], off[a:b], wt[a:b]))
+            else:
+                x = mean + off
+                c = fc[parent].copy()
+                c[:, d] = x
+                # draws and non-draws left: N - x and Nc - (K - x), with K - x = K Nc/M - off
+                kc_left = K * fNc[parent] / (K + Kc) - off
+                gw.append(fw[parent] * wt)
+                gc.append(c)
+                gN.append(fN[parent] - x)
+                gNc.append(fNc[parent] - kc_left)
+        for w, cnt, N, Nc in exact:
+            xs, mean, off, ws, enum = hg_rule(K, Kc, N, Nc, n)
+            if inner:
+                rows.append((w, [float(v) for v in cnt], float(N), float(mean), off, ws))
+            elif enum:
+                for x, wx in zip(xs, ws):
+                    c = list(cnt)
+                    c[d] = x
+                    nxt.append((w * wx, c, N - x, Nc - (K - x)))
+            else:
+                c = np.repeat(np.array([cnt], dtype=np.float64), len(xs), axis=0)
+                c[:, d] = xs
+                gw.append(w * ws)
+                gc.append(c)
+                gN.append(float(N) - np.asarray(xs))
+                gNc.append(float(Nc) - (K * float(Nc) / (K + Kc) - off))
+        if gw:
+            fw, fc, fN, fNc = (np.concatenate(gw), np.concatenate(gc), np.concatenate(gN),
+                               np.concatenate(gNc))
+        else:
+            fw, fc, fN, fNc = np.zeros(0), np.zeros((0, n_cat)), np.zeros(0), np.zeros(0)
+        exact, pool = nxt, Kc
+    if not dims:  # a single live category takes every unmasked key: one point
+        inner = last
+        last = next(i for i in range(n_cat) if size_int[i] == 0)
+        rows = [(1.0, [0.0] * n_cat, float(u), float(u), np.zeros(1), np.ones(1))]
+    else:
+        inner = dims[-1]
+    counts = np.array([np.asarray(r[1], dtype=np.float64) for r in rows]).reshape(-1, n_cat)
+    rest = np.array([float(r[2]) for r in rows])
+    centre = np.array([float(r[3]) for r in rows])
+    node_x = np.concatenate([r[4] for r in rows])
+    node_w = np.concatenate([r[0] * r[5] for r in rows])
+    blocks = []
+    first = 0
+    for i, r in enumerate(rows):
+        n = len(r[4])
+        for a in range(0, n, BLOCK):
+            blocks.append((i, first + a, first + min(n, a + BLOCK)))
+        first += n
+    return ClassPoints(sizes=sizes, areas=areas, inner=inner, last=last, counts=counts,
+                       rest=rest, centre=centre, node_x=node_x, node_w=node_w,
+                       blocks=np.array(blocks, dtype=np.int64).reshape(-1, 3),
+                       nodes=tuple(nodes), mass=math.fsum(node_w))
+
+
+@cache
+def _error_parts(n_cat):
+    lay = sum_layout(n_cat)
+    idx = np.arange(lay.size)
+    return (np.r_[lay.dB_self, idx[lay.dA], idx[lay.dB]], idx[lay.alpha], np.array([lay.loss]))
+
+
+def sums_error(a, b, n_cat):
+    """Normwise relative difference of two sum vectors (layout :func:`mimfast.model.sum_layout`).
+
+    The largest of: the gradient (dB_self, dA, dB together), the attention vector and the
+    loss, each relative to its norm in ``b``. This is the error estimate of a class; every
+    loop that runs the quadrature (Python here, or a compiled loop) computes it the same way.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    out = 0.0
+    for part in _error_parts(n_cat):
+        err = math.sqrt(float(np.sum((a[part] - b[part]) ** 2)))
+        if err > 0:
+            ref = math.sqrt(float(np.sum(b[part] ** 2)))
+            out = max(out, err / ref if ref > 0 else math.inf)
+    return out
+
+
+class ClassQuadrature:
+    """Adaptive quadrature of one query class: a base and a richer rule, grown on demand.
+
+    Parameters
+    ----------
+    sizes, areas : sequence of int
+    unmasked : int
+    levels : sequence of int, optional
+        Start index into :data:`LEVELS` of each free dimension (default 0).
+    """
+
+    def __init__(self, sizes, areas, unmasked, levels=None):
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.areas = np.asarray(areas, dtype=np.int64)
+        self.unmasked = int(unmasked)
+        self.dims = chain_order([int(v) for v in self.sizes])[:-1]
+        self.levels = list(levels) if levels is not None else [0] * len(self.dims)
+        if len(self.levels) != len(self.dims):
+            raise ValueError(f"need {len(self.dims)} start levels, got {len(self.levels)}")
+        self._cache = {}
+        consts = category_constants(self.sizes, self.areas)
+        self.live_list = consts["live_list"]
+        self.n_cat = len(self.sizes)
+        self.dropped = 0.0
+
+    def points(self, levels):
+        """The (cached) point set with :data:`LEVELS` index ``levels[d]`` per dimension."""
+        key = tuple(levels)
+        if key not in self._cache:
+            self._cache[key] = build_points(self.sizes, self.areas, self.unmasked,
+                                            [LEVELS[i] for i in key])
+        return self._cache[key]
+
+    def base(self):
+        """The current base point set."""
+        return self.points(self.levels)
+
+    def rich(self):
+        """The current richer point set (one level more in every dimension)."""
+        return self.points([i + 1 for i in self.levels])
+
+    def _drop_unused(self):
+        keep = {tuple(self.levels), tuple(i + 1 for i in self.levels)}
+        self._cache = {k: v for k, v in self._cache.items() if k in keep}
+
+    def evaluate(self, sums, rtol):
+        """Sums of the richer rule and their error estimate, growing node counts as needed.
+
+        Parameters
+        ----------
+        sums : callable
+            ``sums(points) -> numpy.ndarray``: the kernel at the current state.
+        rtol : float
+            Target of :func:`sums_error` between the base and the richer rule.
+
+        Returns
+        -------
+        sums : numpy.ndarray
+            The richer rule's sums.
+        error : float
+            Their estimated error (the base-to-rich difference).
+        ok : bool
+            False when the tolerance could not be met (node counts at their limit).
+        """
+        n = len(self.sizes)
+        while True:
+            rich = sums(self.rich())
+            err = sums_error(sums(self.base()), rich, n)
+            if err <= rtol:
+                return rich, err, True
+            grown = self._grow(sums, rich, rtol)
+            if grown is None:  # no dimension moves the sums by rtol: the rest is rounding
+                return rich, err, True
+            if not grown:
+                return rich, err, False
+
+    def _grow(self, sums, rich, rtol):
+        """Raise the levels of the dimensions whose enrichment moves the sums most.
+
+        Returns True when grown, False at the limits, and None when enriching any single
+        dimension alone changes the sums by less than ``rtol`` / 4: the base-to-rich
+        difference is then the rounding of the sums, which more nodes cannot remove.
+        """
+        if len(self.levels) == 0 or max(self.levels) + 2 >= len(LEVELS):
+            return False
+        base = sums(self.base())
+        effect = []
+        for d in range(len(self.levels)):
+            lv = list(self.levels)
+            lv[d] += 1
+            effect.append(sums_error(base, sums(self.points(lv)), len(self.sizes)))
+        top = max(effect)
+        if top < rtol / 4:
+            return None
+        new = [lv + 1 if e >= min(top, rtol) * 0.1 else lv
+               for lv, e in zip(self.levels, effect)]
+        if new == self.levels:
+            new[int(np.argmax(effect))] += 1
+        if max(new) + 1 >= len(LEVELS) or self.points([i + 1 for i in new]).points > MAX_POINTS:
+            return False
+        self.levels = new
+        self._drop_unused()
+        return True
+
+
+def build_quadratures(setting, levels=None):
+    """Adaptive quadratures of every query class, keyed by ``(k, h)``.
+
+    Classes with the same categories share one :class:`ClassQuadrature`. ``levels`` maps a
+    class to its start levels (from an earlier run, for an identical resume).
+    """
+    from .grid import class_categories
+
+    out, built = {}, {}
+    for k, h in setting.classes():
+        sizes, areas = class_categories(setting, k, h)
+        key = (sizes.tobytes(), areas.tobytes())
+        if key not in built:
+            start = None if levels is None else levels.get((k, h))
+            built[key] = ClassQuadrature(sizes, areas, setting.unmasked, start)
+        out[k, h] = built[key]
+    return out
+
+
+def grid_points_estimate(setting):
+    """About how many count-grid points an exact step visits (all distinct classes).
+
+    Every live category but the widest spans about 16 standard deviations of its count (the
+    window of a 1e-15 tail), or its whole support when that is smaller; nothing is built, so
+    this is cheap at any P.
+    """
+    from .grid import class_categories
+
+    total, seen = 0, set()
+    u = setting.unmasked
+    for k, h in setting.classes():
+        sizes, areas = class_categories(setting, k, h)
+        key = (sizes.tobytes(), areas.tobytes())
+        if key in seen:
+            continue
+        seen.add(key)
+        N = int(sizes.sum())
+        widths = []
+        for C in (int(v) for v in sizes if v > 0):
+            f = u / N
+            sd = math.sqrt(max(C * f * (1 - f) * (N - C) / max(N - 1, 1), 0.0))
+            widths.append(min(min(C, u) - max(0, u - (N - C)) + 1, 16 * sd + 1))
+        total += math.prod(sorted(widths)[:-1]) if len(widths) > 1 else 1
+    return total
+
+
+def choose_method(setting, method):
+    """The method a run uses: ``method`` itself, or for ``"auto"`` exact when the grid has at
+    most :data:`AUTO_GRID_POINTS` points and quadrature otherwise."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    if method != "auto":
+        return method
+    return "exact" if grid_points_estimate(setting) <= AUTO_GRID_POINTS else "quadrature"

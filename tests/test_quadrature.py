@@ -1,0 +1,251 @@
+"""The Gauss–Hahn quadrature engine (docs/model.md §8) against exact moments and the exact grid."""
+
+import math
+import warnings
+from fractions import Fraction
+from functools import cache
+
+import mpmath
+import numpy as np
+import pytest
+
+import mimfast as mf
+from mimfast.grid import class_categories
+from mimfast.model import State
+from mimfast.quadrature import build_points, choose_method, hahn_rule, hg_rule
+
+G, C = mf.Group, mf.Cluster
+
+
+@cache
+def _stirling2(n, k):
+    if n == k:
+        return 1
+    if k == 0 or k > n:
+        return 0
+    return k * _stirling2(n - 1, k) + _stirling2(n - 1, k - 1)
+
+
+def hg_central_moments(K, Kc, N, kmax):
+    """Exact central moments of HG(K + Kc, K, N) from its factorial moments (Fractions)."""
+    M = K + Kc
+    fm = [Fraction(1)]
+    for r in range(1, kmax + 1):
+        fm.append(fm[-1] * Fraction((K - r + 1) * (N - r + 1), M - r + 1))
+    raw = [sum(_stirling2(k, r) * fm[r] for r in range(k + 1)) for k in range(kmax + 1)]
+    mu = raw[1]
+    return mu, [sum(math.comb(k, i) * raw[i] * (-mu) ** (k - i) for i in range(k + 1))
+                for k in range(kmax + 1)]
+
+
+@pytest.mark.parametrize("K,Kc,N", [
+    (30, 10**5, 5 * 10**4),
+    (10**3, 10**6 - 10**3, 3 * 10**5),
+    (10**17, 9 * 10**17, 5 * 10**17),
+    (3 * 10**14, 7 * 10**17, 10**17),
+    (31622, 10**15 - 31623, 10**15 // 2),
+    (2**61, 2**62 - 2**61 - 1, 2**60 + 12345),
+])
+def test_rule_reproduces_exact_moments_at_any_size(K, Kc, N):
+    """An n-node rule integrates x^k, k <= 2n - 1, exactly: its standardised central moments
+    equal the exact ones to ~1e-13 relative (to the normal moment of the same order), so the
+    nodes keep full relative accuracy around the mean even at P ~ 2^62."""
+    n = 8
+    mean, off, w = hahn_rule(K, Kc, np.array([float(N)]), np.array([float(K + Kc - N)]), n)
+    mu, cen = hg_central_moments(K, Kc, N, 2 * n - 1)
+    assert abs(mean[0] - float(mu)) <= 1e-15 * float(mu)
+    s = math.sqrt(cen[2])
+    for k in range(1, 2 * n):
+        got = float(np.sum(w[0] * (off[0] / s) ** k))
+        want = float(cen[k] / Fraction(s) ** k)
+        scale = math.prod(range(k - 1, 0, -2)) if k % 2 == 0 else math.prod(range(k, 0, -2))
+        assert abs(got - want) <= 1e-13 * scale, (k, got, want)
+
+
+@pytest.mark.parametrize("K,Kc,N", [(5, 20, 11), (31, 10**5 - 32, 5 * 10**4),
+                                    (40, 10**15 - 41, 10**15 // 2 - 7)])
+def test_enumerated_support_has_the_exact_pmf(K, Kc, N):
+    xs, _, _, w, enumerated = hg_rule(K, Kc, N, K + Kc - N, n=K + 1)
+    assert enumerated and xs == list(range(max(0, N - Kc), min(K, N) + 1))
+    mpmath.mp.dps = 40
+    want = [mpmath.binomial(K, x) * mpmath.binomial(Kc, N - x) / mpmath.binomial(K + Kc, N)
+            for x in xs]
+    np.testing.assert_allclose(w, [float(v) for v in want], rtol=1e-13, atol=1e-300)
+
+
+def q0_closed_form(setting, k, h):
+    """Attention and patch loss of class (k, h) at Q = 0, from hypergeometric moments.
+
+    At Q = 0 every key weighs 1, so D = P at every point and alpha_c = U_c / P; the loss is
+    quadratic in the counts."""
+    sizes, areas = class_categories(setting, k, h)
+    z = setting.class_z(k, h)
+    N, u, P = int(sizes.sum()), setting.unmasked, setting.P
+    att, loss = [], Fraction(0)
+    for c, (Cc, n) in enumerate(zip(sizes.tolist(), areas.tolist())):
+        mean = Fraction(u * Cc, N)
+        var = Fraction(u * Cc * (N - Cc) * (N - u), N * N * (N - 1)) if N > 1 else Fraction(0)
+        sq = var + mean * mean
+        att.append(mean / P)
+        if c == 0:
+            loss += Fraction(z[0] ** 2) * (P * P - 2 * P * mean + sq) / (2 * P * P)
+        elif n > 0:
+            f = Fraction(1, n)
+            s2 = n * ((1 - f) * f * (Cc * mean - sq) / (Cc - 1) if n > 1 else 0) + f * sq
+            loss += Fraction(z[c] ** 2) * s2 / (2 * P * P)
+    return np.array([float(a) for a in att]), float(loss)
+
+
+@pytest.mark.parametrize("P", [10**4, 10**9, 10**15, 10**18])
+def test_q0_matches_the_closed_form(P):
+    s = mf.Setting.paper(P, 0.9, 0.3)
+    g = mf.gradient(s, method="quadrature")
+    for k, h in s.classes():
+        att, loss = q0_closed_form(s, k, h)
+        np.testing.assert_allclose(g.attention[k][h], att, rtol=1e-14)
+        assert g.patch_loss[k][h] == pytest.approx(loss, rel=1e-14)
+
+
+def state_at(r, i):
+    """The state recorded at index i of a result."""
+    s = r.setting
+    fp = [np.array([[r.fp(k, h, key)[i] for key in ["own"] + list(range(len(c.groups)))]
+                    for h in range(len(c.groups))]) for k, c in enumerate(s.clusters)]
+    pp = None
+    if s.pp == "exact":
+        Gs = len(s.clusters[0].groups)
+        pp = np.array([[r.pp(h, key)[i] for key in ["self", "own"] + list(range(Gs))]
+                       for h in range(Gs)])
+    return State(fp, pp)
+
+
+def _rel(a, b):
+    a, b = np.ravel(a), np.ravel(b)
+    d = np.linalg.norm(a - b)
+    return 0.0 if d == 0 else d / np.linalg.norm(b)
+
+
+def true_error(a, b, setting):
+    """Largest normwise relative difference of two gradients, class by class, in the sense of
+    :func:`mimfast.quadrature.sums_error` (gradient, attention, patch loss)."""
+    out = 0.0
+    for k, h in setting.classes():
+        ga, gb = [a.fp[k][h]], [b.fp[k][h]]
+        if a.pp is not None:
+            ga.append(a.pp[h])
+            gb.append(b.pp[h])
+        out = max(out, _rel(np.concatenate(ga), np.concatenate(gb)),
+                  _rel(a.attention[k][h], b.attention[k][h]),
+                  _rel(a.patch_loss[k][h], b.patch_loss[k][h]))
+    return out
+
+
+def three_groups(z=(1.0, 1.5, 0.7), gamma=0.5):
+    return mf.Setting([C([G(1, 900, z[0]), G(40, 30, z[1]), G(200, 12, z[2])])], gamma=gamma)
+
+
+CASES = {
+    # name: (setting, eta, steps); every run reaches own-area attention >= 0.99
+    "positive-1e4-k0.3": (lambda: mf.Setting.paper(10**4, 0.9, 0.3), 30.0, 400),
+    "positive-1e5-k0.3": (lambda: mf.Setting.paper(10**5, 0.9, 0.3), 30.0, 400),
+    "negative-1e6-k0.5": (lambda: mf.Setting.paper(10**6, 0.6, 0.5), 300.0, 300),
+    "gamma0.1-1e5": (lambda: mf.Setting.paper(10**5, 0.9, 0.3, gamma=0.1), 300.0, 300),
+    "gamma0.9-1e5": (lambda: mf.Setting.paper(10**5, 0.9, 0.3, gamma=0.9), 60.0, 300),
+    "three-groups": (three_groups, 30.0, 300),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_trajectory_equals_exact(name):
+    """Whole runs to own-area attention >= 0.99 agree with the exact grid to 1e-12, and at
+    every recorded state the error estimate is not below the true error (up to rounding: the
+    exact engine's cpp-to-numpy difference, and 1e-14)."""
+    make, eta, steps = CASES[name]
+    s = make()
+    q = mf.simulate(s, eta, steps, record_every=steps // 5, method="quadrature")
+    e = mf.simulate(s, eta, steps, record_every=steps // 5, method="exact")
+    assert q.method == "quadrature" and e.method == "exact" and q.tolerance_met
+    assert max(q.attention(k, h, "own")[-1] for k, h in s.classes()) >= 0.99
+    for k, h in s.classes():
+        keys = ["own"] + list(range(len(s.clusters[k].groups)))
+        for name_ in ("fp", "fp_grad", "attention"):
+            a = np.stack([getattr(q, name_)(k, h, key) for key in keys], axis=1)
+            b = np.stack([getattr(e, name_)(k, h, key) for key in keys], axis=1)
+            assert max(_rel(x, y) for x, y in zip(a, b)) <= 1e-12, (name_, k, h)
+        assert max(_rel(x, y) for x, y in zip(q.patch_loss(k, h), e.patch_loss(k, h))) <= 1e-12
+    assert max(_rel(x, y) for x, y in zip(q.loss, e.loss)) <= 1e-12
+    for i in range(len(q.steps)):
+        st = state_at(q, i)
+        gq = mf.gradient(s, st, method="quadrature")
+        ge = mf.gradient(s, st, method="exact")
+        noise = true_error(mf.gradient(s, st, method="exact", backend="numpy"), ge, s)
+        # below ~1e-14 both engines are at their rounding level
+        assert true_error(gq, ge, s) <= max(gq.error, 2 * noise, 1e-14), i
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numba", "numpy"])
+def test_every_backend_runs_the_quadrature(backend):
+    s = mf.Setting.paper(10**7, 0.9, 0.5)
+    st = State.zeros(s)
+    st.fp[0][:] = [[4.0, 0.0, -1.0], [9.0, -2.0, 0.3]]
+    st.pp[:] = [[0.02, -1e-3, 0.0, 4e-4], [0.03, 0.01, -1e-3, 2e-4]]
+    want = mf.gradient(s, st, method="exact", backend="cpp")
+    got = mf.gradient(s, st, method="quadrature", backend=backend)
+    assert got.method == "quadrature"
+    assert true_error(got, want, s) <= max(got.error, 1e-13)
+    assert got.error <= 1e-13
+
+
+def test_points_keep_the_kernel_interface():
+    s = mf.Setting.paper(10**5, 0.9, 0.3)
+    sizes, areas = class_categories(s, 0, 1)
+    p = build_points(sizes, areas, s.unmasked, [9, 6])
+    counts, w = p.probabilities()
+    assert counts.dtype == np.float64 and counts.shape == (p.points, 3)
+    assert math.fsum(w) == pytest.approx(1.0, abs=1e-15)
+    np.testing.assert_allclose(counts.sum(axis=1), s.unmasked, rtol=1e-15)
+    np.testing.assert_allclose(w @ counts, s.unmasked * sizes / sizes.sum(), rtol=1e-14)
+
+
+def test_auto_picks_exact_for_small_grids_and_quadrature_beyond():
+    assert choose_method(mf.Setting.paper(10**3, 0.9, 0.3), "auto") == "exact"
+    assert choose_method(mf.Setting.paper(10**9, 0.9, 0.3), "auto") == "quadrature"
+    r = mf.simulate(mf.Setting.paper(10**12, 0.9, 0.3), 1.0, 2)
+    assert r.method == "quadrature" and r.error.shape == r.steps.shape
+    assert mf.gradient(mf.Setting.paper(10**3, 0.9, 0.3)).method == "exact"
+    with pytest.raises(ValueError, match="unknown method"):
+        mf.simulate(mf.Setting.paper(10**3, 0.9, 0.3), 1.0, 1, method="gauss")
+    with pytest.raises(ValueError, match="rtol"):
+        mf.gradient(mf.Setting.paper(10**3, 0.9, 0.3), rtol=0.0)
+
+
+def test_unmet_tolerance_warns_or_raises(monkeypatch):
+    s = mf.Setting.paper(10**5, 0.9, 0.3)
+    monkeypatch.setattr(mf.quadrature, "LEVELS", (2, 3, 4))  # no room to grow
+    with pytest.warns(mf.ToleranceWarning, match="rtol"):
+        r = mf.simulate(s, 30.0, 3, method="quadrature", rtol=1e-300)
+    assert not r.tolerance_met
+    with pytest.raises(mf.ToleranceError, match="rtol"):
+        mf.simulate(s, 30.0, 3, method="quadrature", rtol=1e-300, strict=True)
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mf.simulate(s, 30.0, 3, method="quadrature").tolerance_met
+
+
+def test_resume_is_identical_after_node_growth():
+    s = mf.Setting.paper(10**5, 0.9, 0.3)
+    full = mf.simulate(s, 30.0, 200, record_every=7, method="quadrature")
+
+    def stop(t, grad, partial):
+        if t == 150:
+            raise KeyboardInterrupt
+
+    with pytest.raises(mf.Interrupted) as info:
+        mf.simulate(s, 30.0, 200, record_every=7, method="quadrature", callback=stop,
+                    callback_every=1)
+    part = info.value.result
+    assert part.levels == full.levels  # the own area grew before step 150
+    done = mf.simulate(s, 30.0, 200, record_every=7, method="quadrature", resume=part)
+    assert mf.io.equal(done, full)
+    np.testing.assert_array_equal(done.error, full.error)
