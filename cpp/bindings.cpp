@@ -131,18 +131,17 @@ class Fused {
         data(s, loop_.n_state(), "state");
         loop_.set_state(t, s.data(), last_recorded);
     }
-    void set_evaluators(int64_t i, EvalPtr eval, EvalPtr check) {
-        loop_.set_evaluators(i, std::move(eval), std::move(check));
+    void set_evaluators(int64_t i, EvalPtr eval, EvalPtr check, double tol) {
+        loop_.set_evaluators(i, std::move(eval), std::move(check), tol);
     }
     int run(int64_t steps, int64_t record_every, double eta, int threads, int64_t stop_every,
-            double seconds, double tol, double poll_seconds) {
+            double seconds, double poll_seconds) {
         if (threads < 1) throw std::invalid_argument("threads must be at least 1");
         mimfast::RunLimits lim;
         lim.steps = steps;
         lim.record_every = record_every;
         lim.stop_every = stop_every;
         lim.seconds = seconds;
-        lim.tol = tol;
         lim.poll_seconds = poll_seconds;
         const auto poll = [] {
             py::gil_scoped_acquire gil;
@@ -246,10 +245,10 @@ void bind_kernel(py::module_& m) {
         .def("set_state", &Fused::set_state, py::arg("t"), py::arg("state"),
              py::arg("last_recorded"))
         .def("set_evaluators", &Fused::set_evaluators, py::arg("i"), py::arg("eval"),
-             py::arg("check") = nullptr)
+             py::arg("check") = nullptr, py::arg("tol") = 0.0)
         .def("run", &Fused::run, py::arg("steps"), py::arg("record_every"), py::arg("eta"),
              py::arg("threads"), py::arg("stop_every") = 0, py::arg("seconds") = 0.0,
-             py::arg("tol") = 0.0, py::arg("poll_seconds") = 0.05)
+             py::arg("poll_seconds") = 0.05)
         .def_property_readonly("t", &Fused::t)
         .def_property_readonly("recorded", &Fused::recorded)
         .def("state", &Fused::state)

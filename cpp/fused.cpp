@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -21,23 +22,25 @@
 namespace mimfast {
 namespace {
 
-// Relative difference of two sums vectors: the larger of |d| / |a| over the gradient sums
-// (dB_self, dA, dB) and over the observables (loss, alpha), 2-norms; 0 where both are 0.
+// The error estimate of a class from the sums `a` used for the step and the sums `b` of its
+// check evaluator: the largest normwise relative difference |a - b| / |a| of three parts, the
+// gradient (dB_self, dA, dB), the attention (alpha) and the loss; 0 where a part agrees, and
+// infinite where it differs from a zero reference. (mimfast/quadrature.py, sums_error.)
 double difference(int n, const double* a, const double* b) {
-    double dg = 0, ng = 0, dobs = 0, nobs = 0;
-    auto add = [](double& d, double& s, double x, double y) {
-        d += (x - y) * (x - y);
-        s += x * x;
+    double out = 0.0;
+    const auto part = [&](std::initializer_list<std::pair<int, int>> ranges) {
+        double d = 0.0, r = 0.0;
+        for (const auto& [first, stop] : ranges)
+            for (int i = first; i < stop; ++i) {
+                d += (a[i] - b[i]) * (a[i] - b[i]);
+                r += a[i] * a[i];
+            }
+        if (d > 0) out = std::max(out, r > 0 ? std::sqrt(d) / std::sqrt(r) : HUGE_VAL);
     };
-    add(dobs, nobs, a[1], b[1]);
-    add(dg, ng, a[2], b[2]);
-    for (int c = 0; c < n; ++c) {
-        add(dobs, nobs, a[3 + c], b[3 + c]);
-        add(dg, ng, a[3 + n + c], b[3 + n + c]);
-        add(dg, ng, a[3 + 2 * n + c], b[3 + 2 * n + c]);
-    }
-    auto rel = [](double d, double s) { return d == 0 ? 0.0 : std::sqrt(d) / std::sqrt(s); };
-    return std::max(rel(dg, ng), rel(dobs, nobs));
+    part({{2, 3}, {3 + n, 3 + 3 * n}});  // gradient
+    part({{3, 3 + n}});                  // attention
+    part({{1, 2}});                      // loss
+    return out;
 }
 
 }  // namespace
@@ -86,15 +89,17 @@ void FusedLoop::set_state(int64_t t, const double* s, int64_t last_recorded) {
 }
 
 void FusedLoop::set_evaluators(int64_t i, std::shared_ptr<const ClassEval> eval,
-                               std::shared_ptr<const ClassEval> check) {
+                               std::shared_ptr<const ClassEval> check, double tol) {
     if (i < 0 || i >= n_classes()) throw std::invalid_argument("fused loop: no such class");
     FusedClass& c = classes_[i];
     const int n = static_cast<int>(c.z.size());
     if (!eval || eval->n_cat() != n || (check && check->n_cat() != n))
         throw std::invalid_argument("fused loop: the new evaluators must have " +
                                     std::to_string(n) + " categories");
+    if (!(tol >= 0)) throw std::invalid_argument("fused loop: tol must be >= 0");
     c.eval = std::move(eval);
     c.check = std::move(check);
+    c.tol = tol;
 }
 
 // mimfast/model.py: class_inputs, then evaluate's accumulation, class by class.
@@ -179,9 +184,8 @@ Status FusedLoop::run(const RunLimits& lim, double eta, int threads,
     const auto seconds = [](clock::duration d) { return std::chrono::duration<double>(d).count(); };
     for (;;) {
         evaluate(threads);
-        if (lim.tol > 0)
-            for (double e : err_)
-                if (!(e <= lim.tol)) return Status::tolerance;
+        for (size_t i = 0; i < classes_.size(); ++i)
+            if (classes_[i].tol > 0 && !(err_[i] <= classes_[i].tol)) return Status::tolerance;
         if ((t_ % lim.record_every == 0 || t_ == lim.steps) && t_ > last_recorded_) record();
         if (t_ >= lim.steps) return Status::done;
         bool finite = true;

@@ -24,6 +24,7 @@ struct FusedClass {
     int64_t p_off = -1;                      // row (B_self, B...) of pp[h], or -1 (PP frozen)
     double coef = 0.0;                       // pi_k m / P
     double coef_loss = 0.0;                  // pi_k m / P * patches of the class's group
+    double tol = 0.0;  // run() returns before a step whose error estimate exceeds it (0: never)
 };
 
 enum class Status : int { done = 0, chunk = 1, nonfinite = 2, tolerance = 3, interrupted = 4 };
@@ -35,8 +36,6 @@ struct RunLimits {
     int64_t stop_every = 0;      // return after each step from a multiple of stop_every
     double seconds = 0.0;        // return after a step once this much time passed (0: never)
     double poll_seconds = 0.05;  // call poll() at most this often
-    double tol = 0.0;            // return before the step when an error estimate exceeds it
-                                 // (0: never); the state and t stay at that step
 };
 
 class FusedLoop {
@@ -49,13 +48,14 @@ class FusedLoop {
 
     // Start (or continue) from state s at step t; steps <= last_recorded are not recorded again.
     void set_state(int64_t t, const double* s, int64_t last_recorded);
-    // Replace class i's evaluators (after a refinement); same number of categories.
+    // Replace class i's evaluators and tolerance (after a refinement); same category count.
     void set_evaluators(int64_t i, std::shared_ptr<const ClassEval> eval,
-                        std::shared_ptr<const ClassEval> check);
+                        std::shared_ptr<const ClassEval> check, double tol);
     int64_t t() const { return t_; }
     const std::vector<double>& state() const { return state_; }
 
-    // Step until the run ends or a limit in `lim` hands control back; see Status.
+    // Step until the run ends or a limit in `lim` hands control back; see Status. On
+    // Status::tolerance the state and t stay at the step whose estimate was too large.
     Status run(const RunLimits& lim, double eta, int threads, const std::function<bool()>& poll);
 
     // The evaluation that made the last step (or the last evaluation): gradient (laid out as

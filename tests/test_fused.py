@@ -150,6 +150,8 @@ def test_fused_loop_rejects_bad_inputs():
         loop.set_state(0, np.zeros(3), -1)
     with pytest.raises(ValueError, match="threads"):
         loop.run(3, 1, 1.0, 0)
+    with pytest.raises(ValueError, match="tol must be >= 0"):
+        loop.set_evaluators(0, prepared(grid), None, -1.0)
     with pytest.raises(ValueError, match="not held"):
         loop.records(5)
 
@@ -261,11 +263,10 @@ def test_resume_refuses_a_broken_record():
 
 
 def relative_difference(a, b, n):
-    """The loop's error estimate, written out: the larger relative 2-norm difference of the
-    gradient sums (dB_self, dA, dB) and of the observables (loss, alpha)."""
-    grad = np.r_[2, 3 + n: 3 + 3 * n]
-    obs = np.r_[1, 3: 3 + n]
-    return max(np.linalg.norm(a[i] - b[i]) / np.linalg.norm(a[i]) for i in (grad, obs))
+    """The loop's error estimate, written out: the largest normwise relative difference of the
+    gradient sums (dB_self, dA, dB), the attention and the loss, relative to ``a``."""
+    parts = (np.r_[2, 3 + n: 3 + 3 * n], np.r_[3: 3 + n], np.r_[1])
+    return max(np.linalg.norm(a[i] - b[i]) / np.linalg.norm(a[i]) for i in parts)
 
 
 def finish(loop, steps, eta, **limits):
@@ -302,18 +303,22 @@ def test_check_evaluators_give_the_error_estimate_and_stop_the_loop():
             assert error[i, j] == pytest.approx(relative_difference(a, b, len(inp.z)), rel=1e-9)
     np.testing.assert_array_equal(loop.max_error(), error.max(axis=0))
 
-    # a tolerance below the estimate stops the loop before step 0 is used or recorded
+    # a tolerance below a class's estimate stops the loop before that step is used or recorded
     loop = cpp_backend.fused_loop(s, fine, layout, [prepared(coarse[c]) for c in classes])
     loop.set_state(0, np.zeros(layout.size), -1)
-    tol = 0.5 * error[0].max()
-    assert loop.run(steps, 1, eta, 1, tol=tol) == 3  # tolerance
-    assert loop.t == 0 and loop.recorded == 0
+    worst = int(np.argmax(error[5]))
+    tol = 0.5 * error[5, worst]
+    assert finish(loop, 5, eta) == 0
+    loop.set_evaluators(worst, prepared(fine[classes[worst]]), prepared(coarse[classes[worst]]),
+                        tol)
+    assert finish(loop, steps, eta) == 3  # tolerance
+    assert loop.t == 5 and loop.recorded == 6
     for i, c in enumerate(classes):  # "refine": checks that agree with the evaluators
-        loop.set_evaluators(i, prepared(fine[c]), prepared(fine[c]))
-    assert finish(loop, steps, eta, tol=tol) == 0
+        loop.set_evaluators(i, prepared(fine[c]), prepared(fine[c]), tol)
+    assert finish(loop, steps, eta) == 0
     rec_steps, loss, *_, error = loop.records(0)
     np.testing.assert_array_equal(loss, plain.loss)
-    assert np.all(error == 0)
+    assert np.all(error[6:] == 0) and np.all(error[:6] > 0)
     with pytest.raises(ValueError, match="must have 3 categories"):
         loop.set_evaluators(0, prepared(build_grids(mf.Setting([mf.Cluster([mf.Group(1, 4)])],
                                                             masked=2))[0, 0]))
