@@ -1,0 +1,172 @@
+"""The compiled functions of the numba backend (imported by it on first use).
+
+Whether numba caches the compiled code on disk is decided before this module is imported
+(:data:`mimfast.backends.numba_backend.CACHE`): without a writable cache location numba
+refuses ``cache=True`` at decoration time, and the backend then imports this module again
+with caching off.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .numba_backend import CACHE
+
+njit = numba.njit(cache=CACHE)
+
+# polynomials c0 + c1 x + c2 x^2 + c3 x^3 as 4-tuples: no allocation per block
+@njit
+def mul(p, q):
+    return (p[0] * q[0], p[0] * q[1] + p[1] * q[0],
+            p[0] * q[2] + p[1] * q[1] + p[2] * q[0],
+            p[0] * q[3] + p[1] * q[2] + p[2] * q[1] + p[3] * q[0])
+
+@njit
+def add(p, q, s):  # p + s q
+    return (p[0] + s * q[0], p[1] + s * q[1], p[2] + s * q[2], p[3] + s * q[3])
+
+@njit
+def moment(m, p, b):
+    """E[P(x) i^b] from the moments (m00, m01, m11, m02, m12, m22, m03, m13, m23, m33)."""
+    if b == 1:
+        return p[0] * m[1] + p[1] * m[2]
+    if b == 2:
+        return p[0] * m[3] + p[1] * m[4] + p[2] * m[5]
+    return p[0] * m[6] + p[1] * m[7] + p[2] * m[8] + p[3] * m[9]
+
+# reassociation lets LLVM vectorise the ten sums; the order is fixed by the compiled code,
+# so results still do not depend on the thread count
+@numba.njit(cache=CACHE, fastmath={"reassoc", "contract"}, error_model="numpy")
+def moments(first, stop, x0, d0, d1, rw, r_rest, t_in, off_in, t_last, off_last):
+    m00 = m01 = m11 = m02 = m12 = m22 = m03 = m13 = m23 = m33 = 0.0
+    n = stop - first
+    tin = t_in[first - off_in: stop - off_in]
+    tlast = t_last[r_rest - stop + 1 - off_last: r_rest - first + 1 - off_last]
+    top = np.uint64(n - 1)
+    for k in range(n):
+        # unsigned indices spare numba's negative-index fix-up, which blocks vectorising
+        x = float(first + k - x0)
+        w = rw * tin[np.uint64(k)] * tlast[top - np.uint64(k)]
+        i = 1.0 / (d0 + d1 * x)
+        p1 = w * i
+        p2 = p1 * i
+        p3 = p2 * i
+        x2 = x * x
+        m00 += w
+        m01 += p1
+        m11 += p1 * x
+        m02 += p2
+        m12 += p2 * x
+        m22 += p2 * x2
+        m03 += p3
+        m13 += p3 * x
+        m23 += p3 * x2
+        m33 += p3 * x2 * x
+    return (m00, m01, m11, m02, m12, m22, m03, m13, m23, m33)
+
+@numba.njit(cache=CACHE, fastmath={"reassoc", "contract"}, error_model="numpy")
+def point_moments(first, stop, d0, d1, node_x, node_w):
+    """The same ten moments over the nodes of a point-set row (offsets node_x)."""
+    m00 = m01 = m11 = m02 = m12 = m22 = m03 = m13 = m23 = m33 = 0.0
+    for k in range(first, stop):
+        x = node_x[k]
+        w = node_w[k]
+        i = 1.0 / (d0 + d1 * x)
+        p1 = w * i
+        p2 = p1 * i
+        p3 = p2 * i
+        x2 = x * x
+        m00 += w
+        m01 += p1
+        m11 += p1 * x
+        m02 += p2
+        m12 += p2 * x
+        m22 += p2 * x2
+        m03 += p3
+        m13 += p3 * x
+        m23 += p3 * x2
+        m33 += p3 * x2 * x
+    return (m00, m01, m11, m02, m12, m22, m03, m13, m23, m33)
+
+@njit
+def count(counts, rest, row, c, ci, cl, x0):
+    """(u, a): the count of category c is u + a x in the block."""
+    if c == ci:
+        return float(x0), 1.0
+    if c == cl:
+        return float(rest[row] - x0), -1.0
+    return float(counts[row, c]), 0.0
+
+@njit
+def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
+               C, z, sa, sb, ia, isz, wu, wm, wself, centre, node_x, node_w, out):
+    """docs/model.md §3 sums of one block: of a count grid, or of a point set when
+    ``node_x`` is non-empty (float counts, inner count ``centre[row] + node_x[k]``)."""
+    n = C.shape[0]
+    row, first, stop = blocks[b, 0], blocks[b, 1], blocks[b, 2]
+    points = node_x.shape[0] > 0
+    x0 = centre[row] if points else float((first + stop - 1) // 2)
+    u0, a0 = count(counts, rest, row, 0, ci, cl, x0)
+    r0 = wself + wm[0] * (C[0] - u0)
+    r1 = -a0 * wm[0]
+    for c in range(1, n):
+        u, a = count(counts, rest, row, c, ci, cl, x0)
+        r0 += wu[c] * u + wm[c] * (C[c] - u)
+        r1 += a * (wu[c] - wm[c])
+    if points:
+        m = point_moments(first, stop, r0 + wu[0] * u0, r1 + a0 * wu[0], node_x, node_w)
+    else:
+        m = moments(first, stop, int(x0), r0 + wu[0] * u0, r1 + a0 * wu[0],
+                    row_weight[row], rest[row], t_in, off_in, t_last, off_last)
+
+    zero = (0.0, 0.0, 0.0, 0.0)
+    R = (r0, r1, 0.0, 0.0)
+    z02 = z[0] * z[0]
+    Al0 = (wu[0] * u0, wu[0] * a0, 0.0, 0.0)
+    L = add(zero, mul(R, R), z02)  # 2 loss = L i^2
+    E0 = add(zero, mul(Al0, R), -z02)  # e_own = E0 i^2
+    Gb = E0  # gbar = Gb i^2
+    for c in range(1, n):
+        u, a = count(counts, rest, row, c, ci, cl, x0)
+        U, V = (u, a, 0.0, 0.0), (C[c] - u, -a, 0.0, 0.0)
+        S2 = add(add(zero, mul(U, V), sa[c]), mul(U, U), sb[c])
+        Ec = add(zero, S2, z[c] * z[c] * wu[c] * wu[c])
+        L = add(L, Ec, 1.0)
+        Gb = add(Gb, Ec, 1.0)
+    out[0] = m[0]
+    out[1] = 0.5 * moment(m, L, 2)
+    out[2] = -wself * moment(m, Gb, 3)
+    for c in range(n):
+        u, a = count(counts, rest, row, c, ci, cl, x0)
+        Al = (wu[c] * u, wu[c] * a, 0.0, 0.0)
+        Mu = (wm[c] * (C[c] - u), -wm[c] * a, 0.0, 0.0)
+        if c == 0:
+            Ec = E0
+        else:
+            U, V = (u, a, 0.0, 0.0), (C[c] - u, -a, 0.0, 0.0)
+            S2 = add(add(zero, mul(U, V), sa[c]), mul(U, U), sb[c])
+            Ec = add(zero, S2, z[c] * z[c] * wu[c] * wu[c])
+        ga = moment(m, mul(Gb, Al), 3)
+        out[3 + c] = moment(m, Al, 1)
+        if c == 0:
+            out[3 + n] = -z[0] * moment(m, mul(Al0, L), 3)
+        else:
+            out[3 + n + c] = z[c] * (moment(m, Ec, 2) - ga) * ia[c]
+        out[3 + 2 * n + c] = (moment(m, Ec, 2) - ga - moment(m, mul(Gb, Mu), 3)) * isz[c]
+
+@numba.njit(cache=CACHE, parallel=True)
+def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
+             C, z, sa, sb, ia, isz, wu, wm, wself, centre, node_x, node_w):
+    n_blocks = blocks.shape[0]
+    ns = 3 + 3 * C.shape[0]
+    part = np.zeros((n_blocks, ns))
+    for b in numba.prange(n_blocks):
+        block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
+                   blocks, C, z, sa, sb, ia, isz, wu, wm, wself, centre, node_x, node_w,
+                   part[b])
+    out = np.zeros(ns)
+    for b in range(n_blocks):
+        for s in range(ns):
+            out[s] += part[b, s]
+    return out
