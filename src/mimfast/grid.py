@@ -349,7 +349,10 @@ def check_tail_tol(tail_tol):
     """``tail_tol`` as a float in [MIN_TAIL_TOL, MAX_TAIL_TOL]; TypeError or ValueError."""
     if isinstance(tail_tol, bool) or not isinstance(tail_tol, Real):
         raise TypeError(f"tail_tol must be a real number, got {type(tail_tol).__name__}")
-    value = float(tail_tol)
+    try:
+        value = float(tail_tol)
+    except OverflowError:
+        value = math.inf
     if not MIN_TAIL_TOL <= value <= MAX_TAIL_TOL:
         raise ValueError(
             f"tail_tol must lie in [2^-52, 1e-3] = [{MIN_TAIL_TOL:.3g}, {MAX_TAIL_TOL:g}], got "

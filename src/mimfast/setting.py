@@ -10,12 +10,14 @@ from numbers import Integral, Real
 
 import numpy as np
 
-__all__ = ["MAX_P", "MAX_Z", "Cluster", "Group", "Setting"]
+__all__ = ["MAX_K", "MAX_P", "MAX_Z", "Cluster", "Group", "Setting"]
 
 #: Largest number of patches: counts and sizes stay exact in int64 arithmetic.
 MAX_P = 2**62
 #: Largest latent: z^2 and the loss (about z^2 / 2 per patch) stay finite in float64.
 MAX_Z = 1e150
+#: Most clusters :meth:`Setting.paper` makes.
+MAX_K = 10**6
 
 
 def _positive_int(value, name):
@@ -301,6 +303,9 @@ class Setting:
             raise ValueError(f"P = {shown} is more than 2^62 = {MAX_P}, the largest P mimfast "
                              "handles")
         K = _positive_int(K, "K")
+        if K > MAX_K:
+            raise ValueError(f"K = {K} clusters is more than {MAX_K}, the most Setting.paper "
+                             "makes (each cluster is a query class to evaluate at every step)")
         kappas = []
         for name, kappa in (("kappa_c", kappa_c), ("kappa_s", kappa_s)):
             kappa = _real(kappa, name)
