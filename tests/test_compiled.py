@@ -151,15 +151,21 @@ def test_ctrl_c_stops_a_long_run_within_a_second(tmp_path):
         import sys, time
         import mimfast as mf
         s = mf.Setting.paper(10**8, 0.9, 0.3)
-        print("ready", flush=True)
+
+        def ready(t, grad, partial, said=[]):  # GD steps are running (grids built)
+            if not said:
+                said.append(t)
+                print("ready", flush=True)
+
         try:
-            mf.simulate(s, eta=1e5, steps=10**6, record_every=10, method="exact")
+            mf.simulate(s, eta=1e5, steps=10**6, record_every=10, method="exact",
+                        callback=ready)
         except mf.Interrupted as e:
             print("stopped", time.monotonic(), len(e.result.steps), e.result.last_step, flush=True)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
-    time.sleep(4.0)
+    time.sleep(1.0)
     sent = time.monotonic()
     os.kill(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
