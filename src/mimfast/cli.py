@@ -454,9 +454,6 @@ def _check_values(setting, opts):
 def _run(args):
     import mimfast as mf
 
-    from .backends import check_threads
-    from .grid import check_tail_tol
-
     from . import io
     from .analysis import analyze
 
@@ -480,14 +477,7 @@ def _run(args):
             raise UsageError(f"{key.replace('_', '-')} must be at least {least}, got {opts[key]}")
     if not 0 < opts["epsilon"] < 1:
         raise UsageError(f"epsilon must lie in (0, 1), got {opts['epsilon']}")
-    if not (math.isfinite(opts["eta"]) and opts["eta"] >= 0):
-        raise UsageError(f"eta must be finite and non-negative, got {opts['eta']}")
-    try:
-        check_tail_tol(opts["tail_tol"])
-        if opts.get("threads") is not None:
-            check_threads(opts["threads"])
-    except (ValueError, TypeError) as exc:
-        raise UsageError(str(exc)) from None
+    _check_values(setting, opts)
     if opts["backend"] not in mf.backends():
         raise UsageError(f"backend {opts['backend']!r} is not available here; "
                          f"available: {', '.join(mf.backends())}")
@@ -500,7 +490,6 @@ def _run(args):
               f"nothing to do. Extend it with `mimfast run --resume {out} --steps N`, "
               f"N > {resume.last_step}", file=sys.stderr)
         return EXIT_OK
-    _check_values(setting, opts)
     saved = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()
              if k not in ("progress", "threads")}
     attrs = {"run_options": json.dumps(saved, sort_keys=True)}
