@@ -249,3 +249,30 @@ def test_resume_is_identical_after_node_growth():
     done = mf.simulate(s, 30.0, 200, record_every=7, method="quadrature", resume=part)
     assert mf.io.equal(done, full)
     np.testing.assert_array_equal(done.error, full.error)
+
+
+def test_quadrature_results_round_trip_through_files(tmp_path):
+    s = mf.Setting.paper(10**5, 0.9, 0.3)
+    r = mf.simulate(s, 30.0, 200, record_every=50, method="quadrature")
+    mf.io.save(r, tmp_path / "r.nc")
+    back = mf.io.load(tmp_path / "r.nc")
+    assert back.method == "quadrature" and back.levels == r.levels
+    np.testing.assert_array_equal(back.error, r.error)
+    assert mf.io.equal(back, r)
+
+
+def test_cli_runs_the_quadrature_and_resumes_it(tmp_path, capsys):
+    from mimfast.cli import main
+
+    out = tmp_path / "run"
+    argv = ["run", "--P", "1e12", "--method", "quadrature", "--eta", "1e5", "--steps", "30",
+            "--no-plots", "--threads", "1", "--out", str(out)]
+    assert main(argv) == 0
+    r = mf.io.load(out / "result.nc")
+    assert r.method == "quadrature" and r.setting.P == 10**12 and r.tolerance_met
+    assert main(["run", "--resume", str(out), "--steps", "45", "--threads", "1"]) == 0
+    longer = mf.io.load(out / "result.nc")
+    full = mf.simulate(r.setting, 1e5, 45, method="quadrature", threads=1)
+    np.testing.assert_array_equal(longer.loss, full.loss)
+    np.testing.assert_array_equal(longer.state.fp[0], full.state.fp[0])
+    capsys.readouterr()

@@ -32,7 +32,7 @@ PRESETS = {
 # and eta grows with it, so the phases happen at the same steps for every P.
 PRESET_ETA, PRESET_P = 100.0, 10**6
 DEFAULTS = {"preset": "paper-positive", "gamma": 0.5, "K": 1, "z": 1.0, "pp": "auto",
-            "steps": 1000, "record_every": 1, "backend": "cpp", "threads": None,
+            "steps": 1000, "record_every": 1, "backend": "cpp", "method": "auto", "threads": None,
             "tail_tol": 1e-15, "epsilon": 0.05, "checkpoint_every": 100, "out": "mimfast-run",
             "plots": True, "step_axis": "linear"}
 # may change when a saved run is resumed; everything else is the saved run's
@@ -46,7 +46,7 @@ CONFIG_TYPES = {
     "P": _INT, "K": _INT, "steps": _INT, "record_every": _INT, "threads": _INT,
     "checkpoint_every": _INT, "masked": _INT, "kappa_c": _NUM, "kappa_s": _NUM, "gamma": _NUM,
     "eta": _NUM, "tail_tol": _NUM, "epsilon": _NUM, "z": _NUM + (list,), "preset": _STR,
-    "pp": _STR, "backend": _STR, "out": _STR, "plots": _BOOL, "progress": _BOOL,
+    "pp": _STR, "backend": _STR, "method": _STR, "out": _STR, "plots": _BOOL, "progress": _BOOL,
     "step_axis": _STR,
     "clusters": (list,),
 }
@@ -160,6 +160,9 @@ def _parser():
                    help="record every N steps (default 1; phase switch and T_eps are "
                         "known to this granularity)")
     g.add_argument("--backend", help="kernel backend: cpp, numba or numpy (default cpp)")
+    g.add_argument("--method", choices=["auto", "exact", "quadrature"],
+                   help="expectation by the exact count grid or by Gauss-Hahn quadrature, whose "
+                        "cost does not grow with P (default auto: exact for small grids)")
     g.add_argument("--threads", type=_count, help="threads of a compiled kernel (default all)")
     g.add_argument("--tail-tol", type=_number, dest="tail_tol",
                    help="probability mass a count grid may leave out (default 1e-15)")
@@ -514,6 +517,7 @@ def _run(args):
             try:
                 result = mf.simulate(setting, float(opts["eta"]), opts["steps"],
                                      opts["record_every"], backend=opts["backend"],
+                                     method=opts["method"],
                                      threads=opts.get("threads"), tail_tol=opts["tail_tol"],
                                      resume=resume, callback=progress,
                                      callback_every=opts["checkpoint_every"] or None)

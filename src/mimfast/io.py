@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -303,6 +304,9 @@ def to_dataset(result, analysis=None, attrs=None):
         "weight": (("cluster",), np.array([c.weight for c in s.clusters]),
                    {"long_name": "unnormalised prior weight of the cluster"}),
     }
+    data["error"] = (("step",), result.error,
+                     {"long_name": "estimated relative error of the step's gradient and "
+                                   "observables (quadrature; 0 for the exact grid)"})
     coords = {"step": result.steps, "cluster": np.arange(K), "query_group": np.arange(G),
               "key": _keys(G)}
     if s.pp == "exact":
@@ -323,6 +327,10 @@ def to_dataset(result, analysis=None, attrs=None):
         "last_step": int(result.last_step),
         "dropped": float(result.dropped),
         "tail_tol": -1.0 if result.tail_tol is None else float(result.tail_tol),
+        "method": result.method,
+        "tolerance_met": int(result.tolerance_met),
+        "quadrature_levels": json.dumps({f"{k},{h}": list(map(int, v))
+                                         for (k, h), v in result.levels.items()}),
         "P": int(s.P),
         "masked": int(s.masked),
         "pp": s.pp,
@@ -581,7 +589,12 @@ def _from_dataset(ds):
         per("fp"), per("fp_grad"), per("attention"),
         [ds["patch_loss"].values[:, k, :G] for k, G in enumerate(sizes)], pp, state,
         float(a["dropped"]), last_step=int(a["last_step"]), record_every=int(a["record_every"]),
-        tail_tol=float(a["tail_tol"]) if float(a.get("tail_tol", -1)) > 0 else None)
+        tail_tol=float(a["tail_tol"]) if float(a.get("tail_tol", -1)) > 0 else None,
+        method=str(a.get("method", "exact")),
+        error=ds["error"].values if "error" in ds else None,
+        tolerance_met=bool(int(a.get("tolerance_met", 1))),
+        levels={tuple(int(i) for i in key.split(",")): list(v)
+                for key, v in json.loads(str(a.get("quadrature_levels", "{}"))).items()})
 
 
 def load(path):
@@ -600,7 +613,8 @@ def equal(a, b):
     s = a.setting
     if (s != b.setting or s.kappa != b.setting.kappa or a.backend != b.backend
             or a.eta != b.eta or a.record_every != b.record_every or a.last_step != b.last_step
-            or a.tail_tol != b.tail_tol
+            or a.tail_tol != b.tail_tol or a.method != b.method
+            or not np.array_equal(a.error, b.error) or a.levels != b.levels
             or a.dropped != b.dropped or not np.array_equal(a.steps, b.steps)
             or not np.array_equal(a.loss, b.loss)):
         return False
