@@ -27,7 +27,8 @@ class Simulate:
         self.setting = common.setting(P)
 
     def time_simulate(self, P):
-        mf.simulate(self.setting, eta=ETA, steps=self.steps, record_every=10, backend="cpp")
+        mf.simulate(self.setting, eta=ETA, steps=self.steps, record_every=10, backend="cpp",
+                    method="exact")
 
 
 class SimulateMemory:
@@ -42,7 +43,7 @@ class SimulateMemory:
         self.setting = common.setting(P)
 
     def peakmem_simulate(self, P):
-        mf.simulate(self.setting, eta=ETA, steps=self.steps, backend="cpp")
+        mf.simulate(self.setting, eta=ETA, steps=self.steps, backend="cpp", method="exact")
 
 
 class SimulateLoop:
@@ -69,4 +70,4 @@ class SimulateLoop:
 
     def time_steps(self, P, loop):
         mf.simulate(self.setting, eta=ETA, steps=self.steps, record_every=10, backend="cpp",
-                    threads=1)
+                    threads=1, method="exact")

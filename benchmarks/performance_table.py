@@ -65,7 +65,7 @@ def measure_rss(P, threads):
     """Peak RSS (MiB) of a process that runs 3 GD steps at P with the cpp backend only."""
     import mimfast as mf
 
-    mf.simulate(mf.Setting.paper(P, 0.9, 0.3), eta=1e3, steps=3, threads=threads)
+    mf.simulate(mf.Setting.paper(P, 0.9, 0.3), eta=1e3, steps=3, threads=threads, method="exact")
     return {"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -129,7 +129,7 @@ def main():
     P_big = 10 ** exps[-1]
     t0 = time.perf_counter()
     mf.simulate(mf.Setting.paper(P_big, 0.9, 0.3), eta=1e3, steps=1000, record_every=100,
-                threads=args.threads)
+                threads=args.threads, method="exact")
     t_1000 = time.perf_counter() - t0
     roof = roofline(args.threads)
     cache = Path(tempfile.mkdtemp())

@@ -54,8 +54,8 @@ LEVELS = (6, 9, 13, 19, 28, 42, 63, 94, 141, 211, 316)
 # largest number of points of one rule set of a class; growth beyond it is refused
 MAX_POINTS = 2_000_000
 # method="auto" runs the exact grid up to this many points per step (all classes), quadrature
-# beyond: where a quadrature step became cheaper (see docs/performance.md)
-AUTO_GRID_POINTS = 20_000
+# beyond: a quadrature step became cheaper between 4e4 and 2e5 grid points (docs/performance.md)
+AUTO_GRID_POINTS = 100_000
 METHODS = ("exact", "quadrature", "auto")
 
 
