@@ -351,7 +351,7 @@ def test_p_1e15_agrees_with_a_50_digit_evaluation():
     sizes, areas = class_categories(s, k, h)
     inp = class_inputs(s, st, k, h, mf.quadrature.ClassQuadrature(sizes, areas, s.unmasked))
     mpmath.mp.dps = 50
-    f = lambda v: [mpmath.mpf(float(x)) for x in v]  # noqa: E731
+    f = lambda v: [mpmath.mpf(float(x)) for x in v]
     loss, alpha, dA = mp_class_expectation(sizes, areas, f(inp.z), f(inp.wu), f(inp.wm),
                                            mpmath.mpf(inp.wself), s.unmasked, 14, 28)
     scale = s.masked / s.P  # the engine's dA carries pi_k m / P
