@@ -1,6 +1,8 @@
 """The fused C++ GD loop of backend "cpp" against the Python loop with the same kernel, and a
 record that an interrupt anywhere leaves whole."""
 
+import copy
+import functools
 import os
 import signal
 import sys
@@ -14,6 +16,7 @@ from mimfast import _core, io
 from mimfast.backends.cpp_backend import prepared
 from mimfast.grid import build_grids
 from mimfast.model import StateLayout
+from mimfast.quadrature import build_quadratures
 
 simulate_module = sys.modules["mimfast.simulate"]
 
@@ -185,14 +188,22 @@ class InterruptAt:
         return self.local
 
 
-@pytest.mark.parametrize("loop", ["fused", "python"])
+@pytest.mark.parametrize("loop", ["fused", "python", "quadrature"])
 def test_interrupt_at_every_bytecode_of_the_record_path(loop, python_loop, monkeypatch):
     setting, eta = SETTINGS["K2-uneven"]
     steps, every = 5, 2  # records at 0, 2, 4 and the last step 5
     grids = build_grids(setting)
     monkeypatch.setattr(simulate_module, "build_grids", lambda *args: grids)  # build once
-    run = mf.simulate if loop == "fused" else python_loop
-    full = mf.simulate(setting, eta, steps, record_every=every, threads=1)
+    run = {"fused": mf.simulate, "python": python_loop,
+           "quadrature": functools.partial(mf.simulate, method="quadrature")}[loop]
+    if loop == "quadrature":  # point sets built once, each run gets its own copy
+        quads = build_quadratures(setting)
+        for q in quads.values():
+            q.base(), q.rich()
+        start = {key: list(q.levels) for key, q in quads.items()}
+        monkeypatch.setattr(simulate_module, "build_quadratures", lambda s, levels=None: (
+            copy.deepcopy(quads) if levels in (None, start) else build_quadratures(s, levels)))
+    full = run(setting, eta, steps, record_every=every, threads=1)
     n, outcomes = 0, set()
     while True:
         n += 1
@@ -205,9 +216,11 @@ def test_interrupt_at_every_bytecode_of_the_record_path(loop, python_loop, monke
             sys.settrace(None)
             part = exc.result
             outcomes.add("interrupted")
-            # whole: resuming checks every length and the state, and ends where a plain run does
-            assert io.equal(run(setting, eta, steps, record_every=every, threads=1,
-                                resume=part), full), n
+            # whole: every length fits, and resuming ends where a plain run does
+            assert len(part.error) == len(part.steps), n
+            done = run(setting, eta, steps, record_every=every, threads=1, resume=part)
+            assert io.equal(done, full), n
+            np.testing.assert_array_equal(done.error, full.error)
         except KeyboardInterrupt:
             sys.settrace(None)
             outcomes.add("before the first record")

@@ -143,6 +143,8 @@ class Result:
         if (self._pp is None) != (s.pp != "exact") or (
                 self._pp is not None and np.shape(self._pp) != (n,) + empty[6].shape[1:]):
             problems.append("pp does not have one entry per recorded step")
+        if np.shape(self.error) != (n,):
+            problems.append(f"{np.size(self.error)} error estimates for {n} recorded steps")
         if n and (np.any(np.diff(self.steps) <= 0) or self.steps[0] != 0
                   or not self.steps[-1] <= self.last_step <= self.steps[-1] + self.record_every):
             problems.append(f"recorded steps {self.steps[:3].tolist()}...{self.steps[-1]} (last "
@@ -318,8 +320,8 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
     else:
         grids = build_quadratures(setting, resume.levels if resume is not None else None)
     dropped = max(g.dropped for g in grids.values())
-    # quadrature: error estimates of the recorded steps, and whether rtol was always met
-    quad = {"errors": [], "met": True, "rtol": rtol, "strict": strict}
+    # quadrature: whether rtol was always met (error estimates are recorded with the steps)
+    quad = {"met": True, "rtol": rtol, "strict": strict}
     blocks = []  # whole records, in blocks; a block is appended in one step or not at all
     t, state = 0, State.zeros(setting)
     if resume is not None:
@@ -328,8 +330,8 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
                               *([a[:n] for a in arrays] for arrays in
                                 (resume._fp, resume._fp_grad, resume._attention,
                                  resume._patch_loss)),
-                              None if resume._pp is None else resume._pp[:n])))
-        quad["errors"] = list(resume.error[:n])
+                              None if resume._pp is None else resume._pp[:n],
+                              resume.error[:n])))
         quad["met"] = resume.tolerance_met
     at = [t, state]  # the last completed step and its state, replaced in one step
     loop = None
@@ -341,10 +343,10 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
             loop.drain()
             at[:] = [loop.t, loop.state()]
         quadrature = method == "quadrature"
-        return Result(setting, backend, eta, *_stack(setting, [b for _, b in blocks]),
-                      at[1], dropped, last_step=at[0], record_every=record_every,
-                      tail_tol=tail_tol, method=method,
-                      error=quad["errors"] if quadrature else None, tolerance_met=quad["met"],
+        *record, error = _stack(setting, [b for _, b in blocks])
+        return Result(setting, backend, eta, *record, at[1], dropped, last_step=at[0],
+                      record_every=record_every, tail_tol=tail_tol, method=method,
+                      error=error, tolerance_met=quad["met"],
                       levels={key: g.levels for key, g in grids.items()} if quadrature else None)
 
     clock = _Clock(callback, callback_every, steps, partial)
@@ -388,18 +390,19 @@ def _one_record(t, grad, state):
     one = lambda arrays: [a[None] for a in arrays]
     return (np.array([t]), np.array([grad.loss]), one(state.fp), one(grad.fp),
             one(grad.attention), one(grad.patch_loss),
-            None if state.pp is None else state.pp[None])
+            None if state.pp is None else state.pp[None], np.array([grad.error]))
 
 
 def _stack(setting, blocks):
-    """steps, loss, fp, fp_grad, attention, patch_loss, pp of :class:`Result` from blocks."""
+    """steps, loss, fp, fp_grad, attention, patch_loss, pp and error of :class:`Result`
+    from blocks."""
     if not blocks:
         blocks = [_empty(setting)]
     cat = lambda i: np.concatenate([b[i] for b in blocks])
     per_k = lambda i: [np.concatenate([b[i][k] for b in blocks])
                        for k in range(setting.K)]
     pp = cat(6) if setting.pp == "exact" else None
-    return cat(0), cat(1), per_k(2), per_k(3), per_k(4), per_k(5), pp
+    return cat(0), cat(1), per_k(2), per_k(3), per_k(4), per_k(5), pp, cat(7)
 
 
 def _empty(setting):
@@ -408,7 +411,7 @@ def _empty(setting):
     G = [len(c.groups) for c in setting.clusters]
     pp = None if zero.pp is None else np.zeros((0,) + zero.pp.shape)
     return (np.zeros(0, np.int64), np.zeros(0), none(zero.fp), none(zero.fp), none(zero.fp),
-            [np.zeros((0, g)) for g in G], pp)
+            [np.zeros((0, g)) for g in G], pp, np.zeros(0))
 
 
 def _check_tolerance(rtol, strict):
@@ -441,7 +444,6 @@ def _python_loop(setting, grids, kernel, threads, eta, steps, record_every, bloc
         quad["met"] = quad["met"] and grad.met
         if (t % record_every == 0 or t == steps) and last < t:
             blocks.append((None, _one_record(t, grad, state)))
-            quad["errors"].append(grad.error)
             last = t
         if t == steps:
             return
@@ -487,12 +489,13 @@ class Fused:
         self.loop.forget(taken)
         end = self.loop.recorded
         if end > taken:
-            steps, loss, state, grad, att, ploss, _ = self.loop.records(taken)
+            steps, loss, state, grad, att, ploss, error = self.loop.records(taken)
             fp, pp = self.layout.split(state)
             fp_grad, _ = self.layout.split(grad)
             attention, _ = self.layout.split(att)
             self.blocks.append(((self, end), (steps, loss, fp, fp_grad, attention,
-                                              self.layout.per_class(ploss), pp)))
+                                              self.layout.per_class(ploss), pp,
+                                              error.max(axis=1, initial=0.0))))
 
     def gradient(self):
         """The :class:`Gradient` of the loop's last evaluation."""
