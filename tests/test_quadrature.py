@@ -152,6 +152,9 @@ CASES = {
     "gamma0.1-1e5": (lambda: mf.Setting.paper(10**5, 0.9, 0.3, gamma=0.1), 300.0, 300),
     "gamma0.9-1e5": (lambda: mf.Setting.paper(10**5, 0.9, 0.3, gamma=0.9), 60.0, 300),
     "three-groups": (three_groups, 30.0, 300),
+    "positive-1e7-k0.3": (lambda: mf.Setting.paper(10**7, 0.9, 0.3), 2000.0, 300),
+    "two-clusters-frozen": (lambda: mf.Setting(
+        [C([G(1, 400), G(30, 20, 1.5)]), C([G(10, 100)], weight=2.0)], masked=500), 30.0, 400),
 }
 
 
