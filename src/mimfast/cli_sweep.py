@@ -29,7 +29,7 @@ examples:
 """
 
 _PARAMS = ("P", "kappa_c", "kappa_s", "gamma", "K", "z", "pp", "eta", "eta_rule", "steps",
-           "until", "record_every", "method", "backend", "epsilon", "tail_tol")
+           "until", "record_every", "method", "rtol", "backend", "epsilon", "tail_tol")
 
 
 def _p_values(text):
@@ -67,7 +67,8 @@ def add_parser(sub, number, count):
     floats = {"kappa-c": "global area ~ P^kappa_c", "kappa-s": "local areas ~ P^kappa_s",
               "gamma": "masking ratio (default 0.5)", "z": "latent (default 1)",
               "eta": "learning rate (default 100)", "epsilon": "tolerance of T_eps (default 0.05)",
-              "tail-tol": "count-grid tail (default 1e-15)"}
+              "tail-tol": "count-grid tail (default 1e-15)",
+              "rtol": "error tolerance of the quadrature (default: the engine's)"}
     for name, text in floats.items():
         g.add_argument("--" + name, type=number, nargs="+", dest=name.replace("-", "_"),
                        help=text)

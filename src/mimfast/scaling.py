@@ -22,7 +22,7 @@ __all__ = ["QUANTITIES", "REGIME", "boundary", "boundary_agreement", "critical_g
 
 # the task parameters that, with P, define a run: a regime is one value of all but P
 REGIME = ("kappa_c", "kappa_s", "gamma", "K", "z", "pp", "eta", "eta_rule", "steps", "until",
-          "record_every", "method", "backend", "epsilon", "tail_tol")
+          "record_every", "method", "rtol", "backend", "epsilon", "tail_tol")
 
 # times shorter than this many steps are not resolved by the steps and stay out of fits
 MIN_STEPS = 10

@@ -51,13 +51,14 @@ ETA_P0 = 10**6
 DEFAULTS = {
     "P": None, "kappa_c": None, "kappa_s": None, "gamma": 0.5, "K": 1, "z": 1.0,
     "pp": "auto", "eta": 100.0, "eta_rule": "scaled", "steps": 2000, "until": False,
-    "record_every": 1, "method": None, "backend": "cpp", "epsilon": 0.05, "tail_tol": 1e-15,
+    "record_every": 1, "method": None, "rtol": None, "backend": "cpp", "epsilon": 0.05,
+    "tail_tol": 1e-15,
 }
 _TYPES = {
     "P": Integral, "K": Integral, "steps": Integral, "record_every": Integral,
     "kappa_c": Real, "kappa_s": Real, "gamma": Real, "z": Real, "eta": Real, "epsilon": Real,
     "tail_tol": Real, "until": bool, "pp": str, "eta_rule": str, "backend": str,
-    "method": (str, type(None)),
+    "method": (str, type(None)), "rtol": (Real, type(None)),
 }
 _CHOICES = {"pp": ("auto", "exact", "frozen"), "eta_rule": ("fixed", "scaled"),
             "method": (None, "exact", "quadrature", "auto")}
@@ -69,7 +70,8 @@ _PER_CLASS = {"switch": "Int64", "phases": "Int64", "T_eps": "Int64", "attention
 COLUMNS = {
     "task": "string", "status": "string",
     **{k: ("Int64" if _TYPES[k] is Integral else "boolean" if _TYPES[k] is bool
-           else "float64" if _TYPES[k] is Real else "string") for k in DEFAULTS},
+           else "float64" if Real in (_TYPES[k] if isinstance(_TYPES[k], tuple) else
+                                      (_TYPES[k],)) else "string") for k in DEFAULTS},
     "delta": "float64", "delta_actual": "float64", "eta_used": "float64",
     "method_used": "string", "last_step": "Int64", "converged": "boolean",
     **{f"{c}_{q}": t for c in ("global", "local") for q, t in _PER_CLASS.items()},
@@ -106,7 +108,7 @@ def _complete(task):
                              + ", ".join(map(repr, _CHOICES[key])))
         if types is Integral:
             out[key] = int(value)
-        elif types is Real:
+        elif types is Real or (value is not None and key == "rtol"):
             out[key] = float(value)
             if not math.isfinite(out[key]):
                 raise ValueError(f"task parameter {key} = {value!r} is not finite")
@@ -172,6 +174,8 @@ def _simulate(setting, task, threads):
                              "engine (method 'exact')")
         if task["method"] is not None:
             kwargs["method"] = task["method"]
+    if task["rtol"] is not None:  # the quadrature's error tolerance (docs/model.md §8)
+        kwargs["rtol"] = task["rtol"]
     every, target = task["record_every"], 1 - task["epsilon"]
 
     def stop(t, grad, partial):
@@ -519,7 +523,10 @@ def _decades(lo, hi, step=0.5):
 # Presets (docs/scaling.md): both regimes of the paper across P, and the phase diagram.
 # A fixed budget of 2000 steps at the scaled learning rate: T_eps of a local query is about
 # 600 steps at every P, so the runs converge and their final values are taken at one time.
-_RUN = {"eta": 100.0, "eta_rule": "scaled", "steps": 2000, "until": False, "method": "auto"}
+# rtol 1e-10: the quadrature's default 1e-13 is beyond what its node counts reach once
+# attention nears 1, and a run then costs minutes instead of a second.
+_RUN = {"eta": 100.0, "eta_rule": "scaled", "steps": 2000, "until": False, "method": "auto",
+        "rtol": 1e-10}
 PRESETS = {
     "paper-scaling": {
         "grid": {"kappa_c": [0.9, 0.6], "kappa_s": 0.3, "P": _decades(3, 18), **_RUN},
@@ -550,5 +557,5 @@ def preset(name, **overrides):
         raise ValueError(f"unknown sweep preset {name!r}; choose one of {', '.join(PRESETS)}")
     grid = dict(PRESETS[name]["grid"])
     if "method" not in _simulate_parameters():
-        grid["method"] = None
+        grid["method"] = grid["rtol"] = None
     return {**grid, **overrides}
