@@ -185,7 +185,31 @@ def category_constants(sizes, areas):
 
 
 @dataclass
-class ClassGrid:
+class KeyCategories:
+    """What every class point set (exact grid or quadrature rule) shares: its key categories
+    with their per-category constants (:func:`category_constants`, set as attributes), and
+    its points through ``rows()``, which each kind defines."""
+
+    sizes: np.ndarray
+    areas: np.ndarray
+
+    def __post_init__(self):
+        for key, value in category_constants(self.sizes, self.areas).items():
+            setattr(self, key, value)
+
+    @property
+    def n_cat(self) -> int:
+        """Number of key categories (1 + number of groups)."""
+        return len(self.sizes)
+
+    def probabilities(self):
+        """All points at once: ``(counts, probabilities)`` (memory O(points); for tests)."""
+        parts = list(self.rows())
+        return np.concatenate([c for c, _ in parts]), np.concatenate([w for _, w in parts])
+
+
+@dataclass
+class ClassGrid(KeyCategories):
     """The count grid of one query class (k, h), shared by every backend.
 
     Attributes
@@ -223,8 +247,6 @@ class ClassGrid:
         Which categories have key positions.
     """
 
-    sizes: np.ndarray
-    areas: np.ndarray
     inner: int
     last: int
     counts: np.ndarray
@@ -239,15 +261,6 @@ class ClassGrid:
     blocks: np.ndarray
     mass: float = 1.0
     cut: float = 0.0
-
-    def __post_init__(self):
-        for key, value in category_constants(self.sizes, self.areas).items():
-            setattr(self, key, value)
-
-    @property
-    def n_cat(self) -> int:
-        """Number of key categories (1 + number of groups)."""
-        return len(self.sizes)
 
     @property
     def points(self) -> int:
@@ -281,11 +294,6 @@ class ClassGrid:
                 * self.t_last[self.rest[r] - j - self.off_last]
             )
             yield c, w
-
-    def probabilities(self):
-        """All grid points at once: ``(counts, probabilities)`` (memory O(grid); for tests)."""
-        parts = list(self.rows())
-        return np.concatenate([c for c, _ in parts]), np.concatenate([w for _, w in parts])
 
 
 def _marginal_sd(N, Ni, u):

@@ -31,7 +31,7 @@ from functools import cache
 
 import numpy as np
 
-from .grid import BLOCK, category_constants, log_binom_pmf
+from .grid import BLOCK, KeyCategories, category_constants, log_binom_pmf
 from .model import sum_layout
 
 __all__ = [
@@ -154,7 +154,7 @@ def hg_rule(K, Kc, N, Nc, n):
 
 
 @dataclass
-class ClassPoints:
+class ClassPoints(KeyCategories):
     """A weighted point set of one query class with the kernel interface of ``ClassGrid``.
 
     Attributes
@@ -177,8 +177,6 @@ class ClassPoints:
         Node count of each dimension of the chain.
     """
 
-    sizes: np.ndarray
-    areas: np.ndarray
     inner: int
     last: int
     counts: np.ndarray
@@ -189,15 +187,6 @@ class ClassPoints:
     blocks: np.ndarray
     nodes: tuple = ()
     mass: float = 1.0
-
-    def __post_init__(self):
-        for key, value in category_constants(self.sizes, self.areas).items():
-            setattr(self, key, value)
-
-    @property
-    def n_cat(self) -> int:
-        """Number of key categories."""
-        return len(self.sizes)
 
     @property
     def points(self) -> int:
@@ -220,10 +209,6 @@ class ClassPoints:
             c[:, self.last] = (self.rest[r] - self.centre[r]) - x
             yield c, self.node_w[bounds[r]:bounds[r + 1]]
 
-    def probabilities(self):
-        """All points at once: ``(counts, weights)``."""
-        parts = list(self.rows())
-        return np.concatenate([c for c, _ in parts]), np.concatenate([w for _, w in parts])
 
 
 def chain_order(sizes):
