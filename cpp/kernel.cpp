@@ -6,7 +6,8 @@
 // times a power of i = 1 / D(x) (power <= 3). The hot loop therefore only accumulates the ten
 // moments  m[a][b] = sum_x w(x) x^a i^b  (b <= 3, a <= b), and each block turns its moments
 // into the sums of docs/model.md §3 with the polynomial coefficients of its row. With beta = 1 - alpha_own
-// formed from the positive terms of D, no quantity is a difference of nearly equal sums.
+// and 1 - alpha_own - mu_own formed from the positive terms of D, no quantity is a difference
+// of nearly equal sums when attention saturates.
 #include "kernel.hpp"
 
 #include <algorithm>
@@ -155,13 +156,15 @@ void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
     a[g.inner] = 1.0;
     a[g.last] = -1.0;
 
-    // D = d0 + d1 x; R = D - wu_0 U_0 = r0 + r1 x (R / D = beta = 1 - alpha_own)
-    double r0 = in.wself + in.wm[0] * (in.sizes[0] - u[0]);
-    double r1 = -a[0] * in.wm[0];
+    // D = d0 + d1 x; Q = D - wu_0 U_0 - wm_0 V_0 = q0 + q1 x (Q / D = 1 - alpha_own - mu_own);
+    // R = Q + wm_0 V_0 = r0 + r1 x (R / D = beta = 1 - alpha_own)
+    double q0 = in.wself, q1 = 0.0;
     for (int c = 1; c < n; ++c) {
-        r0 += in.wu[c] * u[c] + in.wm[c] * (in.sizes[c] - u[c]);
-        r1 += a[c] * (in.wu[c] - in.wm[c]);
+        q0 += in.wu[c] * u[c] + in.wm[c] * (in.sizes[c] - u[c]);
+        q1 += a[c] * (in.wu[c] - in.wm[c]);
     }
+    const double r0 = q0 + in.wm[0] * (in.sizes[0] - u[0]);
+    const double r1 = q1 - a[0] * in.wm[0];
     const double d0 = r0 + in.wu[0] * u[0];
     const double d1 = r1 + a[0] * in.wu[0];
     const Moments mo = block_moments(g, row, first, stop, x0, d0, d1);
@@ -179,7 +182,7 @@ void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
     // e_c = E_c i^2: own -z0^2 alpha beta, group z_c^2 sigma_c
     E[0] = mul(Al[0], R);
     for (int k = 0; k < 4; ++k) E[0][k] *= -z02;
-    Poly Gb = E[0];  // gbar = Gb i^2
+    Poly Gs{};  // the groups' part of gbar: Gs i^2
     for (int c = 1; c < n; ++c) {
         const Poly U = affine(u[c], a[c]);
         const Poly V = affine(in.sizes[c] - u[c], -a[c]);
@@ -187,8 +190,9 @@ void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
         const double k2 = in.z[c] * in.z[c] * in.wu[c] * in.wu[c];
         for (int k = 0; k < 4; ++k) E[c][k] = k2 * S2[k];
         L = axpy(1.0, E[c], L);
-        Gb = axpy(1.0, E[c], Gb);
+        Gs = axpy(1.0, E[c], Gs);
     }
+    const Poly Gb = axpy(1.0, E[0], Gs);  // gbar = Gb i^2
     out[0] = mo.m[0][0];
     out[1] = 0.5 * mo(L, 2);
     out[2] = -in.wself * mo(Gb, 3);
@@ -198,7 +202,12 @@ void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
         // own: dA = -2 z alpha l = -z Al L i^3 (no cancellation); group: z (e - gbar alpha) / n'
         out[3 + n + c] = (c == 0) ? -z0 * mo(mul(Al[0], L), 3)
                                   : in.z[c] * (mo(E[c], 2) - ga) * in.inv_areas[c];
-        out[3 + 2 * n + c] = (mo(E[c], 2) - ga - mo(mul(Gb, Mu[c]), 3)) * in.inv_sizes[c];
+        // own: e - gbar (alpha + mu) = e Q i - (gbar - e)(alpha + mu), nothing cancels as
+        // alpha_own nears 1; group: as written
+        out[3 + 2 * n + c] =
+            (c == 0) ? (mo(mul(E[0], affine(q0, q1)), 3) -
+                        mo(mul(Gs, axpy(1.0, Al[0], Mu[0])), 3)) * in.inv_sizes[0]
+                     : (mo(E[c], 2) - ga - mo(mul(Gb, Mu[c]), 3)) * in.inv_sizes[c];
     }
 }
 

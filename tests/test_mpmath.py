@@ -108,10 +108,24 @@ def nonzero_state():
     return state
 
 
+def saturated_state():
+    """Attention on the own area within ~1e-20 of 1: alpha_own - 1 and dB_own are differences
+    of nearly equal numbers unless formed from positive terms (docs/model.md §3)."""
+    state = mf.State.zeros(SATURATED)
+    state.fp[0][:] = [[38.0, 0.0, -3.0], [52.0, -9.0, 0.2]]
+    state.pp[:] = [[0.02, 1e-3, 0.0, 4e-4], [0.05, 0.03, -2e-3, 1e-3]]
+    return state
+
+
+SATURATED = mf.Setting.paper(10**4, 0.9, 0.6)  # own areas of 250: U_own = 0 has mass 1e-75
+CASES = {"moderate": (SETTING, nonzero_state, DPS), "saturated": (SATURATED, saturated_state, 80)}
+
+
 @functools.cache
-def reference(h):
-    mpmath.mp.dps = DPS
-    s, state = SETTING, nonzero_state()
+def reference(h, case="moderate"):
+    s, make_state, dps = CASES[case]
+    mpmath.mp.dps = dps
+    state = make_state()
     groups = s.clusters[0].groups
     sizes = [groups[h].size - 1] + [(grp.areas - (g_ == h)) * grp.size
                                     for g_, grp in enumerate(groups)]
@@ -122,11 +136,14 @@ def reference(h):
     return sizes, ref
 
 
+@pytest.mark.parametrize("case", ["moderate", "saturated"])
 @pytest.mark.parametrize("h", [0, 1])
-def test_gradient_matches_mpmath(backend, h):
-    s = SETTING
-    g = mf.gradient(s, nonzero_state(), backend=backend, method="exact")
-    sizes, ref = reference(h)
+def test_gradient_matches_mpmath(backend, h, case):
+    s, make_state, _ = CASES[case]
+    g = mf.gradient(s, make_state(), backend=backend, method="exact")
+    sizes, ref = reference(h, case)
+    if case == "saturated":  # the regime the test is for
+        assert 0 < float(1 - ref["alpha"][0]) < 1e-15
     assert abs(float(ref["mass"]) - 1) < 1e-14
     scale = s.masked / s.P
     want_fp = [float(scale * v) for v in ref["dA"]]

@@ -108,12 +108,13 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
     points = node_x.shape[0] > 0
     x0 = centre[row] if points else float((first + stop - 1) // 2)
     u0, a0 = count(counts, rest, row, 0, ci, cl, x0)
-    r0 = wself + wm[0] * (C[0] - u0)
-    r1 = -a0 * wm[0]
+    q0, q1 = wself, 0.0  # Q = D - alpha_own, mu_own terms: Q / D = 1 - alpha_own - mu_own
     for c in range(1, n):
         u, a = count(counts, rest, row, c, ci, cl, x0)
-        r0 += wu[c] * u + wm[c] * (C[c] - u)
-        r1 += a * (wu[c] - wm[c])
+        q0 += wu[c] * u + wm[c] * (C[c] - u)
+        q1 += a * (wu[c] - wm[c])
+    r0 = q0 + wm[0] * (C[0] - u0)
+    r1 = q1 - a0 * wm[0]
     if points:
         m = point_moments(first, stop, r0 + wu[0] * u0, r1 + a0 * wu[0], node_x, node_w)
     else:
@@ -126,14 +127,15 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
     Al0 = (wu[0] * u0, wu[0] * a0, 0.0, 0.0)
     L = add(zero, mul(R, R), z02)  # 2 loss = L i^2
     E0 = add(zero, mul(Al0, R), -z02)  # e_own = E0 i^2
-    Gb = E0  # gbar = Gb i^2
+    Gs = zero  # the groups' part of gbar
     for c in range(1, n):
         u, a = count(counts, rest, row, c, ci, cl, x0)
         U, V = (u, a, 0.0, 0.0), (C[c] - u, -a, 0.0, 0.0)
         S2 = add(add(zero, mul(U, V), sa[c]), mul(U, U), sb[c])
         Ec = add(zero, S2, z[c] * z[c] * wu[c] * wu[c])
         L = add(L, Ec, 1.0)
-        Gb = add(Gb, Ec, 1.0)
+        Gs = add(Gs, Ec, 1.0)
+    Gb = add(Gs, E0, 1.0)  # gbar = Gb i^2
     out[0] = m[0]
     out[1] = 0.5 * moment(m, L, 2)
     out[2] = -wself * moment(m, Gb, 3)
@@ -153,7 +155,11 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
             out[3 + n] = -z[0] * moment(m, mul(Al0, L), 3)
         else:
             out[3 + n + c] = z[c] * (moment(m, Ec, 2) - ga) * ia[c]
-        out[3 + 2 * n + c] = (moment(m, Ec, 2) - ga - moment(m, mul(Gb, Mu), 3)) * isz[c]
+        if c == 0:  # e Q i - (gbar - e)(alpha + mu): nothing cancels as alpha_own nears 1
+            out[3 + 2 * n] = (moment(m, mul(E0, (q0, q1, 0.0, 0.0)), 3)
+                              - moment(m, mul(Gs, add(Al, Mu, 1.0)), 3)) * isz[0]
+        else:
+            out[3 + 2 * n + c] = (moment(m, Ec, 2) - ga - moment(m, mul(Gb, Mu), 3)) * isz[c]
 
 @numba.njit(cache=CACHE, parallel=True)
 def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,

@@ -12,7 +12,8 @@ At a grid point with unmasked counts U (category 0 is the query's own area, 1.. 
     D       = w_self + sum_c (U_c wu_c + (C_c - U_c) wm_c)
     alpha_c = U_c wu_c / D                   attention on the unmasked keys of c
     mu_c    = (C_c - U_c) wm_c / D           attention on the masked keys of c
-    beta    = 1 - alpha_0                    (formed as (D - U_0 wu_0) / D)
+    beta    = 1 - alpha_0                    (formed as (D - U_0 wu_0) / D from positive terms)
+    rho     = 1 - alpha_0 - mu_0             (likewise)
     sigma_c = E[S2_c | U_c] (wu_c / D)^2,    E[S2 | r] = s_a r (C - r) + s_b r^2   (c >= 1)
     e_0     = -z_0^2 alpha_0 beta,  e_c = z_c^2 sigma_c
     loss    = 1/2 (z_0^2 beta^2 + sum_{c>=1} z_c^2 sigma_c)
@@ -20,9 +21,11 @@ At a grid point with unmasked counts U (category 0 is the query's own area, 1.. 
     dA_0    = -2 z_0 alpha_0 loss,  dA_c = z_c (e_c - gbar alpha_c) / areas_c
     dB_self = -gbar w_self / D
     dB_c    = (e_c - gbar (alpha_c + mu_c)) / C_c
+    dB_0    = (e_0 rho - (gbar - e_0)(alpha_0 + mu_0)) / C_0
 
-(1 / areas_c and 1 / C_c are 0 for an empty category.) These are docs/model.md §3's formulas with
-alpha_own - 1 written as -beta, so that nothing cancels when attention nears 1. Each quantity
+(1 / areas_c and 1 / C_c are 0 for an empty category.) These are docs/model.md §3's formulas
+with alpha_own - 1 written as -beta and dB_own rearranged, so that nothing cancels when
+attention nears 1. Each quantity
 is weighted by the point's probability and summed.
 """
 
@@ -50,17 +53,20 @@ def kernel(grid, inputs, threads=None):
     for counts, prob in grid.rows():
         U = counts.T.astype(np.float64)
         unmasked, masked = U * wu, (C - U) * wm
-        D = inputs.wself + np.sum(unmasked + masked, axis=0)
+        others = inputs.wself + np.sum(unmasked[1:] + masked[1:], axis=0)
+        D = others + masked[0] + unmasked[0]
         alpha, mu = unmasked / D, masked / D
-        beta = (D - unmasked[0]) / D
+        beta, rho = (others + masked[0]) / D, others / D
         sigma = (grid.s_a[:, None] * U * (C - U) + grid.s_b[:, None] * U**2) * (wu / D) ** 2
         e = z**2 * sigma
         e[0] = -z[0] ** 2 * alpha[0] * beta
-        loss = 0.5 * (z[0] ** 2 * beta**2 + np.sum(e[1:], axis=0))
-        gbar = np.sum(e, axis=0)
+        groups = np.sum(e[1:], axis=0)
+        loss = 0.5 * (z[0] ** 2 * beta**2 + groups)
+        gbar = e[0] + groups
         dA = z * (e - gbar * alpha) * grid.inv_areas[:, None]
         dA[0] = -2 * z[0] * alpha[0] * loss
         dB = (e - gbar * (alpha + mu)) * grid.inv_sizes[:, None]
+        dB[0] = (e[0] * rho - groups * (alpha[0] + mu[0])) * grid.inv_sizes[0]
         out[lay.mass] += prob.sum()
         out[lay.loss] += prob @ loss
         out[lay.dB_self] += prob @ (-gbar * inputs.wself / D)
