@@ -131,8 +131,8 @@ class Fused {
         data(s, loop_.n_state(), "state");
         loop_.set_state(t, s.data(), last_recorded);
     }
-    void set_evaluators(int64_t i, EvalPtr eval, EvalPtr check, double tol) {
-        loop_.set_evaluators(i, std::move(eval), std::move(check), tol);
+    void set_evaluators(int64_t i, EvalPtr eval, EvalPtr check, double tol, int64_t accept) {
+        loop_.set_evaluators(i, std::move(eval), std::move(check), tol, accept);
     }
     int run(int64_t steps, int64_t record_every, double eta, int threads, int64_t stop_every,
             double seconds, double poll_seconds) {
@@ -245,7 +245,7 @@ void bind_kernel(py::module_& m) {
         .def("set_state", &Fused::set_state, py::arg("t"), py::arg("state"),
              py::arg("last_recorded"))
         .def("set_evaluators", &Fused::set_evaluators, py::arg("i"), py::arg("eval"),
-             py::arg("check") = nullptr, py::arg("tol") = 0.0)
+             py::arg("check") = nullptr, py::arg("tol") = 0.0, py::arg("accept") = -1)
         .def("run", &Fused::run, py::arg("steps"), py::arg("record_every"), py::arg("eta"),
              py::arg("threads"), py::arg("stop_every") = 0, py::arg("seconds") = 0.0,
              py::arg("poll_seconds") = 0.05)

@@ -89,7 +89,8 @@ void FusedLoop::set_state(int64_t t, const double* s, int64_t last_recorded) {
 }
 
 void FusedLoop::set_evaluators(int64_t i, std::shared_ptr<const ClassEval> eval,
-                               std::shared_ptr<const ClassEval> check, double tol) {
+                               std::shared_ptr<const ClassEval> check, double tol,
+                               int64_t accept) {
     if (i < 0 || i >= n_classes()) throw std::invalid_argument("fused loop: no such class");
     FusedClass& c = classes_[i];
     const int n = static_cast<int>(c.z.size());
@@ -100,6 +101,7 @@ void FusedLoop::set_evaluators(int64_t i, std::shared_ptr<const ClassEval> eval,
     c.eval = std::move(eval);
     c.check = std::move(check);
     c.tol = tol;
+    c.accept = accept;
 }
 
 // mimfast/model.py: class_inputs, then evaluate's accumulation, class by class.
@@ -185,7 +187,8 @@ Status FusedLoop::run(const RunLimits& lim, double eta, int threads,
     for (;;) {
         evaluate(threads);
         for (size_t i = 0; i < classes_.size(); ++i)
-            if (classes_[i].tol > 0 && !(err_[i] <= classes_[i].tol)) return Status::tolerance;
+            if (classes_[i].tol > 0 && classes_[i].accept != t_ && !(err_[i] <= classes_[i].tol))
+                return Status::tolerance;
         if ((t_ % lim.record_every == 0 || t_ == lim.steps) && t_ > last_recorded_) record();
         if (t_ >= lim.steps) return Status::done;
         bool finite = true;

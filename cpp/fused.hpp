@@ -25,6 +25,8 @@ struct FusedClass {
     double coef = 0.0;                       // pi_k m / P
     double coef_loss = 0.0;                  // pi_k m / P * patches of the class's group
     double tol = 0.0;  // run() returns before a step whose error estimate exceeds it (0: never)
+    int64_t accept = -1;  // a step whose estimate passes whatever it is (the caller found that
+                          // no refinement meets tol there)
 };
 
 enum class Status : int { done = 0, chunk = 1, nonfinite = 2, tolerance = 3, interrupted = 4 };
@@ -48,9 +50,10 @@ class FusedLoop {
 
     // Start (or continue) from state s at step t; steps <= last_recorded are not recorded again.
     void set_state(int64_t t, const double* s, int64_t last_recorded);
-    // Replace class i's evaluators and tolerance (after a refinement); same category count.
+    // Replace class i's evaluators, tolerance and accepted step (after a refinement); same
+    // category count.
     void set_evaluators(int64_t i, std::shared_ptr<const ClassEval> eval,
-                        std::shared_ptr<const ClassEval> check, double tol);
+                        std::shared_ptr<const ClassEval> check, double tol, int64_t accept = -1);
     int64_t t() const { return t_; }
     const std::vector<double>& state() const { return state_; }
 

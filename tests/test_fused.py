@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -335,3 +336,68 @@ def test_check_evaluators_give_the_error_estimate_and_stop_the_loop():
     with pytest.raises(ValueError, match="must have 3 categories"):
         loop.set_evaluators(0, prepared(build_grids(mf.Setting([mf.Cluster([mf.Group(1, 4)])],
                                                             masked=2))[0, 0]))
+
+
+QUAD_CASES = {
+    # rules grown on the way (the last also beyond the rounding of the sums), and not grown
+    "paper-1e5": (mf.Setting.paper(10**5, 0.9, 0.3), 100.0, 1e-13),
+    "paper-1e5-grows": (mf.Setting.paper(10**5, 0.9, 0.5), 100.0, 1e-15),
+    "K2-frozen": (mf.Setting.paper(10**6, 0.9, 0.5, K=2, pp="frozen", gamma=0.3), 200.0, 1e-14),
+}
+
+
+@pytest.mark.parametrize("name", sorted(QUAD_CASES))
+def test_fused_quadrature_equals_python_loop_bit_for_bit(name, python_loop):
+    setting, eta, rtol = QUAD_CASES[name]
+    kw = {"method": "quadrature", "rtol": rtol, "threads": 1, "record_every": 3}
+    with warnings.catch_warnings(record=True) as fused_warned:
+        warnings.simplefilter("always")
+        fused = mf.simulate(setting, eta, 400, **kw)
+    with warnings.catch_warnings(record=True) as python_warned:
+        warnings.simplefilter("always")
+        stepped = python_loop(setting, eta, 400, **kw)
+    assert io.equal(fused, stepped)
+    np.testing.assert_array_equal(fused.error, stepped.error)
+    assert fused.levels == stepped.levels and fused.tolerance_met == stepped.tolerance_met
+    assert [str(w.message) for w in fused_warned] == [str(w.message) for w in python_warned]
+    start = build_quadratures(setting)
+    grew = any(fused.levels[c] != start[c].levels for c in setting.classes())
+    assert grew == (name != "K2-frozen")  # refinements inside the C++ run, or none
+    assert fused.attention(0, 1, "own")[-1] > 0.99  # through the jump to saturation
+
+
+def test_fused_quadrature_at_its_limits_warns_or_raises_like_python(python_loop, monkeypatch):
+    """Rules that may not grow: the loop steps with the estimate it has, warns once and
+    reports tolerance_met False, or raises ToleranceError at the same step (strict)."""
+    monkeypatch.setattr(sys.modules["mimfast.quadrature"], "MAX_POINTS", 100)
+    setting, eta, _ = QUAD_CASES["paper-1e5-grows"]
+    kw = {"method": "quadrature", "rtol": 1e-15, "threads": 1}
+    runs = []
+    for run in (mf.simulate, python_loop):
+        with pytest.warns(mf.ToleranceWarning) as warned:
+            runs.append(run(setting, eta, 60, **kw))
+        assert len(warned) == 1
+        with pytest.raises(mf.ToleranceError, match=str(warned[0].message).split(":")[0]):
+            run(setting, eta, 60, strict=True, **kw)
+    assert io.equal(*runs) and not runs[0].tolerance_met
+    np.testing.assert_array_equal(runs[0].error, runs[1].error)
+    assert runs[0].error.max() > 1e-15
+
+
+def test_fused_quadrature_resumes_bit_for_bit():
+    setting, eta, rtol = QUAD_CASES["paper-1e5-grows"]
+    full = mf.simulate(setting, eta, 300, method="quadrature", rtol=rtol, threads=1)
+    for stop_at in (7, 150, 299):
+        def stop(t, grad, partial, stop_at=stop_at):
+            if t == stop_at:
+                raise KeyboardInterrupt
+
+        with pytest.raises(mf.Interrupted) as info:
+            mf.simulate(setting, eta, 300, method="quadrature", rtol=rtol, threads=1,
+                        callback=stop, callback_every=1)
+        part = info.value.result
+        assert part.last_step == stop_at
+        done = mf.simulate(setting, eta, 300, method="quadrature", rtol=rtol, threads=1,
+                           resume=part)
+        assert io.equal(done, full) and done.levels == full.levels
+        np.testing.assert_array_equal(done.error, full.error)

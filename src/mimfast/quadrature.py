@@ -351,16 +351,19 @@ def sums_error(a, b, n_cat):
     """Normwise relative difference of two sum vectors (layout :func:`mimfast.model.sum_layout`).
 
     The largest of: the gradient (dB_self, dA, dB together), the attention vector and the
-    loss, each relative to its norm in ``b``. This is the error estimate of a class; every
-    loop that runs the quadrature (Python here, or a compiled loop) computes it the same way.
+    loss, each relative to its norm in ``b``. This is the error estimate of a class. The
+    squares are summed one by one in layout order, as the C++ loop (``cpp/fused.cpp``) does,
+    so both loops give the same bytes.
     """
-    a, b = np.asarray(a), np.asarray(b)
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     out = 0.0
     for part in _error_parts(n_cat):
-        err = math.sqrt(float(np.sum((a[part] - b[part]) ** 2)))
-        if err > 0:
-            ref = math.sqrt(float(np.sum(b[part] ** 2)))
-            out = max(out, err / ref if ref > 0 else math.inf)
+        d = r = 0.0
+        for x, y in zip(a[part].tolist(), b[part].tolist()):
+            d += (y - x) * (y - x)
+            r += y * y
+        if d > 0:
+            out = max(out, math.sqrt(d) / math.sqrt(r) if r > 0 else math.inf)
     return out
 
 
@@ -472,19 +475,18 @@ class ClassQuadrature:
 def build_quadratures(setting, levels=None):
     """Adaptive quadratures of every query class, keyed by ``(k, h)``.
 
-    Classes with the same categories share one :class:`ClassQuadrature`. ``levels`` maps a
-    class to its start levels (from an earlier run, for an identical resume).
+    Every class has its own :class:`ClassQuadrature` (classes with the same categories start
+    alike, but each grows its rules only for its own error): what one class needs never
+    changes another's sums, whichever loop runs them. ``levels`` maps a class to its start
+    levels (from an earlier run, for an identical resume).
     """
     from .grid import class_categories
 
-    out, built = {}, {}
+    out = {}
     for k, h in setting.classes():
         sizes, areas = class_categories(setting, k, h)
-        key = (sizes.tobytes(), areas.tobytes())
-        if key not in built:
-            start = None if levels is None else levels.get((k, h))
-            built[key] = ClassQuadrature(sizes, areas, setting.unmasked, start)
-        out[k, h] = built[key]
+        start = None if levels is None else levels.get((k, h))
+        out[k, h] = ClassQuadrature(sizes, areas, setting.unmasked, start)
     return out
 
 

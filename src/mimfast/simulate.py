@@ -11,7 +11,7 @@ import numpy as np
 
 from .backends import DEFAULT, check_threads, get_kernel
 from .grid import DEFAULT_MAX_BYTES, build_grids, check_tail_tol
-from .model import Gradient, State, StateLayout, evaluate
+from .model import Gradient, State, StateLayout, class_inputs, evaluate
 from .quadrature import build_quadratures, choose_method
 from .setting import Setting
 
@@ -282,7 +282,8 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
         ``exact`` sums the count grid (docs/model.md §3); ``quadrature`` uses Gauss–Hahn rules
         whose cost does not grow with P (docs/model.md §8); ``auto`` picks exact when its grid
         is small (:func:`mimfast.quadrature.choose_method`). ``Result.method`` records it.
-        Quadrature runs step in Python for every backend.
+        With backend "cpp" both methods run in the C++ loop; a quadrature whose error
+        estimate misses ``rtol`` hands back to Python, which grows its rules and continues.
     rtol : float, default 1e-13
         Quadrature: each step's estimated error of every class (relative to the norms of its
         gradient, attention and loss) must stay below this; node counts grow until it does.
@@ -335,8 +336,8 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
         quad["met"] = resume.tolerance_met
     at = [t, state]  # the last completed step and its state, replaced in one step
     loop = None
-    if backend in FUSED and method == "exact":
-        loop = Fused(setting, grids, blocks, t, state)
+    if backend in FUSED:
+        loop = Fused(setting, grids, blocks, t, state, quad if method == "quadrature" else None)
 
     def partial():
         if loop is not None:
@@ -352,7 +353,7 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
     clock = _Clock(callback, callback_every, steps, partial)
     try:
         if loop is not None:
-            loop.run(steps, record_every, eta, threads, clock)
+            loop.run(steps, record_every, eta, threads, clock, quad)
         else:
             _python_loop(setting, grids, kernel, threads, eta, steps, record_every, blocks, at,
                          clock, quad)
@@ -421,11 +422,12 @@ def _check_tolerance(rtol, strict):
         raise TypeError(f"strict must be True or False, got {type(strict).__name__}")
 
 
-def _tolerance(grad, rtol, strict, where, first=True):
-    """Raise (strict) or warn (once) when the quadrature missed rtol for ``grad``."""
-    if grad.met:
+def _tolerance(met, error, rtol, strict, where, first=True):
+    """Raise (strict) or warn (once) when the quadrature missed rtol (``met`` False), with
+    estimate ``error``."""
+    if met:
         return
-    msg = (f"{where}the quadrature's error estimate {grad.error:.3g} stays above rtol={rtol:g} "
+    msg = (f"{where}the quadrature's error estimate {error:.3g} stays above rtol={rtol:g} "
            "with the most nodes allowed")
     if strict:
         raise ToleranceError(msg)
@@ -440,7 +442,8 @@ def _python_loop(setting, grids, kernel, threads, eta, steps, record_every, bloc
     last = int(blocks[-1][1][0][-1]) if blocks and len(blocks[-1][1][0]) else -1
     while True:
         grad = evaluate(setting, grids, state, kernel, threads, quad["rtol"])
-        _tolerance(grad, quad["rtol"], quad["strict"], f"step {t}: ", quad["met"])
+        _tolerance(grad.met, grad.error, quad["rtol"], quad["strict"], f"step {t}: ",
+                   quad["met"])
         quad["met"] = quad["met"] and grad.met
         if (t % record_every == 0 or t == steps) and last < t:
             blocks.append((None, _one_record(t, grad, state)))
@@ -459,17 +462,23 @@ def _python_loop(setting, grids, kernel, threads, eta, steps, record_every, bloc
 
 
 class Fused:
-    """The C++ loop of backend "cpp" (``cpp/fused.hpp``), its records handed over as blocks."""
+    """The C++ loop of backend "cpp" (``cpp/fused.hpp``), its records handed over as blocks.
+
+    With quadratures (``quad`` given: rtol, strict) the loop steps with each class's richer
+    rule and stops before a step whose estimate misses rtol; :meth:`refine` then does what the
+    Python loop does at that step (:meth:`ClassQuadrature.evaluate`) and the loop goes on.
+    """
 
     DONE, CHUNK, NONFINITE, TOLERANCE = 0, 1, 2, 3
 
-    def __init__(self, setting, grids, blocks, t, state):
+    def __init__(self, setting, grids, blocks, t, state, quad=None):
         from .backends import cpp_backend
 
-        self.blocks = blocks
+        self.setting, self.grids, self.blocks = setting, grids, blocks
         self.dropped = max(g.dropped for g in grids.values())
         self.layout = StateLayout(setting)
-        self.loop = cpp_backend.fused_loop(setting, grids, self.layout)
+        self.loop = cpp_backend.fused_loop(setting, grids, self.layout,
+                                           tol=0.0 if quad is None else quad["rtol"])
         last = int(blocks[-1][1][0][-1]) if blocks and len(blocks[-1][1][0]) else -1
         self.loop.set_state(t, self.layout.flat(state), last)
 
@@ -505,7 +514,30 @@ class Fused:
         return Gradient(g.fp, g.pp, loss, [a[0] for a in attention],
                         [a[0] for a in self.layout.per_class(ploss[None])], self.dropped)
 
-    def run(self, steps, record_every, eta, threads, clock):
+    def refine(self, threads, rtol):
+        """Grow the rules of the classes whose estimate missed ``rtol`` at the loop's step and
+        hand the new rules to the loop. Returns the largest estimate and whether rtol could
+        be met; a class that cannot meet it steps once with the estimate it has."""
+        from .backends import cpp_backend
+
+        t, state = self.t, self.state()
+        errors = self.loop.last()[-1]
+        worst, met = 0.0, True
+        for i, (k, h) in enumerate(self.setting.classes()):
+            err = float(errors[i])
+            if err > rtol:
+                q = self.grids[k, h]
+                inputs = class_inputs(self.setting, state, k, h, q)
+                _, err, ok = q.evaluate(
+                    lambda pts, inputs=inputs: np.asarray(cpp_backend.kernel(pts, inputs, threads)),
+                    rtol)
+                self.loop.set_evaluators(i, *cpp_backend.evaluators(q), rtol,
+                                         -1 if err <= rtol else t)
+                met = met and ok
+            worst = max(worst, err)
+        return worst, met
+
+    def run(self, steps, record_every, eta, threads, clock, quad):
         threads = check_threads(threads)
         timed = clock.callback is not None
         every = clock.every if timed and clock.every is not None else 0
@@ -518,7 +550,13 @@ class Fused:
             if status == self.NONFINITE:
                 raise FloatingPointError(f"the state became non-finite at step {self.t + 1}: "
                                          f"eta={eta} is too large")
-            if status != self.CHUNK:  # pragma: no cover - exact grids have no error estimate
+            if status == self.TOLERANCE:
+                error, met = self.refine(threads, quad["rtol"])
+                _tolerance(met, error, quad["rtol"], quad["strict"], f"step {self.t}: ",
+                           quad["met"])
+                quad["met"] = quad["met"] and met
+                continue
+            if status != self.CHUNK:  # pragma: no cover - no other status is returned
                 raise RuntimeError(f"the fused loop stopped with status {status}")
             if timed:
                 clock(self.t, self.gradient())
@@ -598,5 +636,5 @@ def gradient(setting, state=None, backend=DEFAULT, threads=None, tail_tol=1e-15,
     else:
         grids = build_quadratures(setting)
     grad = evaluate(setting, grids, state, kernel, threads, rtol)
-    _tolerance(grad, rtol, strict, "")
+    _tolerance(grad.met, grad.error, rtol, strict, "")
     return grad

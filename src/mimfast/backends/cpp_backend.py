@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import check_threads
 
 NAME = "cpp"
@@ -52,20 +54,37 @@ def kernel(grid, inputs, threads=None):
                                check_threads(threads))
 
 
-def fused_loop(setting, grids, layout, checks=None):
-    """The C++ GD loop (``cpp/fused.hpp``) over the exact class grids, state laid out by
-    ``layout`` (a :class:`~mimfast.model.StateLayout`).
+def evaluators(grid):
+    """The C++ evaluators of one class: ``(eval, check)``.
+
+    An exact grid is its own evaluator, without a check. An adaptive quadrature
+    (:class:`mimfast.quadrature.ClassQuadrature`) steps with its richer rule and checks it
+    against its base rule, as :meth:`~mimfast.quadrature.ClassQuadrature.evaluate` does.
+    """
+    if hasattr(grid, "rich"):
+        return prepared(grid.rich()), prepared(grid.base())
+    return prepared(grid), None
+
+
+def fused_loop(setting, grids, layout, checks=None, tol=0.0):
+    """The C++ GD loop (``cpp/fused.hpp``) over the class grids or quadratures, state laid out
+    by ``layout`` (a :class:`~mimfast.model.StateLayout`).
 
     Its class inputs and accumulation are those of :func:`mimfast.model.evaluate`, with the
     same per-class factors computed here the same way. ``checks`` optionally gives per class
     (in ``setting.classes()`` order) a second evaluator (any ``_core.ClassEval``) whose
-    difference from the first is recorded as the class's error estimate.
+    difference from the first is recorded as the class's error estimate (a quadrature brings
+    its own, see :func:`evaluators`); the loop stops before a step whose estimate of a class
+    exceeds ``tol`` (0: never).
     """
     scale = setting.masked / setting.P
     classes = setting.classes()
-    evals = [prepared(grids[k, h]) for k, h in classes]
+    pairs = [evaluators(grids[c]) for c in classes]
+    evals = [e for e, _ in pairs]
+    if checks is None:
+        checks = [c for _, c in pairs]
     z = [setting.class_z(k, h) for k, h in classes]
-    live = [grids[k, h].live for k, h in classes]
+    live = [np.array(grids[c].live_list, dtype=bool) for c in classes]
     a_off = [layout.fp_row(k, h) for k, h in classes]
     p_off = [layout.pp_row(h) for k, h in classes]
     coef, coef_loss = [], []
@@ -73,5 +92,9 @@ def fused_loop(setting, grids, layout, checks=None):
         pi = setting.weights[k]
         coef.append(float(pi * scale))
         coef_loss.append(float(pi * scale * setting.clusters[k].groups[h].patches))
-    checks = [None] * len(classes) if checks is None else list(checks)
-    return _core.FusedLoop(evals, checks, z, live, a_off, p_off, coef, coef_loss, layout.size)
+    loop = _core.FusedLoop(evals, list(checks), z, live, a_off, p_off, coef, coef_loss,
+                           layout.size)
+    if tol:
+        for i in range(len(classes)):
+            loop.set_evaluators(i, evals[i], checks[i], tol)
+    return loop
