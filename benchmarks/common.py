@@ -25,6 +25,7 @@ __all__ = [
     "grids",
     "kernel",
     "points",
+    "preset_eta",
     "setting",
     "state",
     "warm",
@@ -38,6 +39,13 @@ SEED = 20250101
 def setting(P):
     """The paper's setting ``Setting.paper(P, 0.9, 0.3)`` (gamma = 0.5, K = 1, exact PP)."""
     return mf.Setting.paper(P, KAPPA_C, KAPPA_S)
+
+
+def preset_eta(P):
+    """The learning rate of the CLI presets at P (:func:`mimfast.cli.preset_eta`)."""
+    from mimfast.cli import preset_eta
+
+    return preset_eta(P, KAPPA_S)
 
 
 def grids(s):

@@ -260,8 +260,13 @@ def _options(args):
         raise UsageError("masked applies to a setting given by clusters; the paper's setting "
                          "takes gamma")
     elif "eta" not in opts:
-        opts["eta"] = PRESET_ETA * max(1.0, opts["P"] / PRESET_P) ** (1 - opts["kappa_s"])
+        opts["eta"] = preset_eta(opts["P"], opts["kappa_s"])
     return opts
+
+
+def preset_eta(P, kappa_s):
+    """The presets' learning rate at P: 100, times (P / 10^6)^(1 - kappa_s) above 10^6."""
+    return PRESET_ETA * max(1.0, P / PRESET_P) ** (1 - kappa_s)
 
 
 CLUSTER_KEYS = {"groups": True, "weight": False}  # key: required
