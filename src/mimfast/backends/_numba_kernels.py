@@ -35,59 +35,45 @@ def moment(m, p, b):
         return p[0] * m[3] + p[1] * m[4] + p[2] * m[5]
     return p[0] * m[6] + p[1] * m[7] + p[2] * m[8] + p[3] * m[9]
 
+FAST = {"reassoc", "contract"}
+
+
+@numba.njit(cache=CACHE, fastmath=FAST, inline="always")
+def accumulate(m, x, w, d0, d1):
+    """The ten moments m = (m00, m01, m11, m02, m12, m22, m03, m13, m23, m33) with one more
+    point at offset x and weight w: m_ab += w x^a i^b, i = 1 / (d0 + d1 x). The hot loop."""
+    i = 1.0 / (d0 + d1 * x)
+    p1 = w * i
+    p2 = p1 * i
+    p3 = p2 * i
+    x2 = x * x
+    return (m[0] + w, m[1] + p1, m[2] + p1 * x, m[3] + p2, m[4] + p2 * x, m[5] + p2 * x2,
+            m[6] + p3, m[7] + p3 * x, m[8] + p3 * x2, m[9] + p3 * x2 * x)
+
 # reassociation lets LLVM vectorise the ten sums; the order is fixed by the compiled code,
 # so results still do not depend on the thread count
-@numba.njit(cache=CACHE, fastmath={"reassoc", "contract"}, error_model="numpy")
+@numba.njit(cache=CACHE, fastmath=FAST, error_model="numpy")
 def moments(first, stop, x0, d0, d1, rw, r_rest, t_in, off_in, t_last, off_last):
-    m00 = m01 = m11 = m02 = m12 = m22 = m03 = m13 = m23 = m33 = 0.0
+    """The moments of a grid block: counts first..stop-1 at offsets from x0, weights from the
+    row weight and the inner and last tables."""
+    m = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     n = stop - first
     tin = t_in[first - off_in: stop - off_in]
     tlast = t_last[r_rest - stop + 1 - off_last: r_rest - first + 1 - off_last]
     top = np.uint64(n - 1)
     for k in range(n):
         # unsigned indices spare numba's negative-index fix-up, which blocks vectorising
-        x = float(first + k - x0)
-        w = rw * tin[np.uint64(k)] * tlast[top - np.uint64(k)]
-        i = 1.0 / (d0 + d1 * x)
-        p1 = w * i
-        p2 = p1 * i
-        p3 = p2 * i
-        x2 = x * x
-        m00 += w
-        m01 += p1
-        m11 += p1 * x
-        m02 += p2
-        m12 += p2 * x
-        m22 += p2 * x2
-        m03 += p3
-        m13 += p3 * x
-        m23 += p3 * x2
-        m33 += p3 * x2 * x
-    return (m00, m01, m11, m02, m12, m22, m03, m13, m23, m33)
+        m = accumulate(m, float(first + k - x0), rw * tin[np.uint64(k)] * tlast[top - np.uint64(k)],
+                       d0, d1)
+    return m
 
-@numba.njit(cache=CACHE, fastmath={"reassoc", "contract"}, error_model="numpy")
+@numba.njit(cache=CACHE, fastmath=FAST, error_model="numpy")
 def point_moments(first, stop, d0, d1, node_x, node_w):
-    """The same ten moments over the nodes of a point-set row (offsets node_x)."""
-    m00 = m01 = m11 = m02 = m12 = m22 = m03 = m13 = m23 = m33 = 0.0
+    """The same moments over the nodes of a point-set row (offsets node_x)."""
+    m = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     for k in range(first, stop):
-        x = node_x[k]
-        w = node_w[k]
-        i = 1.0 / (d0 + d1 * x)
-        p1 = w * i
-        p2 = p1 * i
-        p3 = p2 * i
-        x2 = x * x
-        m00 += w
-        m01 += p1
-        m11 += p1 * x
-        m02 += p2
-        m12 += p2 * x
-        m22 += p2 * x2
-        m03 += p3
-        m13 += p3 * x
-        m23 += p3 * x2
-        m33 += p3 * x2 * x
-    return (m00, m01, m11, m02, m12, m22, m03, m13, m23, m33)
+        m = accumulate(m, node_x[k], node_w[k], d0, d1)
+    return m
 
 @njit
 def count(counts, rest, row, c, ci, cl, x0):
