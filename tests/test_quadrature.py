@@ -158,6 +158,24 @@ CASES = {
 }
 
 
+def assert_same_trajectory(q, e, gradient=True):
+    """A quadrature run q met its tolerance, reached own-area attention >= 0.99 and agrees with
+    the exact run e to 1e-12 normwise per class and recorded step (FP correlations, attention,
+    patch loss, and with ``gradient`` their gradient) and in the loss."""
+    s = q.setting
+    assert q.method == "quadrature" and e.method == "exact" and q.tolerance_met
+    assert np.array_equal(q.steps, e.steps)
+    assert max(q.attention(k, h, "own")[-1] for k, h in s.classes()) >= 0.99
+    for k, h in s.classes():
+        keys = ["own"] + list(range(len(s.clusters[k].groups)))
+        for name_ in ("fp", "fp_grad", "attention") if gradient else ("fp", "attention"):
+            a = np.stack([getattr(q, name_)(k, h, key) for key in keys], axis=1)
+            b = np.stack([getattr(e, name_)(k, h, key) for key in keys], axis=1)
+            assert max(_rel(x, y) for x, y in zip(a, b)) <= 1e-12, (name_, k, h)
+        assert max(_rel(x, y) for x, y in zip(q.patch_loss(k, h), e.patch_loss(k, h))) <= 1e-12
+    assert max(_rel(x, y) for x, y in zip(q.loss, e.loss)) <= 1e-12
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_trajectory_equals_exact(name):
     """Whole runs to own-area attention >= 0.99 agree with the exact grid to 1e-12, and at
@@ -167,16 +185,7 @@ def test_trajectory_equals_exact(name):
     s = make()
     q = mf.simulate(s, eta, steps, record_every=steps // 5, method="quadrature")
     e = mf.simulate(s, eta, steps, record_every=steps // 5, method="exact")
-    assert q.method == "quadrature" and e.method == "exact" and q.tolerance_met
-    assert max(q.attention(k, h, "own")[-1] for k, h in s.classes()) >= 0.99
-    for k, h in s.classes():
-        keys = ["own"] + list(range(len(s.clusters[k].groups)))
-        for name_ in ("fp", "fp_grad", "attention"):
-            a = np.stack([getattr(q, name_)(k, h, key) for key in keys], axis=1)
-            b = np.stack([getattr(e, name_)(k, h, key) for key in keys], axis=1)
-            assert max(_rel(x, y) for x, y in zip(a, b)) <= 1e-12, (name_, k, h)
-        assert max(_rel(x, y) for x, y in zip(q.patch_loss(k, h), e.patch_loss(k, h))) <= 1e-12
-    assert max(_rel(x, y) for x, y in zip(q.loss, e.loss)) <= 1e-12
+    assert_same_trajectory(q, e)
     for i in range(len(q.steps)):
         st = state_at(q, i)
         gq = mf.gradient(s, st, method="quadrature")
@@ -184,6 +193,87 @@ def test_trajectory_equals_exact(name):
         noise = true_error(mf.gradient(s, st, method="exact", backend="numpy"), ge, s)
         # below ~1e-14 both engines are at their rounding level
         assert true_error(gq, ge, s) <= max(gq.error, 2 * noise, 1e-14), i
+
+
+def six_groups(gamma=0.5):
+    """Six area groups with unequal z: one large area and five groups of small areas. The
+    exact grid stays small (every key category but the largest has at most 14 positions), while
+    the quadrature starts at 3-4 nodes per chain dimension, so most of its dimensions are
+    Gauss rules on supports of 5-15 points rather than enumerations."""
+    z = (1.0, 1.3, 0.8, 1.2, 0.7, 1.1)
+    sizes = [(1, 2000), (1, 2), (2, 2), (1, 7), (3, 3), (2, 7)]
+    return mf.Setting([C([G(n, c, zg) for (n, c), zg in zip(sizes, z)])], gamma=gamma)
+
+
+def exact_rounding(setting):
+    """The exact engine's rounding level: its largest relative difference from the closed form
+    at Q = 0 (attention and patch loss, class by class)."""
+    g = mf.gradient(setting, method="exact")
+    out = 0.0
+    for k, h in setting.classes():
+        att, loss = q0_closed_form(setting, k, h)
+        out = max(out, _rel(g.attention[k][h], att), abs(g.patch_loss[k][h] / loss - 1))
+    return out
+
+
+def gauss_dimensions(setting, levels):
+    """Per class, how many chain dimensions of the rule at ``levels`` have fewer nodes than
+    their support has points (Gauss nodes, not an enumeration)."""
+    from mimfast.quadrature import LEVELS, chain_order
+
+    out = {}
+    for k, h in setting.classes():
+        sizes, _ = class_categories(setting, k, h)
+        dims = chain_order(sizes.tolist())[:-1]
+        support = [min(int(sizes[d]), setting.unmasked) + 1 for d in dims]
+        out[k, h] = sum(LEVELS[i] < n for i, n in zip(levels[k, h], support))
+    return out
+
+
+def test_six_groups_equal_exact_step_by_step():
+    """A 6-group cluster (7 key categories: 5-6 free chain dimensions per class) along a whole
+    run to own-area attention >= 0.99: the quadrature run equals the exact run to 1e-12, and at
+    every step the run's reported error estimate is not below the true error at the same state
+    (up to the exact engine's rounding, measured against the closed form at Q = 0); so are the
+    estimates of runs at rtol 1e-4 and 1e-8, whose coarse rules (from 3-4 nodes per dimension)
+    are tested where their estimates are far above rounding.
+
+    The gradients are compared at the same state, step by step, not between the two runs: while
+    a class's attention switches, its gradient turns the runs' ~3e-14 state differences (the
+    exact engine's rounding) into ~1e-12 (measured: the exact gradient itself at the two runs'
+    states at step 15 differs by 7.6e-13)."""
+    from mimfast.backends import get_kernel
+    from mimfast.grid import build_grids
+    from mimfast.model import evaluate
+    from mimfast.quadrature import build_quadratures, grid_points_estimate
+
+    s = six_groups()
+    assert len(s.clusters[0].groups) == 6 and grid_points_estimate(s) <= 200_000
+    floor = 2 * exact_rounding(s)
+    assert floor <= 1e-13
+    eta, steps = 100.0, 60
+    grads = {}
+    q = mf.simulate(s, eta, steps, method="quadrature", callback_every=1,
+                    callback=lambda t, g, partial: grads.setdefault(t - 1, g))
+    e = mf.simulate(s, eta, steps, method="exact")
+    assert_same_trajectory(q, e, gradient=False)
+    assert sorted(grads) == list(range(steps))
+    assert min(gauss_dimensions(s, q.levels).values()) >= 2, q.levels  # after any growth
+    kernel, grids = get_kernel("cpp"), build_grids(s)
+    coarse = {rtol: build_quadratures(s) for rtol in (1e-4, 1e-8)}
+    start = gauss_dimensions(s, {key: c.levels for key, c in coarse[1e-4].items()})
+    assert min(start.values()) >= 3, start
+    worst = dict.fromkeys(coarse, 0.0)
+    for t, g in grads.items():
+        assert g.error == q.error[t] and g.error <= 1e-13
+        st = state_at(q, t)
+        ge = evaluate(s, grids, st, kernel)
+        assert true_error(g, ge, s) <= max(g.error, floor), t
+        for rtol, quads in coarse.items():
+            gc = evaluate(s, quads, st, kernel, rtol=rtol)
+            assert gc.met and true_error(gc, ge, s) <= max(gc.error, floor), (rtol, t)
+            worst[rtol] = max(worst[rtol], gc.error)
+    assert worst[1e-4] > 1e-6 and worst[1e-8] > 1e-10  # estimates far above rounding
 
 
 @pytest.mark.parametrize("backend", ["cpp", "numba", "numpy"])
@@ -252,6 +342,72 @@ def test_resume_is_identical_after_node_growth():
     done = mf.simulate(s, 30.0, 200, record_every=7, method="quadrature", resume=part)
     assert mf.io.equal(done, full)
     np.testing.assert_array_equal(done.error, full.error)
+
+
+def interrupted(setting, eta, steps, record_every, at):
+    """The result of a quadrature run interrupted after step ``at``."""
+    def stop(t, grad, partial):
+        if t == at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(mf.Interrupted) as info:
+        mf.simulate(setting, eta, steps, record_every=record_every, method="quadrature",
+                    callback=stop, callback_every=1)
+    return info.value.result
+
+
+def test_coarse_levels_resume_identically_through_files(tmp_path):
+    """A 6-group run (levels under 6 nodes, grown per dimension) saved mid-run and resumed from
+    its file ends with the same bytes as an uninterrupted run."""
+    from mimfast.quadrature import LEVELS
+
+    s = six_groups()
+    full = mf.simulate(s, 100.0, 24, record_every=5, method="quadrature")
+    part = interrupted(s, 100.0, 24, 5, at=17)
+    assert min(LEVELS[i] for v in part.levels.values() for i in v) < 6
+    assert part.levels != {key: q.levels for key, q in
+                           mf.quadrature.build_quadratures(s).items()}  # some grew
+    mf.io.save(part, tmp_path / "part.nc")
+    back = mf.io.load(tmp_path / "part.nc")
+    assert back.levels == part.levels
+    done = mf.simulate(s, 100.0, 24, record_every=5, method="quadrature", resume=back)
+    assert mf.io.equal(done, full)
+
+
+def test_files_store_node_counts_and_older_files_resume_identically(tmp_path):
+    """Results files store each dimension's node count. Files written before the levels under 6
+    nodes stored indices into the table that began at 6 nodes: they load to the same node
+    counts and resume to the same bytes; an index or node count that is no level is refused."""
+    import json
+
+    from mimfast.io import DIGEST, ENGINE, LEVELS_BEFORE_NODES, digest
+    from mimfast.quadrature import LEVELS
+
+    s = mf.Setting.paper(10**5, 0.9, 0.3)
+    full = mf.simulate(s, 30.0, 400, record_every=7, method="quadrature")
+    part = interrupted(s, 30.0, 400, 7, at=390)
+    nodes = {f"{k},{h}": [LEVELS[i] for i in v] for (k, h), v in part.levels.items()}
+    assert max(max(v) for v in nodes.values()) > 6  # grown before the interruption
+    ds = mf.io.to_dataset(part)
+    assert json.loads(ds.attrs["quadrature_nodes"]) == nodes
+    del ds.attrs["quadrature_nodes"]
+
+    def write(levels):
+        ds.attrs["quadrature_levels"] = json.dumps(levels)
+        ds.attrs[DIGEST] = digest(ds)
+        ds.to_netcdf(tmp_path / "old.nc", engine=ENGINE)
+        return tmp_path / "old.nc"
+
+    old = mf.io.load(write({key: [LEVELS_BEFORE_NODES.index(n) for n in v]
+                            for key, v in nodes.items()}))
+    assert old.levels == part.levels
+    done = mf.simulate(s, 30.0, 400, record_every=7, method="quadrature", resume=old)
+    assert mf.io.equal(done, full)
+    with pytest.raises(mf.io.ResultFileError, match="quadrature levels"):
+        mf.io.load(write({"0,0": [len(LEVELS_BEFORE_NODES)], "0,1": [0, 0]}))
+    ds.attrs["quadrature_nodes"] = json.dumps({"0,0": [5], "0,1": [6, 6]})
+    with pytest.raises(mf.io.ResultFileError, match="5 nodes is not a quadrature level"):
+        mf.io.load(write({}))
 
 
 def test_quadrature_results_round_trip_through_files(tmp_path):

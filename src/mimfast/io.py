@@ -44,6 +44,7 @@ import numpy as np
 
 from ._extras import require
 from .model import State
+from .quadrature import LEVELS, level_of
 from .setting import Cluster, Group, Setting
 from .simulate import Result
 
@@ -329,8 +330,8 @@ def to_dataset(result, analysis=None, attrs=None):
         "tail_tol": -1.0 if result.tail_tol is None else float(result.tail_tol),
         "method": result.method,
         "tolerance_met": int(result.tolerance_met),
-        "quadrature_levels": json.dumps({f"{k},{h}": list(map(int, v))
-                                         for (k, h), v in result.levels.items()}),
+        "quadrature_nodes": json.dumps({f"{k},{h}": [LEVELS[i] for i in v]
+                                        for (k, h), v in result.levels.items()}),
         "P": int(s.P),
         "masked": int(s.masked),
         "pp": s.pp,
@@ -593,8 +594,25 @@ def _from_dataset(ds):
         method=str(a.get("method", "exact")),
         error=ds["error"].values if "error" in ds else None,
         tolerance_met=bool(int(a.get("tolerance_met", 1))),
-        levels={tuple(int(i) for i in key.split(",")): list(v)
-                for key, v in json.loads(str(a.get("quadrature_levels", "{}"))).items()})
+        levels=_levels(a))
+
+
+# files written before the quadrature had levels under 6 nodes store LEVELS indices into this
+LEVELS_BEFORE_NODES = (6, 9, 13, 19, 28, 42, 63, 94, 141, 211, 316)
+
+
+def _levels(attrs):
+    """Quadrature levels per class from a file's node counts (or an older file's indices)."""
+    if "quadrature_nodes" in attrs:
+        nodes = json.loads(str(attrs["quadrature_nodes"]))
+    else:
+        nodes = json.loads(str(attrs.get("quadrature_levels", "{}")))
+        old = range(len(LEVELS_BEFORE_NODES))
+        if any(int(i) not in old for v in nodes.values() for i in v):
+            raise ValueError(f"quadrature levels {nodes} out of range")
+        nodes = {key: [LEVELS_BEFORE_NODES[int(i)] for i in v] for key, v in nodes.items()}
+    return {tuple(int(i) for i in key.split(",")): [level_of(int(n)) for n in v]
+            for key, v in nodes.items()}
 
 
 def load(path):

@@ -20,7 +20,9 @@ sums a grid row (counts affine in the node offset).
 Error control lives in :class:`ClassQuadrature` and :func:`sums_error`: every evaluation also
 evaluates a richer rule (the next node count in every Gauss dimension), returns the richer
 sums, and reports their difference as the error estimate; node counts grow until the estimate
-is below ``rtol``.
+is below ``rtol``, only in the dimensions whose enrichment moves the sums. Classes with many key
+categories (many area groups) start at 2-4 nodes per dimension (:func:`start_levels`), so that
+neither rule costs 6^d or 9^d points before a dimension has shown that it needs them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ __all__ = [
     "LEVELS",
     "MAX_POINTS",
     "METHODS",
+    "START_NODES",
+    "START_POINTS",
     "ClassPoints",
     "ClassQuadrature",
     "build_quadratures",
@@ -46,11 +50,18 @@ __all__ = [
     "grid_points_estimate",
     "hahn_rule",
     "hg_rule",
+    "level_of",
+    "start_levels",
     "sums_error",
 ]
 
-# node counts of a Gauss dimension, coarse to rich (a richer rule is the next entry)
-LEVELS = (6, 9, 13, 19, 28, 42, 63, 94, 141, 211, 316)
+# node counts of a Gauss dimension, coarse to rich (a richer rule is the next entry). Results
+# files store node counts, not indices (see :func:`level_of`), so entries may be added.
+LEVELS = (2, 3, 4, 6, 9, 13, 19, 28, 42, 63, 94, 141, 211, 316)
+# a class starts every dimension at the richest level of at most START_NODES nodes whose richer
+# rule has at most START_POINTS points: 6 nodes up to four free dimensions, 2-4 beyond
+START_NODES = 6
+START_POINTS = 10_000
 # largest number of points of one rule set of a class; growth beyond it is refused
 MAX_POINTS = 2_000_000
 # method="auto" runs the exact grid up to this many points per step (all classes), quadrature
@@ -340,6 +351,26 @@ def build_points(sizes, areas, unmasked, nodes):
                        nodes=tuple(nodes), mass=math.fsum(node_w))
 
 
+def start_levels(d):
+    """Start :data:`LEVELS` index of each of the ``d`` free dimensions of a class's chain.
+
+    The richest level of at most :data:`START_NODES` nodes whose richer rule (the next level in
+    every dimension) has at most :data:`START_POINTS` points: classes with many key categories
+    (many area groups) start coarse and grow only the dimensions that need it.
+    """
+    top = max(i for i, n in enumerate(LEVELS[:-1]) if n <= START_NODES)
+    start = next((i for i in range(top, 0, -1) if LEVELS[i + 1] ** d <= START_POINTS), 0)
+    return [start] * d
+
+
+def level_of(nodes):
+    """The :data:`LEVELS` index of a node count (how results files give levels back)."""
+    if nodes not in LEVELS:
+        raise ValueError(f"{nodes} nodes is not a quadrature level of this mimfast "
+                         f"(levels: {list(LEVELS)})")
+    return LEVELS.index(nodes)
+
+
 @cache
 def _error_parts(n_cat):
     lay = sum_layout(n_cat)
@@ -375,7 +406,8 @@ class ClassQuadrature:
     sizes, areas : sequence of int
     unmasked : int
     levels : sequence of int, optional
-        Start index into :data:`LEVELS` of each free dimension (default 0).
+        Start index into :data:`LEVELS` of each free dimension (default
+        :func:`start_levels`).
     """
 
     def __init__(self, sizes, areas, unmasked, levels=None):
@@ -383,7 +415,7 @@ class ClassQuadrature:
         self.areas = np.asarray(areas, dtype=np.int64)
         self.unmasked = int(unmasked)
         self.dims = chain_order([int(v) for v in self.sizes])[:-1]
-        self.levels = list(levels) if levels is not None else [0] * len(self.dims)
+        self.levels = list(levels) if levels is not None else start_levels(len(self.dims))
         if len(self.levels) != len(self.dims):
             raise ValueError(f"need {len(self.dims)} start levels, got {len(self.levels)}")
         self._cache = {}
