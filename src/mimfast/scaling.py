@@ -136,7 +136,10 @@ def fits(table, level=0.95, quantities=None, min_steps=MIN_STEPS):
                 y = y * rows["eta_used"].to_numpy(dtype=float)
             if name == "local_fp_global_min":
                 y = -y
-            ok = np.isfinite(y) & (y > 0) & ~short
+            unresolved = np.zeros(len(y), dtype=bool)
+            if column.endswith("_loss_gap"):
+                unresolved = _unresolved_gap(rows, column[:-len("_loss_gap")], y)
+            ok = np.isfinite(y) & (y > 0) & ~short & ~unresolved
             P = rows["P"].to_numpy(dtype=float)[ok]
             row = {"regime": _label(regime), "kappa_c": regime["kappa_c"],
                    "kappa_s": regime["kappa_s"],
@@ -145,7 +148,9 @@ def fits(table, level=0.95, quantities=None, min_steps=MIN_STEPS):
                    "P_min": P.min() if len(P) else math.nan,
                    "P_max": P.max() if len(P) else math.nan}
             notes = [f"{int(short.sum())} under {min_steps} steps"] if short.any() else []
-            left = len(y) - int(ok.sum()) - int(short.sum())
+            if unresolved.any():
+                notes.append(f"{int(unresolved.sum())} below the quadrature's resolution")
+            left = len(y) - int(ok.sum()) - int(short.sum()) - int(unresolved.sum())
             notes += [f"{left} zero or not reached"] if left else []
             row["note"] = f"left out of {len(y)}: " + ", ".join(notes) if notes else ""
             if len(np.unique(P)) >= 2:
@@ -154,6 +159,21 @@ def fits(table, level=0.95, quantities=None, min_steps=MIN_STEPS):
     cols = ["regime", "kappa_c", "kappa_s", "delta", "quantity", "description", "n", "P_min",
             "P_max", "exponent", "low", "high", "prefactor", "r2", "note"]
     return pd.DataFrame(out, columns=cols)
+
+
+def _unresolved_gap(rows, cls, gap):
+    """Loss gaps of quadrature runs that are not above the class's irreducible loss.
+
+    The quadrature's point sets do not carry the point U_own = 0 (docs/model.md §8), whose
+    probability is the irreducible loss's (docs/model.md §5): its expected loss lacks up to
+    that much, so a loss gap is resolved only above it, and below it can read negative.
+    """
+    column = f"{cls}_irreducible"
+    if column not in rows:
+        return np.zeros(len(gap), dtype=bool)
+    irreducible = rows[column].to_numpy(dtype=float, na_value=np.nan)
+    quadrature = (rows["method_used"] == "quadrature").fillna(False).to_numpy(dtype=bool)
+    return quadrature & (irreducible > 0) & ~(gap > irreducible)
 
 
 def phases(table):
@@ -225,13 +245,17 @@ def critical_gap(table):
     the smallest Δ of a two-phase run (Δ from the actual sizes, docs/model.md §4).
 
     The theorem puts the change at Δ = 0 as P grows; at finite P it sits where the measured
-    runs bracket it.
+    runs bracket it. Within the bracket, ``delta_c`` places it where the initial gradient
+    ratio of a local query (column ``local_grad_ratio0``) crosses 1, interpolating log ratio
+    linearly in Δ between the two bracketing runs: a local query has two phases exactly when
+    its global-decoupling gradient leads at Q = 0 (:func:`mimfast.analysis.phase_switch`).
 
     Returns
     -------
     pandas.DataFrame
-        ``P``, ``one_phase_max``, ``two_phase_min`` and ``ordered`` (every one-phase run has a
-        smaller Δ than every two-phase run).
+        ``P``, ``one_phase_max``, ``two_phase_min``, ``ordered`` (every one-phase run has a
+        smaller Δ than every two-phase run) and ``delta_c`` (NaN where not bracketed, not
+        ordered, or the ratios of the bracketing runs do not straddle 1).
     """
     import pandas as pd
 
@@ -239,24 +263,50 @@ def critical_gap(table):
     rows = []
     for P, g in done.groupby("P"):
         lo, hi = _bracket(g["delta_actual"], g["local_phases"])
-        rows.append({"P": int(P), "one_phase_max": lo, "two_phase_min": hi,
-                     "ordered": bool(not lo >= hi)})
-    return pd.DataFrame(rows, columns=["P", "one_phase_max", "two_phase_min", "ordered"])
+        ordered = bool(not lo >= hi)
+        rows.append({"P": int(P), "one_phase_max": lo, "two_phase_min": hi, "ordered": ordered,
+                     "delta_c": _crossing(g, lo, hi) if ordered else math.nan})
+    return pd.DataFrame(rows, columns=["P", "one_phase_max", "two_phase_min", "ordered",
+                                       "delta_c"])
+
+
+def _crossing(rows, lo, hi):
+    """Δ in [lo, hi] where the initial gradient ratio crosses 1 (log-linear), else NaN."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return math.nan
+    ratio = rows["local_grad_ratio0"].astype("float64")
+    r_lo = ratio[rows["delta_actual"] == lo].max()
+    r_hi = ratio[rows["delta_actual"] == hi].min()
+    if not (0 < r_lo <= 1 < r_hi):
+        return math.nan
+    a, b = math.log(r_lo), math.log(r_hi)
+    return float(lo + (hi - lo) * (0 - a) / (b - a))
 
 
 def gap_figure(table):
     """Measured phases of a local query against the information gap Δ (actual sizes), one
-    row per P: how the change from one to two phases approaches Δ = 0 as P grows."""
+    row per P: how the change from one to two phases approaches Δ = 0 as P grows. The
+    measured change is ``delta_c`` of :func:`critical_gap` (else the bracket's midpoint); with
+    one γ, a dotted line marks Δ = ln(1 / (1 − γ)) / ln P, where the initial gradient ratio
+    (1 − γ) P^Δ of a local query at large P equals 1."""
     done = table[table["status"] == "done"]
     fig, (ax,) = _figure(1, width=6.4, height=3.8)
     for value, marker, color, name in ((1, "o", "C0", "one phase"), (2, "^", "C3", "two phases")):
         sel = done[done["local_phases"] == value]
         ax.semilogy(sel["delta_actual"], sel["P"], marker, color=color, ls="none", label=name)
-    crit = critical_gap(table).dropna()
+    crit = critical_gap(table).dropna(subset=["one_phase_max", "two_phase_min"])
     if len(crit):
-        mid = (crit["one_phase_max"] + crit["two_phase_min"]) / 2
+        # where the initial gradient ratio crosses 1, else the bracket's midpoint
+        mid = crit["delta_c"].fillna((crit["one_phase_max"] + crit["two_phase_min"]) / 2)
         ax.semilogy(mid, crit["P"], "-", color="C2", lw=2, label="measured change")
     ax.axvline(0, color="k", ls="--", lw=1, label=r"$\Delta = 0$ (theorem)")
+    if done["gamma"].nunique() == 1 and done["P"].nunique() >= 2:
+        # the initial gradient ratio of a local query tends to (1 - gamma) P^Delta
+        # (docs/scaling.md): it crosses 1 at Delta = ln(1 / (1 - gamma)) / ln P
+        gamma = float(done["gamma"].iloc[0])
+        P = np.geomspace(done["P"].min(), done["P"].max(), 100)
+        ax.semilogy(np.log(1 / (1 - gamma)) / np.log(P), P, ":", color="k", lw=1,
+                    label=r"$(1-\gamma)\,P^{\Delta} = 1$")
     ax.set_xlabel(r"information gap $\Delta$ (actual sizes)")
     ax.set_ylabel("P")
     ax.legend(fontsize=7)
@@ -299,8 +349,10 @@ def report(table, fit_table=None):
         if len(crit):
             lines += ["", "where one phase turns into two (Delta from the actual sizes):"]
             lines += [f"  P = {r.P:.0e}: one phase up to Delta = {r.one_phase_max:+.3f}, two "
-                      f"phases from {r.two_phase_min:+.3f}" + ("" if r.ordered else
-                                                              " (not ordered: they overlap)")
+                      f"phases from {r.two_phase_min:+.3f}" + (
+                          " (not ordered: they overlap)" if not r.ordered else
+                          "" if math.isnan(r.delta_c) else
+                          f"; initial gradient ratio 1 at Delta = {r.delta_c:+.4f}")
                       for r in crit.itertuples()]
     return "\n".join(lines)
 
@@ -350,7 +402,8 @@ def scaling_figure(table, fit_table=None):
 def phase_figure(table):
     """The measured phases of a local query in the (κ_c, κ_s) plane, one panel per P, over
     the theorem's Δ = 0 line; the measured boundary joins the midpoints between one- and
-    two-phase runs."""
+    two-phase runs. With one γ, a dotted line marks where the initial gradient ratio of a
+    local query, (1 − γ) P^Δ at large P, equals 1 (see :func:`critical_gap`)."""
     ph = phases(table)
     Ps = sorted(ph["P"].unique())
     fig, axes = _figure(len(Ps))
@@ -366,6 +419,11 @@ def phase_figure(table):
             ax.plot(sel["kappa_c"], sel["kappa_s"], "x", color="0.5", ls="none",
                     label="no switch in the run")
         ax.plot(line, 2 * line - 1, "k--", lw=1, label=r"$\Delta = 0$ (theorem)")
+        gammas = table.loc[table["P"] == P, "gamma"].unique()
+        if len(gammas) == 1:  # where (1 - gamma) P^Delta = 1 (see gap_figure)
+            shift = math.log(1 / (1 - float(gammas[0]))) / math.log(P)
+            ax.plot(line, 2 * line - 1 - shift, "k:", lw=1,
+                    label=r"$(1-\gamma)\,P^{\Delta} = 1$")
         b = boundary(table, P).dropna(subset=["kappa_c"])
         if len(b):
             ax.plot(b["kappa_c"], b["kappa_s"], "-", color="C2", lw=2, label="measured boundary")
