@@ -526,8 +526,8 @@ def _decades(lo, hi, step=0.5):
 # A fixed step budget at the scaled learning rate, so that final values are taken at one time:
 # T_eps of a local query is about 600 steps at every P for kappa_s = 0.3 (2000 steps), and
 # about 2500 for kappa_s = 0.2 (4000 steps in the phase grid). rtol 1e-13, the quadrature's
-# own default: it is met at every step of every task and costs about 10 % more CPU time than
-# 1e-10 (docs/scaling.md).
+# own default: it is met at every step of every task, for the CPU time of 1e-10 within this
+# machine's noise (docs/scaling.md).
 _RUN = {"eta": 100.0, "eta_rule": "scaled", "until": False, "method": "auto", "rtol": 1e-13}
 PRESETS = {
     "paper-scaling": {
