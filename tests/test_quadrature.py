@@ -12,7 +12,7 @@ import pytest
 
 import mimfast as mf
 from mimfast.grid import class_categories
-from mimfast.model import State
+from mimfast.model import State, evaluate
 from mimfast.quadrature import build_points, choose_method, hahn_rule, hg_rule
 
 G, C = mf.Group, mf.Cluster
@@ -121,7 +121,11 @@ def state_at(r, i):
 
 
 def _rel(a, b):
+    """Normwise relative difference; inf when either side is not finite (so that a NaN can
+    never pass a bound, nor vanish in a max)."""
     a, b = np.ravel(a), np.ravel(b)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return math.inf
     d = np.linalg.norm(a - b)
     return 0.0 if d == 0 else d / np.linalg.norm(b)
 
@@ -206,10 +210,13 @@ def six_groups(gamma=0.5):
     return mf.Setting([C([G(n, c, zg) for (n, c), zg in zip(sizes, z)])], gamma=gamma)
 
 
-def exact_rounding(setting):
+def exact_rounding(setting, grids=None):
     """The exact engine's rounding level: its largest relative difference from the closed form
-    at Q = 0 (attention and patch loss, class by class)."""
-    g = mf.gradient(setting, method="exact")
+    at Q = 0 (attention and patch loss, class by class); ``grids`` if already built."""
+    from mimfast.backends import get_kernel
+
+    g = (mf.gradient(setting, method="exact") if grids is None
+         else evaluate(setting, grids, State.zeros(setting), get_kernel("cpp")))
     out = 0.0
     for k, h in setting.classes():
         att, loss = q0_closed_form(setting, k, h)
@@ -279,6 +286,115 @@ def test_six_groups_equal_exact_step_by_step(monkeypatch):
             assert gc.met and true_error(gc, ge, s) <= max(gc.error, floor), (rtol, t)
             worst[rtol] = max(worst[rtol], gc.error)
     assert worst[1e-4] > 1e-6 and worst[1e-8] > 1e-10  # estimates far above rounding
+
+
+def preset_eta(P, kappa_s):
+    """The presets' learning rate (mimfast run): 100 (P / 10^6)^(1 - kappa_s) above 10^6, so
+    the phases happen at comparable steps at every P."""
+    from mimfast.cli import PRESET_ETA, PRESET_P
+
+    return PRESET_ETA * max(1.0, P / PRESET_P) ** (1 - kappa_s)
+
+
+def two_shapes(P):
+    """K = 2, PP frozen: a positive-gap cluster (kappa_c 0.9, kappa_s 0.3) beside a
+    negative-gap one (kappa_c 0.6, kappa_s 0.5) of twice its weight."""
+    a, b = mf.Setting.paper(P, 0.9, 0.3), mf.Setting.paper(P, 0.6, 0.5)
+    return mf.Setting([a.clusters[0], C(b.clusters[0].groups, weight=2.0)], masked=a.masked)
+
+
+def paper(P, kappa_c, kappa_s, gamma=0.5):
+    return lambda: mf.Setting.paper(P, kappa_c, kappa_s, gamma=gamma)
+
+
+# Known defects once the preset's eta throws the local query's A_own far past saturation:
+# - the quadrature has no point at U_own = 0 (every other position of the own area masked),
+#   where alpha_own = 0 and the loss is z^2 / 2; at P = 10^8, kappa_c 0.6, kappa_s 0.3 the
+#   saturated gradient is ~1e-74 and Pr(U_own = 0) z^2 / 2 = 2.8e-76 of the patch loss comes
+#   from that point alone (relative error 3.4e-3);
+# - the exact grid keeps that point, but when A_own exceeds every other logit by more than
+#   ~709 (A_own = 889 and 1322 below) every other key weight underflows there, D = 0, and all
+#   backends return NaN for the class.
+ATOM = pytest.mark.xfail(strict=True, reason="quadrature misses the U_own = 0 point once "
+                         "attention saturates (Pr(U_own = 0) = 5.5e-76 carries 3.4e-3 of the "
+                         "patch loss)")
+NAN = pytest.mark.xfail(strict=True, reason="exact grid: D = 0 at U_own = 0 once A_own exceeds "
+                        "the other logits by > 709, NaN in every backend (and the quadrature "
+                        "misses that point)")
+LARGE = {
+    # name: (setting, kappa_s of the preset eta, steps); every class reaches attention >= 0.99
+    "positive-1e8-k0.3": (paper(10**8, 0.9, 0.3), 0.3, 700),
+    "negative-1e8-k0.3": pytest.param((paper(10**8, 0.6, 0.3), 0.3, 700), marks=ATOM),
+    "positive-1e8-k0.5": (paper(10**8, 0.9, 0.5), 0.5, 100),
+    "negative-1e8-k0.5": (paper(10**8, 0.6, 0.5), 0.5, 100),
+    "positive-1e9-k0.3": (paper(10**9, 0.9, 0.3), 0.3, 700),
+    "negative-1e9-k0.3": (paper(10**9, 0.6, 0.3), 0.3, 700),
+    "positive-1e9-k0.5": (paper(10**9, 0.9, 0.5), 0.5, 100),
+    "negative-1e9-k0.5": (paper(10**9, 0.6, 0.5), 0.5, 100),
+    "gamma0.1-1e9-k0.3": (paper(10**9, 0.9, 0.3, gamma=0.1), 0.3, 1700),
+    "gamma0.9-1e9-k0.3": pytest.param((paper(10**9, 0.9, 0.3, gamma=0.9), 0.3, 1900),
+                                      marks=NAN),
+    "gamma0.1-negative-1e9-k0.5": (paper(10**9, 0.6, 0.5, gamma=0.1), 0.5, 200),
+    "gamma0.9-negative-1e9-k0.5": (paper(10**9, 0.6, 0.5, gamma=0.9), 0.5, 200),
+    "two-shapes-frozen-1e9": (lambda: two_shapes(10**9), 0.3, 1900),
+    "positive-1e10-k0.3": pytest.param((paper(10**10, 0.9, 0.3), 0.3, 700), marks=NAN),
+    "negative-1e10-k0.3": (paper(10**10, 0.6, 0.3), 0.3, 700),
+    "negative-1e10-k0.5": (paper(10**10, 0.6, 0.5), 0.5, 100),
+    # the heaviest: 6e8 grid points per exact gradient, ~40 s in all on two cores
+    "positive-1e10-k0.5": pytest.param((paper(10**10, 0.9, 0.5), 0.5, 100),
+                                       marks=pytest.mark.slow),
+}
+
+
+def along(r):
+    """Recorded indices to check: Q = 0, the slow phase, the steps around each class's phase
+    change (first own-area attention >= 0.99) and the last step."""
+    firsts = []
+    for k, h in r.setting.classes():
+        reached = np.nonzero(r.attention(k, h, "own") >= 0.99)[0]
+        assert len(reached), f"class {(k, h)} never reaches own-area attention 0.99"
+        firsts.append(int(reached[0]))
+    J = max(firsts)
+    out = {0, J // 4, J // 2, 3 * J // 4, len(r.steps) - 1}
+    for j in firsts:
+        out |= {max(j - d, 0) for d in (0, 1, 2)}
+    return sorted(out)
+
+
+@pytest.mark.parametrize("case", list(LARGE.values()), ids=list(LARGE))
+def test_large_p_trajectory_equals_exact_along_the_way(case):
+    """P = 10^8 to 10^10 with the presets' eta: the quadrature run's record (gradient,
+    attention, patch loss of every class, and loss) and a quadrature gradient with PP equal
+    the exact grid at states along the run to 1e-12, the phase change and the saturated end
+    included; the error estimate is never below the true error, up to the exact grid's own
+    rounding (measured at Q = 0 against the closed form) and 1e-14."""
+    from mimfast.backends import get_kernel
+    from mimfast.grid import build_grids
+
+    make, kappa_s, steps = case
+    s = make()
+    q = mf.simulate(s, preset_eta(s.P, kappa_s), steps, method="quadrature")
+    assert q.method == "quadrature" and q.tolerance_met
+    idx = along(q)
+    kernel = get_kernel("cpp")
+    grids = build_grids(s)
+    floor = max(4 * exact_rounding(s, grids), 1e-14)
+    for i in idx:
+        st = state_at(q, i)
+        ge = evaluate(s, grids, st, kernel)
+        gq = mf.gradient(s, st, method="quadrature")
+        err = true_error(gq, ge, s)
+        rec = _rel(q.loss[i], ge.loss)
+        for k, h in s.classes():
+            keys = ["own"] + list(range(len(s.clusters[k].groups)))
+            rec = max(rec, _rel([q.fp_grad(k, h, key)[i] for key in keys], ge.fp[k][h]),
+                      _rel([q.attention(k, h, key)[i] for key in keys], ge.attention[k][h]),
+                      _rel(q.patch_loss(k, h)[i], ge.patch_loss[k][h]))
+        step = int(q.steps[i])
+        assert err <= 1e-12 and rec <= 1e-12, (step, err, rec)
+        assert err <= max(gq.error, floor), (step, err, gq.error, floor)
+        assert rec <= max(q.error[i], floor), (step, rec, q.error[i], floor)
+    assert min(q.attention(k, h, "own")[-1] for k, h in s.classes()) >= 0.99
 
 
 @pytest.mark.parametrize("backend", ["cpp", "numba", "numpy"])
