@@ -307,48 +307,43 @@ def paper(P, kappa_c, kappa_s, gamma=0.5):
     return lambda: mf.Setting.paper(P, kappa_c, kappa_s, gamma=gamma)
 
 
-# Known defects once the preset's eta throws the local query's A_own far past saturation:
-# - the quadrature has no point at U_own = 0 (every other position of the own area masked),
-#   where alpha_own = 0 and the loss is z^2 / 2; at P = 10^8, kappa_c 0.6, kappa_s 0.3 the
-#   saturated gradient is ~1e-74 and Pr(U_own = 0) z^2 / 2 = 2.8e-76 of the patch loss comes
-#   from that point alone (relative error 3.4e-3);
-# - the exact grid keeps that point, but when A_own exceeds every other logit by more than
-#   ~709 (A_own = 889 and 1322 below) every other key weight underflows there, D = 0, and all
-#   backends return NaN for the class.
-ATOM = pytest.mark.xfail(strict=True, reason="quadrature misses the U_own = 0 point once "
-                         "attention saturates (Pr(U_own = 0) = 5.5e-76 carries 3.4e-3 of the "
-                         "patch loss)")
-NAN = pytest.mark.xfail(strict=True, reason="exact grid: D = 0 at U_own = 0 once A_own exceeds "
-                        "the other logits by > 709, NaN in every backend (and the quadrature "
-                        "misses that point)")
+# Known defects, once the presets' eta throws the local query's A_own far past saturation
+# (docs/theorem.md, "The quadrature against the exact engine"):
+ATOM = ("the quadrature has no point at U_own = 0 (every other position of the own area "
+        "masked, docs/model.md §8): after the phase change the gradient is ~1e-74 and "
+        "Pr(U_own = 0) z^2 / 2 = 2.8e-76 of the patch loss comes from that point alone")
+NAN = ("the exact grid keeps U_own = 0, where every other key weight underflows once A_own "
+       "exceeds the other logits by more than ~709 (A_own = 889, 1322): D = 0 and every "
+       "backend returns NaN; the quadrature misses that point")
 LARGE = {
-    # name: (setting, kappa_s of the preset eta, steps); every class reaches attention >= 0.99
-    "positive-1e8-k0.3": (paper(10**8, 0.9, 0.3), 0.3, 700),
-    "negative-1e8-k0.3": pytest.param((paper(10**8, 0.6, 0.3), 0.3, 700), marks=ATOM),
-    "positive-1e8-k0.5": (paper(10**8, 0.9, 0.5), 0.5, 100),
-    "negative-1e8-k0.5": (paper(10**8, 0.6, 0.5), 0.5, 100),
-    "positive-1e9-k0.3": (paper(10**9, 0.9, 0.3), 0.3, 700),
-    "negative-1e9-k0.3": (paper(10**9, 0.6, 0.3), 0.3, 700),
-    "positive-1e9-k0.5": (paper(10**9, 0.9, 0.5), 0.5, 100),
-    "negative-1e9-k0.5": (paper(10**9, 0.6, 0.5), 0.5, 100),
-    "gamma0.1-1e9-k0.3": (paper(10**9, 0.9, 0.3, gamma=0.1), 0.3, 1700),
-    "gamma0.9-1e9-k0.3": pytest.param((paper(10**9, 0.9, 0.3, gamma=0.9), 0.3, 1900),
-                                      marks=NAN),
-    "gamma0.1-negative-1e9-k0.5": (paper(10**9, 0.6, 0.5, gamma=0.1), 0.5, 200),
-    "gamma0.9-negative-1e9-k0.5": (paper(10**9, 0.6, 0.5, gamma=0.9), 0.5, 200),
-    "two-shapes-frozen-1e9": (lambda: two_shapes(10**9), 0.3, 1900),
-    "positive-1e10-k0.3": pytest.param((paper(10**10, 0.9, 0.3), 0.3, 700), marks=NAN),
-    "negative-1e10-k0.3": (paper(10**10, 0.6, 0.3), 0.3, 700),
-    "negative-1e10-k0.5": (paper(10**10, 0.6, 0.5), 0.5, 100),
-    # the heaviest: 6e8 grid points per exact gradient, ~40 s in all on two cores
-    "positive-1e10-k0.5": pytest.param((paper(10**10, 0.9, 0.5), 0.5, 100),
-                                       marks=pytest.mark.slow),
+    # name: (setting, kappa_s of the preset eta, steps, known defect after the phase change);
+    # every class reaches own-area attention >= 0.99
+    "positive-1e8-k0.3": (paper(10**8, 0.9, 0.3), 0.3, 700, None),
+    "negative-1e8-k0.3": (paper(10**8, 0.6, 0.3), 0.3, 700, ATOM),
+    "positive-1e8-k0.5": (paper(10**8, 0.9, 0.5), 0.5, 100, None),
+    "negative-1e8-k0.5": (paper(10**8, 0.6, 0.5), 0.5, 100, None),
+    "positive-1e9-k0.3": (paper(10**9, 0.9, 0.3), 0.3, 700, None),
+    "negative-1e9-k0.3": (paper(10**9, 0.6, 0.3), 0.3, 700, None),
+    "positive-1e9-k0.5": (paper(10**9, 0.9, 0.5), 0.5, 100, None),
+    "negative-1e9-k0.5": (paper(10**9, 0.6, 0.5), 0.5, 100, None),
+    "gamma0.1-1e9-k0.3": (paper(10**9, 0.9, 0.3, gamma=0.1), 0.3, 1700, None),
+    "gamma0.9-1e9-k0.3": (paper(10**9, 0.9, 0.3, gamma=0.9), 0.3, 1900, NAN),
+    "gamma0.1-negative-1e9-k0.5": (paper(10**9, 0.6, 0.5, gamma=0.1), 0.5, 200, None),
+    "gamma0.9-negative-1e9-k0.5": (paper(10**9, 0.6, 0.5, gamma=0.9), 0.5, 200, None),
+    "two-shapes-frozen-1e9": (lambda: two_shapes(10**9), 0.3, 1900, None),
+    "positive-1e10-k0.3": (paper(10**10, 0.9, 0.3), 0.3, 700, NAN),
+    "negative-1e10-k0.3": (paper(10**10, 0.6, 0.3), 0.3, 700, None),
+    "negative-1e10-k0.5": (paper(10**10, 0.6, 0.5), 0.5, 100, None),
+    "positive-1e10-k0.5": (paper(10**10, 0.9, 0.5), 0.5, 100, None),
 }
+# the heaviest case: 6e8 grid points per exact gradient, ~40 s in all on two cores
+SLOW = {"positive-1e10-k0.5"}
 
 
 def along(r):
-    """Recorded indices to check: Q = 0, the slow phase, the steps around each class's phase
-    change (first own-area attention >= 0.99) and the last step."""
+    """Recorded indices to check, and the first index of the last class's phase change (first
+    own-area attention >= 0.99): Q = 0, the slow phase, the steps around each class's phase
+    change and the last step."""
     firsts = []
     for k, h in r.setting.classes():
         reached = np.nonzero(r.attention(k, h, "own") >= 0.99)[0]
@@ -358,24 +353,24 @@ def along(r):
     out = {0, J // 4, J // 2, 3 * J // 4, len(r.steps) - 1}
     for j in firsts:
         out |= {max(j - d, 0) for d in (0, 1, 2)}
-    return sorted(out)
+    return sorted(out), J
 
 
-@pytest.mark.parametrize("case", list(LARGE.values()), ids=list(LARGE))
-def test_large_p_trajectory_equals_exact_along_the_way(case):
-    """P = 10^8 to 10^10 with the presets' eta: the quadrature run's record (gradient,
-    attention, patch loss of every class, and loss) and a quadrature gradient with PP equal
-    the exact grid at states along the run to 1e-12, the phase change and the saturated end
-    included; the error estimate is never below the true error, up to the exact grid's own
-    rounding (measured at Q = 0 against the closed form) and 1e-14."""
+def check_along(name, part):
+    """Run case ``name`` with the quadrature and compare with the exact grid at the states of
+    :func:`along`: all of them, those ``"before"`` the last phase change, or those from it on
+    (``"after"``)."""
     from mimfast.backends import get_kernel
     from mimfast.grid import build_grids
 
-    make, kappa_s, steps = case
+    make, kappa_s, steps, _ = LARGE[name]
     s = make()
     q = mf.simulate(s, preset_eta(s.P, kappa_s), steps, method="quadrature")
     assert q.method == "quadrature" and q.tolerance_met
-    idx = along(q)
+    assert min(q.attention(k, h, "own")[-1] for k, h in s.classes()) >= 0.99
+    idx, J = along(q)
+    idx = {"all": idx, "before": [i for i in idx if i < J],
+           "after": [i for i in idx if i >= J]}[part]
     kernel = get_kernel("cpp")
     grids = build_grids(s)
     floor = max(4 * exact_rounding(s, grids), 1e-14)
@@ -394,7 +389,27 @@ def test_large_p_trajectory_equals_exact_along_the_way(case):
         assert err <= 1e-12 and rec <= 1e-12, (step, err, rec)
         assert err <= max(gq.error, floor), (step, err, gq.error, floor)
         assert rec <= max(q.error[i], floor), (step, rec, q.error[i], floor)
-    assert min(q.attention(k, h, "own")[-1] for k, h in s.classes()) >= 0.99
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in LARGE])
+def test_large_p_trajectory_equals_exact_along_the_way(name):
+    """P = 10^8 to 10^10 with the presets' eta: the quadrature run's record (gradient,
+    attention, patch loss of every class, and loss) and a quadrature gradient with PP equal
+    the exact grid at states along the run to 1e-12, the phase change and the saturated end
+    included (where a known defect hits, up to the last phase change; the rest is
+    :func:`test_known_defects_after_the_phase_change`); the error estimate is never below the
+    true error, up to the exact grid's own rounding (measured at Q = 0 against the closed
+    form) and 1e-14."""
+    check_along(name, "before" if LARGE[name][3] else "all")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason=LARGE[n][3])) for n in LARGE if LARGE[n][3]])
+def test_known_defects_after_the_phase_change(name):
+    """The saturated states of the runs above where a known defect hits: expected to fail
+    until it is fixed (strict: a fix makes this test fail, as a reminder to unmark it)."""
+    check_along(name, "after")
 
 
 @pytest.mark.parametrize("backend", ["cpp", "numba", "numpy"])
