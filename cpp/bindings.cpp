@@ -14,6 +14,7 @@
 
 #include "class_eval.hpp"
 #include "fused.hpp"
+#include "gauss.hpp"
 #include "kernel.hpp"
 
 namespace py = pybind11;
@@ -221,6 +222,23 @@ class Fused {
     mimfast::FusedLoop loop_;
 };
 
+// Gauss rules of a batch of Jacobi matrices: diag (m, n), off (m, n - 1) -> nodes, weights.
+py::tuple gauss_rules(Arr<double> diag, Arr<double> off) {
+    if (diag.ndim() != 2 || off.ndim() != 2 || diag.shape(1) < 1 ||
+        off.shape(0) != diag.shape(0) || off.shape(1) != diag.shape(1) - 1)
+        throw std::invalid_argument("gauss_rules: diag must be (m, n) and off (m, n - 1)");
+    const py::ssize_t m = diag.shape(0), n = diag.shape(1);
+    py::array_t<double> nodes({m, n}), weights({m, n});
+    const double *pd = diag.data(), *po = off.data();
+    double *pn = nodes.mutable_data(), *pw = weights.mutable_data();
+    {
+        py::gil_scoped_release release;
+        for (py::ssize_t i = 0; i < m; ++i)
+            mimfast::gauss_rule(n, pd + i * n, po + i * (n - 1), pn + i * n, pw + i * n);
+    }
+    return py::make_tuple(nodes, weights);
+}
+
 void bind_kernel(py::module_& m) {
     py::class_<mimfast::ClassEval, std::shared_ptr<mimfast::ClassEval>>(
         m, "ClassEval", "Evaluator of one query class (base of ClassGrid and point sets).")
@@ -262,6 +280,8 @@ void bind_kernel(py::module_& m) {
              py::arg("node_x"), py::arg("node_w"), py::arg("inner"), py::arg("last"),
              py::arg("blocks"), py::arg("sizes"), py::arg("s_a"), py::arg("s_b"),
              py::arg("inv_areas"), py::arg("inv_sizes"));
+    m.def("gauss_rules", &gauss_rules, py::arg("diag"), py::arg("off"),
+          "Golub–Welsch: nodes (ascending) and weights of the Gauss rules of Jacobi matrices.");
     m.def("openmp_enabled", &mimfast::openmp_enabled, "Whether the kernel was built with OpenMP.");
     m.def("max_threads", &mimfast::max_threads, "Threads the kernel uses by default.");
 }

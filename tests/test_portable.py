@@ -15,7 +15,7 @@ from mimfast import _core
 # EVEX encoded, all spelled v...), their registers, and the non-VEX extensions of x86-64-v2/v3.
 BEYOND = re.compile(
     r"%[yz]mm\d|%k[0-7]\b|^v(?!err|erw)[a-z]"
-    r"|^(andn|bextr|blsi|blsmsk|blsr|bzhi|mulx|pdep|pext|rorx|sarx|shlx|shrx|lzcnt|tzcnt"
+    r"|^(andn\b|bextr|blsi|blsmsk|blsr|bzhi|mulx|pdep|pext|rorx|sarx|shlx|shrx|lzcnt|tzcnt"
     r"|popcnt|movbe|round[sp][sd]|ptest|pblend|blendv|insertps|extractps|dpp[sd]|pmulld"
     r"|pmin[su][bdw]|pmax[su][bdw]|pshufb|palignr|phadd|phsub|pabs|crc32|pcmpgtq|pcmp[ei]str)"
 )

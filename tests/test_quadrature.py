@@ -13,7 +13,8 @@ import pytest
 import mimfast as mf
 from mimfast.grid import class_categories
 from mimfast.model import State, evaluate
-from mimfast.quadrature import build_points, choose_method, hahn_rule, hg_rule
+from mimfast.quadrature import (build_points, choose_method, continued_pmf, hahn_rule, hg_rule,
+                                jacobi_rules)
 
 G, C = mf.Group, mf.Cluster
 
@@ -61,6 +62,56 @@ def test_rule_reproduces_exact_moments_at_any_size(K, Kc, N):
         want = float(cen[k] / Fraction(s) ** k)
         scale = math.prod(range(k - 1, 0, -2)) if k % 2 == 0 else math.prod(range(k, 0, -2))
         assert abs(got - want) <= 1e-13 * scale, (k, got, want)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 316])
+def test_jacobi_rules_give_the_chebyshev_rule(n, dense):
+    """Both eigensolvers (the compiled tridiagonal QL and numpy's dense eigh) on the Jacobi
+    matrix of the Chebyshev weight: nodes cos((2k - 1) pi / 2n), all weights 1 / n."""
+    off = np.full((2, n - 1), 0.5)
+    off[:, :1] = math.sqrt(0.5)
+    nodes, weights = jacobi_rules(np.zeros((2, n)), off, dense=dense)
+    want = np.cos((2 * np.arange(n, 0, -1) - 1) * math.pi / (2 * n))
+    np.testing.assert_allclose(nodes, np.broadcast_to(want, (2, n)), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(weights, 1.0 / n, rtol=1e-11)  # eigenvectors: ~n eps
+
+
+@pytest.mark.parametrize("K", [1, 6, 40])
+def test_continued_pmf_is_the_law_and_keeps_its_moments_at_float_draws(K):
+    """At integer draws the continued pmf is the hypergeometric pmf (exact fractions); at the
+    non-integer draws of a Gauss node its factorial moments are (K)_r (N)_r / (M)_r, r <= K."""
+    M = 2000 + K
+    for N in (K, 1000, M - K):
+        got = continued_pmf(K, np.array([float(N)]), np.array([float(M - N)]))[0]
+        want = [Fraction(math.comb(N, x) * math.comb(M - N, K - x), math.comb(M, K))
+                for x in range(K + 1)]
+        np.testing.assert_allclose(got, [float(v) for v in want], rtol=1e-13, atol=0)
+    mpmath.mp.dps = 30
+    for N in (K + 0.25, 517.3, M - K - 0.5):
+        w = continued_pmf(K, np.array([N]), np.array([M - N]))[0]
+        for r in range(K + 1):
+            want = mpmath.ff(K, r) * mpmath.ff(N, r) / mpmath.ff(M, r)
+            got = mpmath.fsum(mpmath.mpf(float(wx)) * mpmath.ff(x, r) for x, wx in enumerate(w))
+            assert abs(got / want - 1) < 1e-13 * (r + 1), (N, r)
+
+
+@pytest.mark.parametrize("n", [9, 141, 316])
+def test_hahn_rules_agree_between_eigensolvers(n, monkeypatch):
+    """The compiled solver that builds every rule agrees with dense eigh on Hahn matrices."""
+    import functools
+    import sys
+
+    N = np.array([5e8, 1e8 / 3, 1234.5])
+    args = (1e8, 9e8, N, 1e9 - N, n)
+    mean, off, w = hahn_rule(*args)
+    quad = sys.modules["mimfast.quadrature"]
+    monkeypatch.setattr(quad, "jacobi_rules", functools.partial(quad.jacobi_rules, dense=True))
+    mean_d, off_d, w_d = hahn_rule(*args)
+    np.testing.assert_array_equal(mean, mean_d)
+    sd = np.sqrt(N * 0.1 * 0.9 * (1e9 - N) / 1e9)[:, None]
+    np.testing.assert_allclose(off / sd, off_d / sd, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(w, w_d, rtol=0, atol=1e-13)
 
 
 @pytest.mark.parametrize("K,Kc,N", [(5, 20, 11), (31, 10**5 - 32, 5 * 10**4),

@@ -50,6 +50,7 @@ __all__ = [
     "grid_points_estimate",
     "hahn_rule",
     "hg_rule",
+    "jacobi_rules",
     "level_of",
     "start_levels",
     "sums_error",
@@ -116,16 +117,36 @@ def hahn_rule(K, Kc, N, Nc, n):
     A = mean[:, None] + a_dev
     C = j * (Nc[:, None] + 1 - j) * ((Kc + 1 - j) / ((M + 2 - 2 * j) * (M + 1 - 2 * j)))
     s = np.sqrt(A[:, 0] * C[:, 1])
+    xi, w = jacobi_rules((a_dev + C) / s[:, None], np.sqrt(A[:, :-1] * C[:, 1:]) / s[:, None])
+    return mean, xi * s[:, None], w
+
+
+def jacobi_rules(diag, off, dense=False):
+    """Golub–Welsch: the Gauss rules of Jacobi matrices (rows of ``diag`` and ``off``).
+
+    Returns nodes (ascending) and weights (summing to 1), each of the shape of ``diag``: the
+    eigenvalues and squared first eigenvector components. The compiled tridiagonal QL solver
+    (O(n^2) per rule) is used when the extension is built; ``dense=True``, or a missing
+    extension, uses numpy's dense ``eigh`` (O(n^3), and slow under a threaded BLAS).
+    """
+    diag = np.ascontiguousarray(diag, dtype=np.float64)
+    off = np.ascontiguousarray(off, dtype=np.float64)
+    if not dense:
+        try:
+            from . import _core
+        except ImportError:  # pragma: no cover - exercised only on a broken install
+            pass
+        else:
+            return _core.gauss_rules(diag, off)
+    m, n = diag.shape
     J = np.zeros((m, n, n))
     idx = np.arange(n)
-    J[:, idx, idx] = (a_dev + C) / s[:, None]
-    off = np.sqrt(A[:, :-1] * C[:, 1:]) / s[:, None]
+    J[:, idx, idx] = diag
     J[:, idx[1:], idx[:-1]] = off
     J[:, idx[:-1], idx[1:]] = off
     xi, vec = np.linalg.eigh(J)
     w = vec[:, 0, :] ** 2
-    w /= w.sum(axis=1, keepdims=True)
-    return mean, xi * s[:, None], w
+    return xi, w / w.sum(axis=1, keepdims=True)
 
 
 def hg_rule(K, Kc, N, Nc, n):
@@ -228,8 +249,34 @@ def chain_order(sizes):
     return sorted(live, key=lambda i: (int(sizes[i]), i))
 
 
+def continued_pmf(K, N, Nc):
+    """Probabilities of x = 0..K under HG(N + Nc, K, N) for draws N that need not be integers
+    (N, Nc >= K): C(K, x) (N)_x (Nc)_(K-x) / (N + Nc)_K, polynomials in N that continue the
+    law with all its moments. From the ratios of neighbours; rows sum to 1.
+
+    Parameters
+    ----------
+    K : int
+    N, Nc : numpy.ndarray
+        Draws and non-draws of each instance.
+
+    Returns
+    -------
+    numpy.ndarray, shape (len(N), K + 1)
+    """
+    x = np.arange(K, dtype=np.float64)
+    ratio = (K - x) * (N[:, None] - x) / ((x + 1) * (Nc[:, None] - K + x + 1))
+    logw = np.concatenate([np.zeros((len(N), 1)), np.cumsum(np.log(ratio), axis=1)], axis=1)
+    w = np.exp(logw - logw.max(axis=1, keepdims=True))
+    return w / w.sum(axis=1, keepdims=True)
+
+
 def _gauss_children(K, Kc, w, counts, N, Nc, n):
     """Gauss nodes of HG(K + Kc, K, N) for a batch of float instances, batched by node count.
+
+    Where ``n`` nodes cover all K + 1 values the category can take (K <= N, Nc, Kc), they are
+    enumerated instead, with :func:`continued_pmf`: the same rule (an (K + 1)-node Gauss rule
+    sits on the support), without an eigensolver's rounding in its small weights.
 
     Returns, per instance, ``(parent index, mean, offsets, weights)`` as flat arrays over all
     children together with each instance's slice.
@@ -239,7 +286,12 @@ def _gauss_children(K, Kc, w, counts, N, Nc, n):
     parent, mean, off, wt = [], [], [], []
     for m in np.unique(n_eff):
         sel = np.nonzero(n_eff == m)[0]
-        mu, o, ww = hahn_rule(K, Kc, N[sel], Nc[sel], int(m))
+        if m == K + 1 and K <= Kc:
+            mu = N[sel] * K / (K + Kc)
+            o = np.arange(K + 1.0)[None, :] - mu[:, None]
+            ww = continued_pmf(K, N[sel], Nc[sel])
+        else:
+            mu, o, ww = hahn_rule(K, Kc, N[sel], Nc[sel], int(m))
         parent.append(np.repeat(sel, m))
         mean.append(np.repeat(mu, m))
         off.append(o.ravel())
