@@ -13,8 +13,14 @@ import pytest
 import mimfast as mf
 from mimfast.grid import class_categories
 from mimfast.model import State, evaluate
-from mimfast.quadrature import (build_points, choose_method, continued_pmf, hahn_rule, hg_rule,
-                                jacobi_rules)
+from mimfast.quadrature import (
+    build_points,
+    choose_method,
+    continued_pmf,
+    hahn_rule,
+    hg_rule,
+    jacobi_rules,
+)
 
 G, C = mf.Group, mf.Cluster
 
