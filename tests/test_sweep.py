@@ -1,9 +1,11 @@
 """Sweeps: executors give the same table, nothing finished is lost, failures are recorded,
 and the measured phases follow the sign of the information gap."""
 
+import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -106,6 +108,58 @@ def test_killed_sweep_resumes_to_the_same_table(local_table, tmp_path):
     table = sweep(out, GRID, workers=1, progress=False, callback=seen.append)
     assert len(seen) == len(expected) - 2  # the two finished tasks were not run again
     same_table(table, expected)
+
+
+KILL_POOL = """
+import json, multiprocessing, os, signal, sys
+from mimfast.sweeps import sweep
+def kill(row):
+    pids = [p.pid for p in multiprocessing.active_children()]
+    with open(sys.argv[2], "w") as f:
+        json.dump(pids, f)
+    os.kill(os.getpid(), signal.SIGKILL)
+if __name__ == "__main__":  # the spawned workers import this file too
+    sweep(sys.argv[1], {grid!r}, workers=2, threads=1, progress=False, callback=kill)
+"""
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone too (the test's process is not its parent; init reaps it)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re-parenting as on Linux")
+def test_killed_sweep_leaves_no_worker_processes(local_table, tmp_path):
+    # SIGKILL cannot be handled by the sweep: its worker processes must notice and exit
+    # rather than wait for work forever, and a re-run still ends with the whole table
+    _, expected = local_table
+    script = tmp_path / "killer.py"
+    script.write_text(KILL_POOL.format(grid=GRID))
+    out, pids, log = tmp_path / "out", tmp_path / "pids.json", tmp_path / "log"
+    with open(log, "wb") as f:  # not pipes: orphaned workers would hold them open
+        proc = subprocess.run([sys.executable, str(script), str(out), str(pids)], stdout=f,
+                              stderr=subprocess.STDOUT, check=False)
+    assert proc.returncode == -9, log.read_text()
+    workers = json.loads(pids.read_text())
+    assert workers
+    try:
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, 9)
+    same_table(sweep(out, GRID, workers=2, progress=False), expected)
 
 
 def test_interrupted_sweep_keeps_rows_and_retries_failed(local_table, tmp_path):

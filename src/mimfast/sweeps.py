@@ -372,7 +372,8 @@ def _local_rows(pending, out, workers, threads):
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn: forking a process whose OpenMP runtime has started threads can hang the child
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_watch_parent, initargs=(os.getpid(),))
     finished = False
     try:
         futures = {pool.submit(run_task, task, str(out), threads): task for task in pending}
@@ -384,6 +385,24 @@ def _local_rows(pending, out, workers, threads):
             for process in list((getattr(pool, "_processes", None) or {}).values()):
                 process.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _watch_parent(pid, every=0.5):
+    """Worker initializer: exit once the sweep's process ``pid`` is gone.
+
+    A sweep killed with SIGKILL cannot stop its workers, and a worker of a process pool
+    otherwise waits for work forever; its unfinished task is simply run again by the next
+    sweep. (Where a dead parent's children are not re-parented, e.g. on Windows, this does
+    nothing.)
+    """
+    import threading
+
+    def watch():
+        while os.getppid() == pid:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="mimfast-sweep-parent", daemon=True).start()
 
 
 def _dask_rows(pending, out, workers, threads, scheduler):
