@@ -1,7 +1,9 @@
 """Bad input raises ValueError or TypeError whose message names the problem."""
 
 import math
+import sys
 
+import numpy as np
 import pytest
 
 import mimfast as mf
@@ -115,3 +117,28 @@ def test_diverging_run_is_reported():
     s = mf.Setting.paper(1000, 0.9, 0.3)
     with pytest.raises(FloatingPointError, match="eta"):
         mf.simulate(s, eta=1e300, steps=3)
+
+
+@pytest.mark.filterwarnings("ignore:.*encountered:RuntimeWarning")  # numpy's 0 / 0
+@pytest.mark.parametrize("loop", ["fused", "python"])
+def test_saturated_logits_are_named(loop, monkeypatch):
+    """Own-area logits far above every other one: where no own-area key is unmasked the softmax
+    denominator is about e^-gap and the gradient is not finite. The error names the class and
+    the gap (in the C++ and the Python loop, and for one gradient), not only eta."""
+    s = mf.Setting.paper(10**4, 0.9, 0.6)  # own areas of 250 positions: U_own = 0 is kept
+    with pytest.raises(FloatingPointError, match=r"gradient at step 1 is not finite\. In query "
+                       r"class \(0, \d\) the own-area logit exceeds every other logit by [\d.e+]+"
+                       r".*stop it before step 1\), or eta=100000.0 is too large"), \
+            monkeypatch.context() as m:
+        if loop == "python":
+            m.setattr(sys.modules["mimfast.simulate"], "FUSED", set())
+        mf.simulate(s, 1e5, 10, method="exact")
+    backend = {"fused": "cpp", "python": "numpy"}[loop]
+    state = mf.State.zeros(s)
+    state.fp[0][1, 0] = 800.0
+    with pytest.raises(FloatingPointError, match=r"class \(0, 1\) the own-area logit exceeds "
+                       r"every other logit by 800"):
+        mf.gradient(s, state, backend=backend, method="exact")
+    state.fp[0][1, 0] = 60.0  # far from the edge: finite, attention 1
+    g = mf.gradient(s, state, backend=backend, method="exact")
+    assert g.attention[0][1, 0] == pytest.approx(1.0, abs=1e-15) and np.isfinite(g.fp[0]).all()

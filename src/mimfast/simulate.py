@@ -452,9 +452,7 @@ def _python_loop(setting, grids, kernel, threads, eta, steps, record_every, bloc
             return
         new = state.updated(grad, eta)
         if not new.finite():
-            raise FloatingPointError(
-                f"the state became non-finite at step {t + 1}: eta={eta} is too large"
-            )
+            raise _nonfinite(setting, state, State(grad.fp, grad.pp).finite(), t, eta)
         at[:] = [t + 1, new]
         t, state = at
         if clock.due(t):
@@ -475,6 +473,8 @@ class Fused:
         from .backends import cpp_backend
 
         self.setting, self.grids, self.blocks = setting, grids, blocks
+        self.method = "exact" if quad is None else "quadrature"
+        self.unmet = set()  # steps whose estimate missed rtol with the rules at their limit
         self.dropped = max(g.dropped for g in grids.values())
         self.layout = StateLayout(setting)
         self.loop = cpp_backend.fused_loop(setting, grids, self.layout,
@@ -508,11 +508,13 @@ class Fused:
 
     def gradient(self):
         """The :class:`Gradient` of the loop's last evaluation."""
-        grad, loss, att, ploss, _ = self.loop.last()
+        grad, loss, att, ploss, error = self.loop.last()
         g = self.layout.state(grad)
         attention, _ = self.layout.split(att[None])
         return Gradient(g.fp, g.pp, loss, [a[0] for a in attention],
-                        [a[0] for a in self.layout.per_class(ploss[None])], self.dropped)
+                        [a[0] for a in self.layout.per_class(ploss[None])], self.dropped,
+                        float(error.max(initial=0.0)), self.t - 1 not in self.unmet,
+                        self.method)
 
     def refine(self, threads, rtol):
         """Grow the rules of the classes whose estimate missed ``rtol`` at the loop's step and
@@ -535,6 +537,8 @@ class Fused:
                                          -1 if err <= rtol else t)
                 met = met and ok
             worst = max(worst, err)
+        if not met:
+            self.unmet.add(t)
         return worst, met
 
     def run(self, steps, record_every, eta, threads, clock, quad):
@@ -548,8 +552,8 @@ class Fused:
             if status == self.DONE:
                 return
             if status == self.NONFINITE:
-                raise FloatingPointError(f"the state became non-finite at step {self.t + 1}: "
-                                         f"eta={eta} is too large")
+                raise _nonfinite(self.setting, self.state(),
+                                 bool(np.isfinite(self.loop.last()[0]).all()), self.t, eta)
             if status == self.TOLERANCE:
                 error, met = self.refine(threads, quad["rtol"])
                 _tolerance(met, error, quad["rtol"], quad["strict"], f"step {self.t}: ",
@@ -560,6 +564,51 @@ class Fused:
                 raise RuntimeError(f"the fused loop stopped with status {status}")
             if timed:
                 clock(self.t, self.gradient())
+
+
+# an own-area logit this far above every other one leaves the softmax denominator of the count
+# points without an unmasked own-area key at e^-gap of the others: a non-finite gradient there
+# is that point's powers of 1 / D out of double precision's range
+SATURATION_GAP = 50.0
+
+
+def own_logit_gap(setting, state):
+    """The largest amount by which a class's own-area unmasked logit z A_own + B_own exceeds
+    every other logit of its class (self, masked own keys, other categories), and the class.
+
+    Key weights are taken relative to the largest logit (:func:`mimfast.model.class_inputs`),
+    so at a count point where no own-area key is unmasked the softmax denominator is about
+    e^-gap: far beyond :data:`SATURATION_GAP` its powers leave double precision's range.
+    """
+    from .grid import class_categories
+
+    worst, where = -math.inf, None
+    for k, h in setting.classes():
+        if class_categories(setting, k, h)[0][0] == 0:  # a one-patch area: no own keys
+            continue
+        z = setting.class_z(k, h).tolist()
+        A = state.fp[k][h].tolist()
+        b_self, *B = [0.0] * (len(A) + 1) if state.pp is None else state.pp[h].tolist()
+        others = [b_self, B[0]] + [z[c] * A[c] + B[c] for c in range(1, len(A))] + B[1:]
+        gap = z[0] * A[0] + B[0] - max(others)
+        if gap > worst:
+            worst, where = gap, (k, h)
+    return worst, where
+
+
+def _nonfinite(setting, state, grad_finite, t, eta):
+    """The error for a step from the finite ``state`` at step t that left it non-finite."""
+    gap, where = own_logit_gap(setting, state)
+    if grad_finite or gap <= SATURATION_GAP:
+        return FloatingPointError(f"the state became non-finite at step {t + 1}: eta={eta} is "
+                                  "too large")
+    return FloatingPointError(
+        f"the state became non-finite at step {t + 1}: the gradient at step {t} is not finite. "
+        f"In query class {where} the own-area logit exceeds every other logit by {gap:.4g}, so "
+        "where no own-area key is unmasked the softmax denominator is about "
+        f"e^-{gap:.4g} and its powers leave double precision's range. The run has saturated "
+        f"(own-area attention 1 to double precision: stop it before step {t}), or eta={eta} is "
+        "too large.")
 
 
 def _resume_point(resume, setting, eta, record_every, steps, backend, tail_tol):
@@ -636,5 +685,10 @@ def gradient(setting, state=None, backend=DEFAULT, threads=None, tail_tol=1e-15,
     else:
         grids = build_quadratures(setting)
     grad = evaluate(setting, grids, state, kernel, threads, rtol)
+    if not State(grad.fp, grad.pp).finite():
+        gap, where = own_logit_gap(setting, state)
+        raise FloatingPointError(f"the gradient is not finite: in query class {where} the "
+                                 f"own-area logit exceeds every other logit by {gap:.4g} "
+                                 "(see mimfast.simulate.own_logit_gap)")
     _tolerance(grad.met, grad.error, rtol, strict, "")
     return grad
