@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -102,17 +103,23 @@ std::shared_ptr<mimfast::PointSet> make_points(
 }
 
 py::array_t<double> eval_sums(const mimfast::ClassEval& e, Arr<double> z, Arr<double> wu,
-                              Arr<double> wm, double wself, int threads) {
+                              Arr<double> wm, double wself, int threads,
+                              std::optional<Arr<double>> wu0, std::optional<Arr<double>> wm0,
+                              double wself0) {
     if (threads < 1) throw std::invalid_argument("threads must be at least 1");
     const py::ssize_t n = e.n_cat();
     const double* pz = data(z, n, "z");
     const double* pu = data(wu, n, "wu");
     const double* pm = data(wm, n, "wm");
+    if (wu0.has_value() != wm0.has_value())
+        throw std::invalid_argument("wu0 and wm0 come together");
+    const double* pu0 = wu0 ? data(*wu0, n, "wu0") : nullptr;
+    const double* pm0 = wm0 ? data(*wm0, n, "wm0") : nullptr;
     py::array_t<double> out(mimfast::n_sums(e.n_cat()));
     double* o = out.mutable_data();
     {
         py::gil_scoped_release release;
-        e.sums(pz, pu, pm, wself, threads, o);
+        e.sums(pz, pu, pm, wself, threads, o, pu0, pm0, wself0);
     }
     return out;
 }
@@ -244,7 +251,8 @@ void bind_kernel(py::module_& m) {
         m, "ClassEval", "Evaluator of one query class (base of ClassGrid and point sets).")
         .def_property_readonly("n_cat", &mimfast::ClassEval::n_cat)
         .def("sums", &eval_sums, py::arg("z"), py::arg("wu"), py::arg("wm"), py::arg("wself"),
-             py::arg("threads"),
+             py::arg("threads"), py::arg("wu0") = py::none(), py::arg("wm0") = py::none(),
+             py::arg("wself0") = 0.0,
              "Sums of docs/model.md §3: [mass, loss, dB_self, alpha[n], dA[n], dB[n]].");
     py::class_<mimfast::ExactGrid, mimfast::ClassEval, std::shared_ptr<mimfast::ExactGrid>>(
         m, "ClassGrid", "A class count grid, copied and validated for the kernel.")

@@ -20,11 +20,14 @@ Inputs constants(const std::vector<double>& sizes, const std::vector<double>& s_
 }
 
 Inputs with_weights(Inputs in, const double* z, const double* wu, const double* wm,
-                    double wself) {
+                    double wself, const double* wu0, const double* wm0, double wself0) {
     in.z = z;
     in.wu = wu;
     in.wm = wm;
     in.wself = wself;
+    in.wu0 = wu0;
+    in.wm0 = wm0;
+    in.wself0 = wself0;
     return in;
 }
 
@@ -75,8 +78,9 @@ ExactGrid::ExactGrid(GridArrays arrays) : a_(std::move(arrays)) {
 }
 
 void ExactGrid::sums(const double* z, const double* wu, const double* wm, double wself,
-                     int threads, double* out) const {
-    class_sums(g_, with_weights(in_, z, wu, wm, wself), threads, out);
+                     int threads, double* out, const double* wu0, const double* wm0,
+                     double wself0) const {
+    class_sums(g_, with_weights(in_, z, wu, wm, wself, wu0, wm0, wself0), threads, out);
 }
 
 PointSet::PointSet(PointArrays arrays) : a_(std::move(arrays)) {
@@ -108,8 +112,9 @@ PointSet::PointSet(PointArrays arrays) : a_(std::move(arrays)) {
 }
 
 void PointSet::sums(const double* z, const double* wu, const double* wm, double wself,
-                    int threads, double* out) const {
-    class_sums(g_, with_weights(in_, z, wu, wm, wself), threads, out);
+                    int threads, double* out, const double* wu0, const double* wm0,
+                    double wself0) const {
+    class_sums(g_, with_weights(in_, z, wu, wm, wself, wu0, wm0, wself0), threads, out);
 }
 
 }  // namespace mimfast

@@ -16,9 +16,12 @@ class ClassEval {
     // Number of key categories n (category 0: the query's own area).
     virtual int n_cat() const = 0;
     // The n_sums(n) sums [mass, loss, dB_self, alpha[n], dA[n], dB[n]] into out, for latents
-    // z[n], key weights wu[n], wm[n] and wself. The result must not depend on `threads`.
+    // z[n], key weights wu[n], wm[n] and wself, and optionally the weights of the points
+    // without an unmasked own-area key (Inputs in kernel.hpp). The result must not depend on
+    // `threads`.
     virtual void sums(const double* z, const double* wu, const double* wm, double wself,
-                      int threads, double* out) const = 0;
+                      int threads, double* out, const double* wu0 = nullptr,
+                      const double* wm0 = nullptr, double wself0 = 0.0) const = 0;
 };
 
 // The arrays of one class count grid (see mimfast/grid.py, ClassGrid) and its per-category
@@ -39,7 +42,7 @@ class ExactGrid final : public ClassEval {
     explicit ExactGrid(GridArrays arrays);
     int n_cat() const override { return a_.n_cat; }
     void sums(const double* z, const double* wu, const double* wm, double wself, int threads,
-              double* out) const override;
+              double* out, const double* wu0, const double* wm0, double wself0) const override;
 
    private:
     GridArrays a_;
@@ -63,7 +66,7 @@ class PointSet final : public ClassEval {
     explicit PointSet(PointArrays arrays);
     int n_cat() const override { return a_.n_cat; }
     void sums(const double* z, const double* wu, const double* wm, double wself, int threads,
-              double* out) const override;
+              double* out, const double* wu0, const double* wm0, double wself0) const override;
 
    private:
     PointArrays a_;

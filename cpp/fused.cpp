@@ -78,6 +78,8 @@ FusedLoop::FusedLoop(std::vector<FusedClass> classes, int64_t n_state)
     check_.assign(sums_.size(), 0.0);
     wu_.assign(widest, 0.0);
     wm_.assign(widest, 0.0);
+    wu0_.assign(widest, 0.0);
+    wm0_.assign(widest, 0.0);
     lu_.assign(widest, 0.0);
 }
 
@@ -129,10 +131,30 @@ void FusedLoop::evaluate(int threads) {
             wm_[k] = c.live[k] ? std::exp((B ? B[k] : 0.0) - top) : 0.0;
         }
         const double wself = std::exp(b_self - top);
+        // the largest logit but the own area's unmasked one; far below it, the points without
+        // an unmasked own-area key get weights of their own (mimfast/model.py, class_inputs)
+        double top0 = b_self;
+        for (int k = 0; k < n; ++k) {
+            const double b = B ? B[k] : 0.0;
+            if (c.live[k] && k > 0 && lu_[k] > top0) top0 = lu_[k];
+            if (c.live[k] && b > top0) top0 = b;
+        }
+        const bool alt = c.live[0] && lu_[0] - top0 > OWN_LEAD;
+        double wself0 = 0.0;
+        if (alt) {
+            for (int k = 0; k < n; ++k) {
+                wu0_[k] = c.live[k] && k > 0 ? std::exp(lu_[k] - top0) : 0.0;
+                wm0_[k] = c.live[k] ? std::exp((B ? B[k] : 0.0) - top0) : 0.0;
+            }
+            wself0 = std::exp(b_self - top0);
+        }
+        const double* pu0 = alt ? wu0_.data() : nullptr;
+        const double* pm0 = alt ? wm0_.data() : nullptr;
         double* s = sums_.data();
-        c.eval->sums(c.z.data(), wu_.data(), wm_.data(), wself, threads, s);
+        c.eval->sums(c.z.data(), wu_.data(), wm_.data(), wself, threads, s, pu0, pm0, wself0);
         if (c.check) {
-            c.check->sums(c.z.data(), wu_.data(), wm_.data(), wself, threads, check_.data());
+            c.check->sums(c.z.data(), wu_.data(), wm_.data(), wself, threads, check_.data(), pu0,
+                          pm0, wself0);
             err_[i] = difference(n, s, check_.data());
             max_err_[i] = std::max(max_err_[i], err_[i]);
         }

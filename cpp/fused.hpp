@@ -29,6 +29,10 @@ struct FusedClass {
                           // no refinement meets tol there)
 };
 
+// How far the own area's unmasked logit must lead every other logit of a class before the count
+// points without an unmasked own-area key get weights of their own (mimfast.model.OWN_LEAD).
+constexpr double OWN_LEAD = 100.0;
+
 enum class Status : int { done = 0, chunk = 1, nonfinite = 2, tolerance = 3, interrupted = 4 };
 
 // When run() hands control back before the end of the run.
@@ -90,7 +94,7 @@ class FusedLoop {
     std::vector<int64_t> att_off_;
     int64_t t_ = 0, last_recorded_ = -1;
     std::vector<double> state_, next_, grad_, att_, ploss_, err_, max_err_, sums_, check_;
-    std::vector<double> wu_, wm_, lu_;
+    std::vector<double> wu_, wm_, lu_, wu0_, wm0_;
     double loss_ = 0.0;
     Records rec_;
     int64_t first_ = 0;

@@ -155,18 +155,23 @@ void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
     u[g.inner] = x0;
     a[g.inner] = 1.0;
     a[g.last] = -1.0;
+    // a block whose points have no unmasked own-area key uses the weights scaled for them
+    const bool none_own = in.wu0 && u[0] == 0.0 && a[0] == 0.0;
+    const double* wu = none_own ? in.wu0 : in.wu;
+    const double* wm = none_own ? in.wm0 : in.wm;
+    const double wself = none_own ? in.wself0 : in.wself;
 
     // D = d0 + d1 x; Q = D - wu_0 U_0 - wm_0 V_0 = q0 + q1 x (Q / D = 1 - alpha_own - mu_own);
     // R = Q + wm_0 V_0 = r0 + r1 x (R / D = beta = 1 - alpha_own)
-    double q0 = in.wself, q1 = 0.0;
+    double q0 = wself, q1 = 0.0;
     for (int c = 1; c < n; ++c) {
-        q0 += in.wu[c] * u[c] + in.wm[c] * (in.sizes[c] - u[c]);
-        q1 += a[c] * (in.wu[c] - in.wm[c]);
+        q0 += wu[c] * u[c] + wm[c] * (in.sizes[c] - u[c]);
+        q1 += a[c] * (wu[c] - wm[c]);
     }
-    const double r0 = q0 + in.wm[0] * (in.sizes[0] - u[0]);
-    const double r1 = q1 - a[0] * in.wm[0];
-    const double d0 = r0 + in.wu[0] * u[0];
-    const double d1 = r1 + a[0] * in.wu[0];
+    const double r0 = q0 + wm[0] * (in.sizes[0] - u[0]);
+    const double r1 = q1 - a[0] * wm[0];
+    const double d0 = r0 + wu[0] * u[0];
+    const double d1 = r1 + a[0] * wu[0];
     const Moments mo = block_moments(g, row, first, stop, x0, d0, d1);
 
     // numerators: alpha_c = Al_c i, mu_c = Mu_c i, sigma_c = Sg_c i^2, beta = R i
@@ -176,8 +181,8 @@ void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
     Poly L = mul(R, R);
     for (int c = 0; c < 4; ++c) L[c] *= z02;  // 2 loss = L i^2
     for (int c = 0; c < n; ++c) {
-        Al[c] = affine(in.wu[c] * u[c], in.wu[c] * a[c]);
-        Mu[c] = affine(in.wm[c] * (in.sizes[c] - u[c]), -in.wm[c] * a[c]);
+        Al[c] = affine(wu[c] * u[c], wu[c] * a[c]);
+        Mu[c] = affine(wm[c] * (in.sizes[c] - u[c]), -wm[c] * a[c]);
     }
     // e_c = E_c i^2: own -z0^2 alpha beta, group z_c^2 sigma_c
     E[0] = mul(Al[0], R);
@@ -187,7 +192,7 @@ void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
         const Poly U = affine(u[c], a[c]);
         const Poly V = affine(in.sizes[c] - u[c], -a[c]);
         const Poly S2 = axpy(in.s_a[c], mul(U, V), mul(affine(in.s_b[c], 0.0), mul(U, U)));
-        const double k2 = in.z[c] * in.z[c] * in.wu[c] * in.wu[c];
+        const double k2 = in.z[c] * in.z[c] * wu[c] * wu[c];
         for (int k = 0; k < 4; ++k) E[c][k] = k2 * S2[k];
         L = axpy(1.0, E[c], L);
         Gs = axpy(1.0, E[c], Gs);
@@ -195,7 +200,7 @@ void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
     const Poly Gb = axpy(1.0, E[0], Gs);  // gbar = Gb i^2
     out[0] = mo.m[0][0];
     out[1] = 0.5 * mo(L, 2);
-    out[2] = -in.wself * mo(Gb, 3);
+    out[2] = -wself * mo(Gb, 3);
     for (int c = 0; c < n; ++c) {
         out[3 + c] = mo(Al[c], 1);
         const double ga = mo(mul(Gb, Al[c]), 3);

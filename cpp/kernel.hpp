@@ -43,6 +43,12 @@ struct Inputs {
     const double* wu = nullptr;
     const double* wm = nullptr;
     double wself = 0.0;
+    // Optional weights for the count points without an unmasked own-area key, relative to the
+    // largest logit there (when the own area's logit leads by so much that the weights above
+    // would underflow at those points); wu0[0] is unused.
+    const double* wu0 = nullptr;
+    const double* wm0 = nullptr;
+    double wself0 = 0.0;
 };
 
 // Number of sums: mass, loss, dB_self, alpha[n], dA[n], dB[n].

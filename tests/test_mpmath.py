@@ -11,7 +11,7 @@ import mimfast as mf
 DPS = 30
 
 
-def mp_expectations(sizes, areas, z, A, B, b_self, u, half_width=9.0):
+def mp_expectations(sizes, areas, z, A, B, b_self, u, half_width=9.0, with_zero=False):
     """E over the unmasked counts of (l, alpha_c, dA_c, dB_self, dB_c), in mpmath.
 
     Written from docs/model.md §3 as stated there (own area and groups handled separately), with the
@@ -77,7 +77,8 @@ def mp_expectations(sizes, areas, z, A, B, b_self, u, half_width=9.0):
 
     c0 = free[0]
     lo0, hi0 = ranges(c0, u, N)
-    for x0 in range(lo0, hi0 + 1):
+    # with_zero: also the point without unmasked keys of the first category, far in its tail
+    for x0 in ([0] if with_zero and lo0 > 0 else []) + list(range(lo0, hi0 + 1)):
         w0 = pmf(c0, x0, u, N)
         if len(free) == 1:
             U = [0] * n
@@ -118,7 +119,17 @@ def saturated_state():
 
 
 SATURATED = mf.Setting.paper(10**4, 0.9, 0.6)  # own areas of 250: U_own = 0 has mass 1e-75
-CASES = {"moderate": (SETTING, nonzero_state, DPS), "saturated": (SATURATED, saturated_state, 80)}
+def deep_state():
+    """The local query's own-area logit 800 above every other one: at the count points without
+    an unmasked own-area key every other weight is e^-800 of the own area's (below the
+    smallest double), and those points carry almost all of its loss and gradient."""
+    state = saturated_state()
+    state.fp[0][1, 0] = 800.0
+    return state
+
+
+CASES = {"moderate": (SETTING, nonzero_state, DPS), "saturated": (SATURATED, saturated_state, 80),
+         "deep": (SATURATED, deep_state, 80)}
 
 
 @functools.cache
@@ -132,26 +143,47 @@ def reference(h, case="moderate"):
     areas = [1] + [grp.areas - (g_ == h) for g_, grp in enumerate(groups)]
     z = [groups[h].z] + [grp.z for grp in groups]
     ref = mp_expectations(sizes, areas, z, state.fp[0][h], state.pp[h, 1:], state.pp[h, 0],
-                          s.unmasked)
+                          s.unmasked, with_zero=case == "deep")
     return sizes, ref
 
 
-@pytest.mark.parametrize("case", ["moderate", "saturated"])
-@pytest.mark.parametrize("h", [0, 1])
+@pytest.mark.parametrize("h, case", [(0, "moderate"), (1, "moderate"), (0, "saturated"),
+                                     (1, "saturated"), (1, "deep")])
 def test_gradient_matches_mpmath(backend, h, case):
     s, make_state, _ = CASES[case]
     g = mf.gradient(s, make_state(), backend=backend, method="exact")
     sizes, ref = reference(h, case)
-    if case == "saturated":  # the regime the test is for
+    if case != "moderate":  # the regime the test is for
         assert 0 < float(1 - ref["alpha"][0]) < 1e-15
     assert abs(float(ref["mass"]) - 1) < 1e-14
     scale = s.masked / s.P
     want_fp = [float(scale * v) for v in ref["dA"]]
     want_pp = [float(scale * ref["bself"])] + [float(scale * v) for v in ref["dB"]]
     live = [c for c in range(len(sizes)) if sizes[c] > 0]
-    np.testing.assert_allclose(g.fp[0][h, live], np.array(want_fp)[live], rtol=1e-10)
+    # deep: the gradient (~1e-81) comes from the count row U_own = 0 (mass 1e-76), whose far
+    # tail the grid trims within its absolute tail tolerance; relative to that row: ~1e-7
+    rtol = 1e-6 if case == "deep" else 1e-10
+    np.testing.assert_allclose(g.fp[0][h, live], np.array(want_fp)[live], rtol=rtol)
     np.testing.assert_allclose(g.pp[h, [0] + [1 + c for c in live]],
-                               np.array(want_pp)[[0] + [1 + c for c in live]], rtol=1e-10)
+                               np.array(want_pp)[[0] + [1 + c for c in live]], rtol=rtol)
     np.testing.assert_allclose(g.attention[0][h, live],
-                               [float(ref["alpha"][c]) for c in live], rtol=1e-10)
-    np.testing.assert_allclose(g.patch_loss[0][h], float(ref["loss"]), rtol=1e-10)
+                               [float(ref["alpha"][c]) for c in live], rtol=rtol)
+    np.testing.assert_allclose(g.patch_loss[0][h], float(ref["loss"]), rtol=rtol)
+
+
+@pytest.mark.parametrize("case", ["saturated", "deep"])
+def test_quadrature_matches_mpmath_when_saturated(case):
+    """The quadrature counts U_own = 0 as a point of its own (docs/model.md §8): at saturated
+    attention, where that point carries the loss and the gradient, it matches the 80-digit sum
+    (whose U_own = 0 row is whole; the exact grid trims that row's far tail)."""
+    s, make_state, _ = CASES[case]
+    g = mf.gradient(s, make_state(), method="quadrature")
+    sizes, ref = reference(1, case)
+    scale = s.masked / s.P
+    live = [c for c in range(len(sizes)) if sizes[c] > 0]
+    np.testing.assert_allclose(g.fp[0][1, live], [float(scale * ref["dA"][c]) for c in live],
+                               rtol=1e-10)
+    want_pp = [float(scale * ref["bself"])] + [float(scale * ref["dB"][c]) for c in live]
+    np.testing.assert_allclose(g.pp[1, [0] + [1 + c for c in live]], want_pp, rtol=1e-10)
+    np.testing.assert_allclose(g.patch_loss[0][1], float(ref["loss"]), rtol=1e-10)
+    assert g.error <= 1e-13

@@ -218,12 +218,25 @@ class ClassInputs:
     ``wu[c]`` and ``wm[c]`` weigh one unmasked and one masked key of category c, ``wself``
     the query itself (exp of the logits of docs/model.md §2 less their largest value; 0 for an empty
     category); ``z[c]`` is the latent of category c (category 0: the query's own area).
+    ``wu0``, ``wm0`` and ``wself0``, when set, replace them at the count points without an
+    unmasked own-area key: the same logits less the largest logit there (see
+    :data:`OWN_LEAD`).
     """
 
     z: np.ndarray
     wu: np.ndarray
     wm: np.ndarray
     wself: float
+    wu0: np.ndarray | None = None
+    wm0: np.ndarray | None = None
+    wself0: float = 0.0
+
+
+# How far the own area's unmasked logit must lead every other logit of a class before the count
+# points without an unmasked own-area key get weights of their own (``ClassInputs.wu0`` ...):
+# there the softmax denominator is about e^-lead in the first weights, and its powers leave
+# double precision's range a few hundred beyond. (The same constant is in cpp/fused.hpp.)
+OWN_LEAD = 100.0
 
 
 def class_inputs(setting, state, k, h, grid):
@@ -244,7 +257,16 @@ def class_inputs(setting, state, k, h, grid):
     top = max([b_self] + [x for x, on in zip(lu, live) if on] + [x for x, on in zip(B, live) if on])
     wu = np.array([math.exp(x - top) if on else 0.0 for x, on in zip(lu, live)])
     wm = np.array([math.exp(x - top) if on else 0.0 for x, on in zip(B, live)])
-    return ClassInputs(z, wu, wm, math.exp(b_self - top))
+    inputs = ClassInputs(z, wu, wm, math.exp(b_self - top))
+    # where no own-area key is unmasked, weights relative to the largest logit there
+    top0 = max([b_self] + [x for c, (x, on) in enumerate(zip(lu, live)) if on and c > 0]
+               + [x for x, on in zip(B, live) if on])
+    if live[0] and lu[0] - top0 > OWN_LEAD:
+        inputs.wu0 = np.array([math.exp(x - top0) if on and c > 0 else 0.0
+                               for c, (x, on) in enumerate(zip(lu, live))])
+        inputs.wm0 = np.array([math.exp(x - top0) if on else 0.0 for x, on in zip(B, live)])
+        inputs.wself0 = math.exp(b_self - top0)
+    return inputs
 
 
 def evaluate(setting, grids, state, kernel, threads=None, rtol=1e-13):

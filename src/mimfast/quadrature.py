@@ -249,6 +249,29 @@ def chain_order(sizes):
     return sorted(live, key=lambda i: (int(sizes[i]), i))
 
 
+# U_own = 0 becomes a point of its own when its probability is at most this (docs/model.md §8)
+ATOM = 2.0**-56
+
+
+def own_atom(K, Kc, N, Nc):
+    """Probability of no unmasked own-area key, P(U_own = 0) under HG(K + Kc, K, N) (integer
+    counts), when it is positive and at most :data:`ATOM`; otherwise 0.
+
+    As attention saturates, the loss and gradient of a class come from the count points without
+    an unmasked own-area key, where attention cannot go to the own area: a Gauss rule, a
+    polynomial fit around the mean, cannot see that one point. Counting it apart while the rule
+    also integrates it changes the result by P(U_own = 0) relative, below rounding.
+    """
+    if N > Kc:  # every draw cannot avoid the own area
+        return 0.0
+    M = K + Kc
+    # Binom(0; K, N/M) Binom(N; Kc, N/M) / Binom(N; M, N/M): the binomial factors cancel
+    logp = (log_binom_pmf(np.array([0]), K, (N, M)) + log_binom_pmf(np.array([N]), Kc, (N, M))
+            - log_binom_pmf(np.array([N]), M, (N, M)))
+    p0 = math.exp(float(logp[0]))
+    return p0 if p0 <= ATOM else 0.0
+
+
 def continued_pmf(K, N, Nc):
     """Probabilities of x = 0..K under HG(N + Nc, K, N) for draws N that need not be integers
     (N, Nc >= K): C(K, x) (N)_x (Nc)_(K-x) / (N + Nc)_K, polynomials in N that continue the
@@ -359,6 +382,15 @@ def build_points(sizes, areas, unmasked, nodes):
                 gNc.append(fNc[parent] - kc_left)
         for w, cnt, N, Nc in exact:
             xs, mean, off, ws, enum = hg_rule(K, Kc, N, Nc, n)
+            p0 = own_atom(K, Kc, N, Nc) if d == 0 and not enum else 0.0
+            if p0:  # U_own = 0 as a point of its own; the Gauss rule takes the rest
+                ws = ws * (1.0 - p0)
+                if inner:
+                    off, ws = np.r_[-float(mean), off], np.r_[p0, ws]
+                else:
+                    c = list(cnt)
+                    c[d] = 0
+                    nxt.append((w * p0, c, N, Nc - K))
             if inner:
                 rows.append((w, [float(v) for v in cnt], float(N), float(mean), off, ws))
             elif enum:

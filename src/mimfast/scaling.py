@@ -136,10 +136,7 @@ def fits(table, level=0.95, quantities=None, min_steps=MIN_STEPS):
                 y = y * rows["eta_used"].to_numpy(dtype=float)
             if name == "local_fp_global_min":
                 y = -y
-            unresolved = np.zeros(len(y), dtype=bool)
-            if column.endswith("_loss_gap"):
-                unresolved = _unresolved_gap(rows, column[:-len("_loss_gap")], y)
-            ok = np.isfinite(y) & (y > 0) & ~short & ~unresolved
+            ok = np.isfinite(y) & (y > 0) & ~short
             P = rows["P"].to_numpy(dtype=float)[ok]
             row = {"regime": _label(regime), "kappa_c": regime["kappa_c"],
                    "kappa_s": regime["kappa_s"],
@@ -148,9 +145,7 @@ def fits(table, level=0.95, quantities=None, min_steps=MIN_STEPS):
                    "P_min": P.min() if len(P) else math.nan,
                    "P_max": P.max() if len(P) else math.nan}
             notes = [f"{int(short.sum())} under {min_steps} steps"] if short.any() else []
-            if unresolved.any():
-                notes.append(f"{int(unresolved.sum())} below the quadrature's resolution")
-            left = len(y) - int(ok.sum()) - int(short.sum()) - int(unresolved.sum())
+            left = len(y) - int(ok.sum()) - int(short.sum())
             notes += [f"{left} zero or not reached"] if left else []
             row["note"] = f"left out of {len(y)}: " + ", ".join(notes) if notes else ""
             if len(np.unique(P)) >= 2:
@@ -159,21 +154,6 @@ def fits(table, level=0.95, quantities=None, min_steps=MIN_STEPS):
     cols = ["regime", "kappa_c", "kappa_s", "delta", "quantity", "description", "n", "P_min",
             "P_max", "exponent", "low", "high", "prefactor", "r2", "note"]
     return pd.DataFrame(out, columns=cols)
-
-
-def _unresolved_gap(rows, cls, gap):
-    """Loss gaps of quadrature runs that are not above the class's irreducible loss.
-
-    The quadrature's point sets do not carry the point U_own = 0 (docs/model.md §8), whose
-    probability is the irreducible loss's (docs/model.md §5): its expected loss lacks up to
-    that much, so a loss gap is resolved only above it, and below it can read negative.
-    """
-    column = f"{cls}_irreducible"
-    if column not in rows:
-        return np.zeros(len(gap), dtype=bool)
-    irreducible = rows[column].to_numpy(dtype=float, na_value=np.nan)
-    quadrature = (rows["method_used"] == "quadrature").fillna(False).to_numpy(dtype=bool)
-    return quadrature & (irreducible > 0) & ~(gap > irreducible)
 
 
 def phases(table):

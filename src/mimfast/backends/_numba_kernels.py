@@ -86,14 +86,18 @@ def count(counts, rest, row, c, ci, cl, x0):
 
 @njit
 def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
-               C, z, sa, sb, ia, isz, wu, wm, wself, centre, node_x, node_w, out):
+               C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre, node_x,
+               node_w, out):
     """docs/model.md §3 sums of one block: of a count grid, or of a point set when
-    ``node_x`` is non-empty (float counts, inner count ``centre[row] + node_x[k]``)."""
+    ``node_x`` is non-empty (float counts, inner count ``centre[row] + node_x[k]``). With
+    ``alt``, a block without unmasked own-area keys takes the weights wu0, wm0, wself0."""
     n = C.shape[0]
     row, first, stop = blocks[b, 0], blocks[b, 1], blocks[b, 2]
     points = node_x.shape[0] > 0
     x0 = centre[row] if points else float((first + stop - 1) // 2)
     u0, a0 = count(counts, rest, row, 0, ci, cl, x0)
+    if alt and u0 == 0.0 and a0 == 0.0:
+        wu, wm, wself = wu0, wm0, wself0
     q0, q1 = wself, 0.0  # Q = D - alpha_own, mu_own terms: Q / D = 1 - alpha_own - mu_own
     for c in range(1, n):
         u, a = count(counts, rest, row, c, ci, cl, x0)
@@ -149,14 +153,15 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
 
 @numba.njit(cache=CACHE, parallel=True)
 def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
-             C, z, sa, sb, ia, isz, wu, wm, wself, centre, node_x, node_w):
+             C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre, node_x,
+             node_w):
     n_blocks = blocks.shape[0]
     ns = 3 + 3 * C.shape[0]
     part = np.zeros((n_blocks, ns))
     for b in numba.prange(n_blocks):
         block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
-                   blocks, C, z, sa, sb, ia, isz, wu, wm, wself, centre, node_x, node_w,
-                   part[b])
+                   blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre,
+                   node_x, node_w, part[b])
     out = np.zeros(ns)
     for b in range(n_blocks):
         for s in range(ns):

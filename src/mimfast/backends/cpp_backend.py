@@ -51,7 +51,7 @@ def prepared(grid):
 def kernel(grid, inputs, threads=None):
     """docs/model.md §3 sums over one class grid, computed by the C++ kernel (GIL released)."""
     return prepared(grid).sums(inputs.z, inputs.wu, inputs.wm, inputs.wself,
-                               check_threads(threads))
+                               check_threads(threads), inputs.wu0, inputs.wm0, inputs.wself0)
 
 
 def evaluators(grid):

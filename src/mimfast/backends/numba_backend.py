@@ -104,16 +104,18 @@ def kernel(grid, inputs, threads=None):
     import numba
 
     threads = min(check_threads(threads), numba.config.NUMBA_NUM_THREADS)
+    alt = inputs.wu0 is not None
+    weights = (inputs.wu, inputs.wm, inputs.wself, inputs.wu0 if alt else inputs.wu,
+               inputs.wm0 if alt else inputs.wm, inputs.wself0, alt)
     if hasattr(grid, "node_x"):  # a quadrature point set: no probability tables
         args = (grid.counts, grid.rest, _NONE, _NONE, 0, _NONE, 0, grid.inner, grid.last,
                 grid.blocks, grid.fsizes, inputs.z, grid.s_a, grid.s_b, grid.inv_areas,
-                grid.inv_sizes, inputs.wu, inputs.wm, inputs.wself, grid.centre, grid.node_x,
-                grid.node_w)
+                grid.inv_sizes, *weights, grid.centre, grid.node_x, grid.node_w)
     else:
         args = (grid.counts, grid.rest, grid.row_weight, grid.t_inner, grid.off_inner,
                 grid.t_last, grid.off_last, grid.inner, grid.last, grid.blocks, grid.fsizes,
-                inputs.z, grid.s_a, grid.s_b, grid.inv_areas, grid.inv_sizes, inputs.wu,
-                inputs.wm, inputs.wself, _ONE, _NONE, _NONE)
+                inputs.z, grid.s_a, grid.s_b, grid.inv_areas, grid.inv_sizes, *weights, _ONE,
+                _NONE, _NONE)
     if _serialised():
         with _LOCK:
             return _call(numba, all_sums, args, threads)

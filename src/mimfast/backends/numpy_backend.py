@@ -48,12 +48,17 @@ def kernel(grid, inputs, threads=None):
     lay = sum_layout(grid.n_cat)
     out = np.zeros(lay.size)
     C = grid.fsizes[:, None]
-    wu, wm = inputs.wu[:, None], inputs.wm[:, None]
     z = inputs.z[:, None]
     for counts, prob in grid.rows():
         U = counts.T.astype(np.float64)
+        wu, wm, wself = inputs.wu[:, None], inputs.wm[:, None], inputs.wself
+        if inputs.wu0 is not None:  # points without an unmasked own-area key: own weights
+            none_own = U[0] == 0
+            wu = np.where(none_own, inputs.wu0[:, None], wu)
+            wm = np.where(none_own, inputs.wm0[:, None], wm)
+            wself = np.where(none_own, inputs.wself0, wself)
         unmasked, masked = U * wu, (C - U) * wm
-        others = inputs.wself + np.sum(unmasked[1:] + masked[1:], axis=0)
+        others = wself + np.sum(unmasked[1:] + masked[1:], axis=0)
         D = others + masked[0] + unmasked[0]
         alpha, mu = unmasked / D, masked / D
         beta, rho = (others + masked[0]) / D, others / D
@@ -69,7 +74,7 @@ def kernel(grid, inputs, threads=None):
         dB[0] = (e[0] * rho - groups * (alpha[0] + mu[0])) * grid.inv_sizes[0]
         out[lay.mass] += prob.sum()
         out[lay.loss] += prob @ loss
-        out[lay.dB_self] += prob @ (-gbar * inputs.wself / D)
+        out[lay.dB_self] += prob @ (-gbar * wself / D)
         out[lay.alpha] += alpha @ prob
         out[lay.dA] += dA @ prob
         out[lay.dB] += dB @ prob
