@@ -76,20 +76,13 @@ def same_state(q, threads):
     and the loss."""
     from mimfast.backends import get_kernel
     from mimfast.grid import build_grids
-    from mimfast.model import State, evaluate
+    from mimfast.model import evaluate
 
     s = q.setting
     grids, kernel = build_grids(s), get_kernel("cpp")
     out = np.zeros(len(q.steps))
     for i in range(len(q.steps)):
-        fp = [np.array([[q.fp(k, h, key)[i] for key in ["own"] + list(range(len(c.groups)))]
-                        for h in range(len(c.groups))]) for k, c in enumerate(s.clusters)]
-        pp = None
-        if s.pp == "exact":
-            G = len(s.clusters[0].groups)
-            pp = np.array([[q.pp(h, key)[i] for key in ["self", "own"] + list(range(G))]
-                           for h in range(G)])
-        g = evaluate(s, grids, State(fp, pp), kernel, threads)
+        g = evaluate(s, grids, q.recorded_state(i), kernel, threads)
         worst = rel([q.loss[i]], [g.loss])[0]
         for k, h in s.classes():
             keys = ["own"] + list(range(len(s.clusters[k].groups)))

@@ -148,3 +148,12 @@ def test_saturated_logits_stay_finite_or_are_named(loop, monkeypatch):
                        r"every other logit by 800"):
         mf.gradient(two, state, backend={"fused": "cpp", "python": "numba"}[loop],
                     method="exact")
+
+
+def test_recorded_state_index_is_checked():
+    r = mf.simulate(mf.Setting.paper(1000, 0.9, 0.3), eta=5.0, steps=3)
+    np.testing.assert_array_equal(r.recorded_state(-1).pp, r.state.pp)
+    with pytest.raises(IndexError, match="record index 4 out of range for 4 records"):
+        r.recorded_state(4)
+    with pytest.raises(TypeError, match="record index must be an integer"):
+        r.recorded_state(1.0)

@@ -165,16 +165,16 @@ def test_q0_matches_the_closed_form(P):
 
 
 def state_at(r, i):
-    """The state recorded at index i of a result."""
+    """The state recorded at index i of a result, checked against the per-key accessors."""
+    st = r.recorded_state(i)
     s = r.setting
-    fp = [np.array([[r.fp(k, h, key)[i] for key in ["own"] + list(range(len(c.groups)))]
-                    for h in range(len(c.groups))]) for k, c in enumerate(s.clusters)]
-    pp = None
-    if s.pp == "exact":
-        Gs = len(s.clusters[0].groups)
-        pp = np.array([[r.pp(h, key)[i] for key in ["self", "own"] + list(range(Gs))]
-                       for h in range(Gs)])
-    return State(fp, pp)
+    for k, c in enumerate(s.clusters):
+        for h in range(len(c.groups)):
+            keys = ["own"] + list(range(len(c.groups)))
+            assert list(st.fp[k][h]) == [r.fp(k, h, key)[i] for key in keys]
+            if s.pp == "exact":
+                assert list(st.pp[h]) == [r.pp(h, key)[i] for key in ["self", "own"] + keys[1:]]
+    return st
 
 
 def _rel(a, b):

@@ -239,6 +239,31 @@ class ClassInputs:
 OWN_LEAD = 100.0
 
 
+def _logits(setting, state, k, h, live):
+    """Logits of query class (k, h) (docs/model.md §2): unmasked keys ``z A + B`` and masked
+    keys ``B`` per category, the query itself ``B_self``; the largest of them but the own
+    area's unmasked one, and by how much that one leads it (-inf without own-area keys)."""
+    z = setting.class_z(k, h)
+    A = state.fp[k][h].tolist()
+    if state.pp is None:
+        b_self, B = 0.0, [0.0] * len(A)
+    else:
+        b_self, *B = state.pp[h].tolist()
+    lu = [zc * a + b for zc, a, b in zip(z.tolist(), A, B)]
+    top0 = max([b_self] + [x for c, (x, on) in enumerate(zip(lu, live)) if on and c > 0]
+               + [x for x, on in zip(B, live) if on])
+    lead = lu[0] - top0 if live[0] else -math.inf
+    return z, lu, B, b_self, top0, lead
+
+
+def own_lead(setting, state, k, h, live):
+    """By how much the own area's unmasked logit ``z A_own + B_own`` of query class (k, h)
+    leads every other logit of the class's key categories ``live`` (and the query's own);
+    -inf when the own area has no other positions. Beyond :data:`OWN_LEAD` the count points
+    without an unmasked own-area key take weights of their own (:func:`class_inputs`)."""
+    return _logits(setting, state, k, h, live)[-1]
+
+
 def class_inputs(setting, state, k, h, grid):
     """Kernel inputs of query class (k, h) at ``state``.
 
@@ -246,22 +271,13 @@ def class_inputs(setting, state, k, h, grid):
     ``z A + B``, masked keys ``B``, the query itself ``B_self``. (Plain floats: with a handful
     of categories this is several times quicker than numpy on tiny arrays.)
     """
-    z = setting.class_z(k, h)
-    A = state.fp[k][h].tolist()
-    if state.pp is None:
-        b_self, B = 0.0, [0.0] * len(A)
-    else:
-        b_self, *B = state.pp[h].tolist()
     live = grid.live_list
-    lu = [zc * a + b for zc, a, b in zip(z.tolist(), A, B)]
-    top = max([b_self] + [x for x, on in zip(lu, live) if on] + [x for x, on in zip(B, live) if on])
+    z, lu, B, b_self, top0, lead = _logits(setting, state, k, h, live)
+    top = max(top0, lu[0]) if live[0] else top0
     wu = np.array([math.exp(x - top) if on else 0.0 for x, on in zip(lu, live)])
     wm = np.array([math.exp(x - top) if on else 0.0 for x, on in zip(B, live)])
     inputs = ClassInputs(z, wu, wm, math.exp(b_self - top))
-    # where no own-area key is unmasked, weights relative to the largest logit there
-    top0 = max([b_self] + [x for c, (x, on) in enumerate(zip(lu, live)) if on and c > 0]
-               + [x for x, on in zip(B, live) if on])
-    if live[0] and lu[0] - top0 > OWN_LEAD:
+    if lead > OWN_LEAD:  # where no own-area key is unmasked: relative to the largest logit there
         inputs.wu0 = np.array([math.exp(x - top0) if on and c > 0 else 0.0
                                for c, (x, on) in enumerate(zip(lu, live))])
         inputs.wm0 = np.array([math.exp(x - top0) if on else 0.0 for x, on in zip(B, live)])

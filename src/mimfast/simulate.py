@@ -11,7 +11,7 @@ import numpy as np
 
 from .backends import DEFAULT, check_threads, get_kernel
 from .grid import DEFAULT_MAX_BYTES, build_grids, check_tail_tol
-from .model import Gradient, State, StateLayout, class_inputs, evaluate
+from .model import Gradient, State, StateLayout, class_inputs, evaluate, own_lead
 from .quadrature import build_quadratures, choose_method
 from .setting import Setting
 
@@ -207,6 +207,15 @@ class Result:
         G = self._class(0, h)
         col = 0 if key == "self" else 1 + _fp_column(G, key)
         return self._pp[:, h, col].copy()
+
+    def recorded_state(self, i):
+        """The :class:`State` recorded at index ``i`` (step ``steps[i]``), a copy."""
+        if isinstance(i, bool) or not isinstance(i, Integral):
+            raise TypeError(f"record index must be an integer, got {type(i).__name__}")
+        if not -len(self.steps) <= i < len(self.steps):
+            raise IndexError(f"record index {i} out of range for {len(self.steps)} records")
+        return State([a[i].copy() for a in self._fp],
+                     None if self._pp is None else self._pp[i].copy())
 
     def __len__(self):
         return len(self.steps)
@@ -574,7 +583,7 @@ SATURATION_GAP = 50.0
 
 def own_logit_gap(setting, state):
     """The largest amount by which a class's own-area unmasked logit z A_own + B_own exceeds
-    every other logit of its class (self, masked own keys, other categories), and the class.
+    every other logit of its class (:func:`mimfast.model.own_lead`), and the class.
 
     Key weights are taken relative to the largest logit (:func:`mimfast.model.class_inputs`),
     so at a count point where no own-area key is unmasked the softmax denominator is about
@@ -584,13 +593,7 @@ def own_logit_gap(setting, state):
 
     worst, where = -math.inf, None
     for k, h in setting.classes():
-        if class_categories(setting, k, h)[0][0] == 0:  # a one-patch area: no own keys
-            continue
-        z = setting.class_z(k, h).tolist()
-        A = state.fp[k][h].tolist()
-        b_self, *B = [0.0] * (len(A) + 1) if state.pp is None else state.pp[h].tolist()
-        others = [b_self, B[0]] + [z[c] * A[c] + B[c] for c in range(1, len(A))] + B[1:]
-        gap = z[0] * A[0] + B[0] - max(others)
+        gap = own_lead(setting, state, k, h, (class_categories(setting, k, h)[0] > 0).tolist())
         if gap > worst:
             worst, where = gap, (k, h)
     return worst, where
