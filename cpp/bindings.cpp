@@ -38,6 +38,15 @@ std::vector<T> copy(const Arr<T>& a) {
     return std::vector<T>(a.data(), a.data() + a.size());
 }
 
+// A class's per-category constants, checked 1-D and copied.
+mimfast::CategoryArrays categories(Arr<double> sizes, Arr<double> s_a, Arr<double> s_b,
+                                   Arr<double> inv_areas, Arr<double> inv_sizes) {
+    for (const py::array* a :
+         std::initializer_list<const py::array*>{&sizes, &s_a, &s_b, &inv_areas, &inv_sizes})
+        if (a->ndim() != 1) throw std::invalid_argument("per-category constants must be 1-D");
+    return {copy(sizes), copy(s_a), copy(s_b), copy(inv_areas), copy(inv_sizes)};
+}
+
 // An exact count grid from its arrays, copied: the handle shares no memory with Python.
 std::shared_ptr<mimfast::ExactGrid> make_grid(
     Arr<int64_t> counts, Arr<int64_t> rest, Arr<int64_t> lo, Arr<int64_t> hi,
@@ -48,8 +57,7 @@ std::shared_ptr<mimfast::ExactGrid> make_grid(
     if (blocks.ndim() != 2 || blocks.shape(1) != 3)
         throw std::invalid_argument("blocks must be an (n, 3) array");
     for (const py::array* a : std::initializer_list<const py::array*>{
-             &rest, &lo, &hi, &row_weight, &t_inner, &t_last, &sizes, &s_a, &s_b, &inv_areas,
-             &inv_sizes})
+             &rest, &lo, &hi, &row_weight, &t_inner, &t_last})
         if (a->ndim() != 1) throw std::invalid_argument("grid tables must be 1-D arrays");
     mimfast::GridArrays g;
     g.n_cat = static_cast<int>(counts.shape(1));
@@ -65,11 +73,7 @@ std::shared_ptr<mimfast::ExactGrid> make_grid(
     g.t_last = copy(t_last);
     g.off_inner = off_inner;
     g.off_last = off_last;
-    g.sizes = copy(sizes);
-    g.s_a = copy(s_a);
-    g.s_b = copy(s_b);
-    g.inv_areas = copy(inv_areas);
-    g.inv_sizes = copy(inv_sizes);
+    g.cat = categories(sizes, s_a, s_b, inv_areas, inv_sizes);
     return std::make_shared<mimfast::ExactGrid>(std::move(g));
 }
 
@@ -81,8 +85,8 @@ std::shared_ptr<mimfast::PointSet> make_points(
     if (counts.ndim() != 2) throw std::invalid_argument("counts must be a 2-D array");
     if (blocks.ndim() != 2 || blocks.shape(1) != 3)
         throw std::invalid_argument("blocks must be an (n, 3) array");
-    for (const py::array* a : std::initializer_list<const py::array*>{
-             &rest, &centre, &node_x, &node_w, &sizes, &s_a, &s_b, &inv_areas, &inv_sizes})
+    for (const py::array* a :
+         std::initializer_list<const py::array*>{&rest, &centre, &node_x, &node_w})
         if (a->ndim() != 1) throw std::invalid_argument("point set tables must be 1-D arrays");
     mimfast::PointArrays p;
     p.n_cat = static_cast<int>(counts.shape(1));
@@ -94,11 +98,7 @@ std::shared_ptr<mimfast::PointSet> make_points(
     p.node_x = copy(node_x);
     p.node_w = copy(node_w);
     p.blocks = copy(blocks);
-    p.sizes = copy(sizes);
-    p.s_a = copy(s_a);
-    p.s_b = copy(s_b);
-    p.inv_areas = copy(inv_areas);
-    p.inv_sizes = copy(inv_sizes);
+    p.cat = categories(sizes, s_a, s_b, inv_areas, inv_sizes);
     return std::make_shared<mimfast::PointSet>(std::move(p));
 }
 

@@ -5,22 +5,27 @@
 #include <utility>
 
 namespace mimfast {
-namespace {
 
-Inputs constants(const std::vector<double>& sizes, const std::vector<double>& s_a,
-                 const std::vector<double>& s_b, const std::vector<double>& inv_areas,
-                 const std::vector<double>& inv_sizes) {
-    Inputs in;
-    in.sizes = sizes.data();
-    in.s_a = s_a.data();
-    in.s_b = s_b.data();
-    in.inv_areas = inv_areas.data();
-    in.inv_sizes = inv_sizes.data();
-    return in;
+void KernelEval::set_categories(const CategoryArrays& c, const std::string& what) {
+    const size_t n = static_cast<size_t>(g_.n_cat);
+    for (const auto& [v, name] : {std::pair{&c.sizes, "sizes"}, std::pair{&c.s_a, "s_a"},
+                                  std::pair{&c.s_b, "s_b"}, std::pair{&c.inv_areas, "inv_areas"},
+                                  std::pair{&c.inv_sizes, "inv_sizes"}})
+        if (v->size() != n)
+            throw std::invalid_argument(what + ": " + name + " must be a 1-D array of length " +
+                                        std::to_string(n) + ", got " + std::to_string(v->size()));
+    in_ = Inputs{};
+    in_.sizes = c.sizes.data();
+    in_.s_a = c.s_a.data();
+    in_.s_b = c.s_b.data();
+    in_.inv_areas = c.inv_areas.data();
+    in_.inv_sizes = c.inv_sizes.data();
 }
 
-Inputs with_weights(Inputs in, const double* z, const double* wu, const double* wm,
-                    double wself, const double* wu0, const double* wm0, double wself0) {
+void KernelEval::sums(const double* z, const double* wu, const double* wm, double wself,
+                      int threads, double* out, const double* wu0, const double* wm0,
+                      double wself0) const {
+    Inputs in = in_;
     in.z = z;
     in.wu = wu;
     in.wm = wm;
@@ -28,10 +33,8 @@ Inputs with_weights(Inputs in, const double* z, const double* wu, const double* 
     in.wu0 = wu0;
     in.wm0 = wm0;
     in.wself0 = wself0;
-    return in;
+    class_sums(g_, in, threads, out);
 }
-
-}  // namespace
 
 ExactGrid::ExactGrid(GridArrays arrays) : a_(std::move(arrays)) {
     const size_t n = static_cast<size_t>(a_.n_cat);
@@ -51,11 +54,6 @@ ExactGrid::ExactGrid(GridArrays arrays) : a_(std::move(arrays)) {
     need(a_.row_weight.size(), rows, "row_weight");
     if (a_.blocks.size() % 3 != 0)
         throw std::invalid_argument("count grid: blocks must be an (n, 3) array");
-    need(a_.sizes.size(), n, "sizes");
-    need(a_.s_a.size(), n, "s_a");
-    need(a_.s_b.size(), n, "s_b");
-    need(a_.inv_areas.size(), n, "inv_areas");
-    need(a_.inv_sizes.size(), n, "inv_sizes");
     g_.n_cat = a_.n_cat;
     g_.inner = a_.inner;
     g_.last = a_.last;
@@ -73,15 +71,10 @@ ExactGrid::ExactGrid(GridArrays arrays) : a_(std::move(arrays)) {
     g_.off_last = a_.off_last;
     g_.blocks = a_.blocks.data();
     g_.n_blocks = static_cast<int64_t>(a_.blocks.size() / 3);
-    in_ = constants(a_.sizes, a_.s_a, a_.s_b, a_.inv_areas, a_.inv_sizes);
+    set_categories(a_.cat, "count grid");
     validate(g_);
 }
 
-void ExactGrid::sums(const double* z, const double* wu, const double* wm, double wself,
-                     int threads, double* out, const double* wu0, const double* wm0,
-                     double wself0) const {
-    class_sums(g_, with_weights(in_, z, wu, wm, wself, wu0, wm0, wself0), threads, out);
-}
 
 PointSet::PointSet(PointArrays arrays) : a_(std::move(arrays)) {
     const size_t n = static_cast<size_t>(a_.n_cat);
@@ -93,8 +86,6 @@ PointSet::PointSet(PointArrays arrays) : a_(std::move(arrays)) {
         fail("rest and centre must have one entry per row");
     if (a_.node_x.size() != a_.node_w.size()) fail("node_x and node_w differ in length");
     if (a_.blocks.size() % 3 != 0) fail("blocks must be an (n, 3) array");
-    for (const auto* v : {&a_.sizes, &a_.s_a, &a_.s_b, &a_.inv_areas, &a_.inv_sizes})
-        if (v->size() != n) fail("per-category constants must have n_cat entries");
     g_.n_cat = a_.n_cat;
     g_.inner = a_.inner;
     g_.last = a_.last;
@@ -107,14 +98,9 @@ PointSet::PointSet(PointArrays arrays) : a_(std::move(arrays)) {
     g_.n_nodes = static_cast<int64_t>(a_.node_x.size());
     g_.blocks = a_.blocks.data();
     g_.n_blocks = static_cast<int64_t>(a_.blocks.size() / 3);
-    in_ = constants(a_.sizes, a_.s_a, a_.s_b, a_.inv_areas, a_.inv_sizes);
+    set_categories(a_.cat, "point set");
     validate(g_);
 }
 
-void PointSet::sums(const double* z, const double* wu, const double* wm, double wself,
-                    int threads, double* out, const double* wu0, const double* wm0,
-                    double wself0) const {
-    class_sums(g_, with_weights(in_, z, wu, wm, wself, wu0, wm0, wself0), threads, out);
-}
 
 }  // namespace mimfast

@@ -4,6 +4,7 @@
 // (quadrature, docs/model.md §8). No Python types here.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kernel.hpp"
@@ -24,30 +25,45 @@ class ClassEval {
                       const double* wm0 = nullptr, double wself0 = 0.0) const = 0;
 };
 
-// The arrays of one class count grid (see mimfast/grid.py, ClassGrid) and its per-category
-// constants, owned.
+// The per-category constants of a class (see mimfast/grid.py, category_constants), owned.
+struct CategoryArrays {
+    std::vector<double> sizes, s_a, s_b, inv_areas, inv_sizes;
+};
+
+// What the two evaluators below share: the kernel's view of their arrays (kernel.cpp) and the
+// per-category constants; they differ only in how they set that view up.
+class KernelEval : public ClassEval {
+   public:
+    int n_cat() const override { return g_.n_cat; }
+    void sums(const double* z, const double* wu, const double* wm, double wself, int threads,
+              double* out, const double* wu0, const double* wm0, double wself0) const override;
+
+   protected:
+    // Point the inputs at `c` (owned by the derived class), after checking that each constant
+    // has g_.n_cat entries (std::invalid_argument, messages start with `what`).
+    void set_categories(const CategoryArrays& c, const std::string& what);
+    Grid g_;
+    Inputs in_;
+};
+
+// The arrays of one class count grid (see mimfast/grid.py, ClassGrid), owned.
 struct GridArrays {
     int n_cat = 0, inner = 0, last = 0;
     std::vector<int64_t> counts, rest, lo, hi, blocks;  // counts n_rows x n_cat, blocks n x 3
     std::vector<double> row_weight, t_inner, t_last;
     int64_t off_inner = 0, off_last = 0;
-    std::vector<double> sizes, s_a, s_b, inv_areas, inv_sizes;
+    CategoryArrays cat;
 };
 
 // The exact expectation over a count grid (kernel.cpp). It owns its arrays, so nothing done to
 // the arrays it was built from can reach it; the constructor validates them
 // (std::invalid_argument).
-class ExactGrid final : public ClassEval {
+class ExactGrid final : public KernelEval {
    public:
     explicit ExactGrid(GridArrays arrays);
-    int n_cat() const override { return a_.n_cat; }
-    void sums(const double* z, const double* wu, const double* wm, double wself, int threads,
-              double* out, const double* wu0, const double* wm0, double wself0) const override;
 
    private:
     GridArrays a_;
-    Grid g_;
-    Inputs in_;
 };
 
 // The arrays of one weighted point set (see mimfast/quadrature.py, ClassPoints), owned.
@@ -55,23 +71,18 @@ struct PointArrays {
     int n_cat = 0, inner = 0, last = 0;
     std::vector<double> counts, rest, centre, node_x, node_w;  // counts n_rows x n_cat
     std::vector<int64_t> blocks;                               // n x 3: row, first, stop
-    std::vector<double> sizes, s_a, s_b, inv_areas, inv_sizes;
+    CategoryArrays cat;
 };
 
 // The expectation over a Gauss–Hahn point set (docs/model.md §8), summed by the same kernel
 // as a count grid (kernel.cpp): a row's inner count runs over node offsets instead of
 // consecutive integers.
-class PointSet final : public ClassEval {
+class PointSet final : public KernelEval {
    public:
     explicit PointSet(PointArrays arrays);
-    int n_cat() const override { return a_.n_cat; }
-    void sums(const double* z, const double* wu, const double* wm, double wself, int threads,
-              double* out, const double* wu0, const double* wm0, double wself0) const override;
 
    private:
     PointArrays a_;
-    Grid g_;
-    Inputs in_;
 };
 
 }  // namespace mimfast
