@@ -15,6 +15,9 @@ class ClassEval:
         wm: npt.NDArray[np.float64],
         wself: float,
         threads: int,
+        wu0: npt.NDArray[np.float64] | None = None,
+        wm0: npt.NDArray[np.float64] | None = None,
+        wself0: float = 0.0,
     ) -> npt.NDArray[np.float64]: ...
 
 class ClassGrid(ClassEval):
@@ -61,5 +64,52 @@ class ClassPoints(ClassEval):
         inv_sizes: npt.NDArray[np.float64],
     ) -> None: ...
 
+class FusedLoop:
+    """The GD loop of a whole run in C++ (cpp/fused.hpp)."""
+
+    def __init__(
+        self,
+        evals: list[ClassEval],
+        checks: list[ClassEval | None],
+        z: list[npt.NDArray[np.float64]],
+        live: list[npt.NDArray[np.bool_]],
+        a_off: list[int],
+        p_off: list[int],
+        coef: list[float],
+        coef_loss: list[float],
+        n_state: int,
+    ) -> None: ...
+    def set_state(self, t: int, state: npt.NDArray[np.float64], last_recorded: int) -> None: ...
+    def set_evaluators(
+        self,
+        i: int,
+        eval: ClassEval,
+        check: ClassEval | None = None,
+        tol: float = 0.0,
+        accept: int = -1,
+    ) -> None: ...
+    def run(
+        self,
+        steps: int,
+        record_every: int,
+        eta: float,
+        threads: int,
+        stop_every: int = 0,
+        seconds: float = 0.0,
+        poll_seconds: float = 0.05,
+    ) -> int: ...
+    @property
+    def t(self) -> int: ...
+    @property
+    def recorded(self) -> int: ...
+    def state(self) -> npt.NDArray[np.float64]: ...
+    def last(self) -> tuple: ...
+    def max_error(self) -> npt.NDArray[np.float64]: ...
+    def records(self, start: int) -> tuple: ...
+    def forget(self, upto: int) -> None: ...
+
+def gauss_rules(
+    diag: npt.NDArray[np.float64], off: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
 def openmp_enabled() -> bool: ...
 def max_threads() -> int: ...
