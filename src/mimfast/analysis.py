@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .grid import class_categories, log_binom_pmf
+from .grid import class_categories, log_hg_pmf
 
 __all__ = [
     "Analysis",
@@ -89,9 +89,7 @@ def irreducible_loss(setting, k, h):
 @lru_cache(maxsize=4096)
 def _pr_own_empty(N, u, own):
     """Pr(U_own = 0): no unmasked key among the ``own`` positions (u drawn from N)."""
-    p = (u, N)
-    return math.exp(log_binom_pmf([0], own, p)[0] + log_binom_pmf([u], N - own, p)[0]
-                    - log_binom_pmf([u], N, p)[0])
+    return math.exp(log_hg_pmf([0], own, N, u)[0])
 
 
 def loss_gap(result, k, h, irreducible=None):

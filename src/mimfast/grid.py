@@ -33,6 +33,7 @@ __all__ = [
     "build_grids",
     "check_tail_tol",
     "log_binom_pmf",
+    "log_hg_pmf",
 ]
 
 DEFAULT_MAX_BYTES = 2 * 2**30
@@ -163,6 +164,15 @@ def log_binom_pmf(x, n, p):
     lf = _LN_2PI + np.log(xm) + np.log1p(-xm / n)
     out[mid] = lc - 0.5 * lf
     return out
+
+
+def log_hg_pmf(x, K, N, u):
+    """log Pr(X = x) for X the marked positions among u drawn from N, K of them marked
+    (hypergeometric), from three binomial densities of :func:`log_binom_pmf` at p = u / N,
+    whose p^x q^(n-x) factors cancel: accurate at any N up to 2^62."""
+    x = np.asarray(x, dtype=np.int64)
+    p = (u, N)
+    return log_binom_pmf(x, K, p) + log_binom_pmf(u - x, N - K, p) - log_binom_pmf([u], N, p)[0]
 
 
 def category_constants(sizes, areas):
@@ -311,16 +321,14 @@ def _window(N, Ni, u, tol):
     """Inclusive window [a, b] of the marginal count of a category of Ni among N, u drawn,
     leaving at most tol/2 of probability on each side, and a bound on the mass it leaves out.
     """
-    p = (u, N)
     lo_sup, hi_sup = max(0, u - (N - Ni)), min(Ni, u)
     mean = Ni * (u / N)
-    log_norm = log_binom_pmf([u], N, p)[0]
     width = _first_width(_marginal_sd(N, Ni, u))
     while True:
         a = max(lo_sup, math.floor(mean - width))
         b = min(hi_sup, math.ceil(mean + width))
         x = np.arange(a, b + 1, dtype=np.int64)
-        pmf = np.exp(log_binom_pmf(x, Ni, p) + log_binom_pmf(u - x, N - Ni, p) - log_norm)
+        pmf = np.exp(log_hg_pmf(x, Ni, N, u))
         # log-concave: the tail beyond an edge is at most pmf(edge) * r / (1 - r)
         ok, beyond = True, 0.0
         if a > lo_sup:
@@ -438,8 +446,7 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
         windows[last] = (0, 0)
     values = {i: np.arange(windows[i][0], windows[i][1] + 1, dtype=np.int64) for i in outer}
     if 0 in live and windows[0][0] > 0:
-        own_zero = (log_binom_pmf([0], int(sizes[0]), p)[0]
-                    + log_binom_pmf([u], N - int(sizes[0]), p)[0] - log_binom_pmf([u], N, p)[0])
+        own_zero = log_hg_pmf([0], int(sizes[0]), N, u)[0]
         if own_zero > _LOG_TINY:  # keep U_own = 0 (see Notes)
             if 0 in outer:
                 values[0] = np.concatenate([[0], values[0]])

@@ -33,7 +33,7 @@ from functools import cache
 
 import numpy as np
 
-from .grid import BLOCK, KeyCategories, category_constants, log_binom_pmf
+from .grid import BLOCK, KeyCategories, category_constants, log_binom_pmf, log_hg_pmf
 from .model import sum_layout
 
 __all__ = [
@@ -264,11 +264,7 @@ def own_atom(K, Kc, N, Nc):
     """
     if N > Kc:  # every draw cannot avoid the own area
         return 0.0
-    M = K + Kc
-    # Binom(0; K, N/M) Binom(N; Kc, N/M) / Binom(N; M, N/M): the binomial factors cancel
-    logp = (log_binom_pmf(np.array([0]), K, (N, M)) + log_binom_pmf(np.array([N]), Kc, (N, M))
-            - log_binom_pmf(np.array([N]), M, (N, M)))
-    p0 = math.exp(float(logp[0]))
+    p0 = math.exp(float(log_hg_pmf([0], K, K + Kc, N)[0]))
     return p0 if p0 <= ATOM else 0.0
 
 
