@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+
+from ._cli_values import count as _count
+from ._cli_values import number as _number
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -98,29 +100,6 @@ class UsageError(Exception):
 
 class InputError(Exception):
     """A missing or malformed input file (exit code 3)."""
-
-
-def _count(text):
-    """A whole-number option that also accepts 1e6 and 10**6."""
-    try:
-        if "**" in text:
-            base, power = (int(v) for v in text.split("**"))
-            if power < 0 or (abs(base) > 1 and power * math.log10(abs(base)) > 30):
-                raise argparse.ArgumentTypeError(f"{text!r} is out of range (at most 10**30)")
-            return base**power
-        value = float(text)
-        if value.is_integer():
-            return int(value)
-    except (ValueError, OverflowError):
-        pass
-    raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
-
-
-def _number(text):
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
 def _parser():

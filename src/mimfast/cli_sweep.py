@@ -33,10 +33,10 @@ _PARAMS = ("P", "kappa_c", "kappa_s", "gamma", "K", "z", "pp", "eta", "eta_rule"
 
 
 def _p_values(text):
-    from .cli import _count
+    from ._cli_values import count
 
     if ":" not in text:
-        return [_count(text)]
+        return [count(text)]
     from .sweeps import _decades
 
     try:

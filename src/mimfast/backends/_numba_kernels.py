@@ -1,7 +1,7 @@
 """The compiled functions of the numba backend (imported by it on first use).
 
 Whether numba caches the compiled code on disk is decided before this module is imported
-(:data:`mimfast.backends.numba_backend.CACHE`): without a writable cache location numba
+(:data:`mimfast.backends._numba_cache.CACHE`): without a writable cache location numba
 refuses ``cache=True`` at decoration time, and the backend then imports this module again
 with caching off.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .numba_backend import CACHE
+from ._numba_cache import CACHE
 
 njit = numba.njit(cache=CACHE)
 

@@ -25,11 +25,9 @@ import warnings
 
 import numpy as np
 
-from . import check_threads
+from . import _numba_cache, check_threads
 
 NAME = "numba"
-#: Whether to ask numba for an on-disk cache (turned off when numba finds no cache location).
-CACHE = True
 _LOCK = threading.Lock()
 _compiled = None
 
@@ -61,7 +59,7 @@ def available():
 
 def _all_sums():
     """The compiled entry point, importing numba and the kernels on first use."""
-    global CACHE, _compiled
+    global _compiled
     if _compiled is None:
         with _LOCK:
             if _compiled is None:
@@ -74,7 +72,7 @@ def _all_sums():
                     warnings.warn(f"numba cannot cache compiled code here ({exc}); compiling "
                                   "without a cache (set NUMBA_CACHE_DIR to a writable folder "
                                   "to keep it between runs)", RuntimeWarning, stacklevel=4)
-                    CACHE = False
+                    _numba_cache.CACHE = False
                     from . import _numba_kernels as kernels
                 _compiled = kernels.all_sums
     return _compiled
