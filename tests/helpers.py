@@ -2,6 +2,11 @@
 
 import numpy as np
 
+# The first lines of a Python child that a test interrupts: SIGINT raises KeyboardInterrupt
+# there whatever disposition the child inherited (a background job, `cmd &` in a script or
+# `nohup`, starts with SIGINT ignored, and so do its children).
+CHILD_SIGINT = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
 
 def explicit_layout(setting, shuffle_seed=None):
     """Labels of an explicit partition for each cluster, and the group of each area.

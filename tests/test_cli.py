@@ -205,10 +205,10 @@ KILLED = ["--P", "1e4", "--eta", "4", "--steps", "1500", "--record-every", "25",
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 130),
                                        (signal.SIGKILL, -9)])
-def test_resume_after_kill_equals_uninterrupted_run(sig, code, tmp_path, capsys):
+def test_resume_after_kill_equals_uninterrupted_run(sig, code, tmp_path, capsys, spawn):
     out = tmp_path / "run"
-    proc = subprocess.Popen(cli("run", *KILLED, "--checkpoint-every", "1", "--out", str(out)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = spawn(cli("run", *KILLED, "--checkpoint-every", "1", "--out", str(out)),
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = out / "checkpoint.nc"
     deadline = time.monotonic() + 60
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:

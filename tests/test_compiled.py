@@ -16,6 +16,8 @@ from mimfast import _core
 from mimfast.grid import build_grids
 from mimfast.model import class_inputs
 
+from helpers import CHILD_SIGINT
+
 COMPILED = ["cpp", "numba"]
 
 
@@ -146,8 +148,8 @@ def test_interrupt_keeps_recorded_steps_and_resumes_exactly():
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_ctrl_c_stops_a_long_run_within_a_second(tmp_path):
-    script = textwrap.dedent("""
+def test_ctrl_c_stops_a_long_run_within_a_second(spawn):
+    script = CHILD_SIGINT + textwrap.dedent("""
         import sys, time
         import mimfast as mf
         s = mf.Setting.paper(10**8, 0.9, 0.3)
@@ -163,7 +165,7 @@ def test_ctrl_c_stops_a_long_run_within_a_second(tmp_path):
         except mf.Interrupted as e:
             print("stopped", time.monotonic(), len(e.result.steps), e.result.last_step, flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    proc = spawn([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(1.0)
     sent = time.monotonic()

@@ -107,7 +107,7 @@ def test_interrupted_fused_run_resumes_bit_identical(stop, python_loop):
     assert io.equal(python_loop(setting, eta, 37, record_every=4, threads=1, resume=part), full)
 
 
-def test_signal_inside_the_fused_loop_keeps_every_step():
+def test_signal_inside_the_fused_loop_keeps_every_step(sigint_raises):
     """SIGINT while the C++ loop runs: the loop checks signals itself and hands back all."""
     setting = mf.Setting.paper(10**4, 0.9, 0.3)
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))

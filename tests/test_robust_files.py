@@ -210,12 +210,12 @@ def test_locked_folder_is_refused(tmp_path, capsys):
     assert main(["run", *TINY, "--out", str(out)]) == 0
 
 
-def test_concurrent_runs_on_one_folder(tmp_path):
+def test_concurrent_runs_on_one_folder(tmp_path, spawn):
     out = tmp_path / "run"
     slow = ["--P", "1e4", "--eta", "4", "--steps", "100000", "--no-plots", "--threads", "1",
             "--checkpoint-every", "50"]
-    first = subprocess.Popen(cli_command("run", *slow, "--out", str(out)),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = spawn(cli_command("run", *slow, "--out", str(out)),
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while not (out / "checkpoint.nc").exists() and time.monotonic() < deadline:
@@ -283,7 +283,7 @@ def _run_with_signals(argv, at):
     return code, seen[0]
 
 
-def test_sigint_at_every_line_of_the_save_path(tmp_path, capsys, monkeypatch):
+def test_sigint_at_every_line_of_the_save_path(tmp_path, capsys, monkeypatch, sigint_raises):
     monkeypatch.setattr(io.os, "fsync", lambda fd: None)  # speed: what it does is not tested here
     # one periodic checkpoint (after step 1), then the outputs: every line of both
     argv = ["run", *TINY, "--checkpoint-every", "6"]
@@ -326,13 +326,13 @@ def test_sigint_at_every_line_of_the_save_path(tmp_path, capsys, monkeypatch):
             assert io.equal(io.load(out / "result.nc"), reference), i
 
 
-def test_two_signals_to_a_running_command(tmp_path):
+def test_two_signals_to_a_running_command(tmp_path, spawn):
     out = tmp_path / "run"
-    proc = subprocess.Popen(cli_command("run", "--P", "1e4", "--eta", "4", "--steps", "100000",
-                                        "--no-plots", "--threads", "1", "--checkpoint-every",
-                                        "20", "--out", str(out)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = spawn(cli_command("run", "--P", "1e4", "--eta", "4", "--steps", "100000",
+                             "--no-plots", "--threads", "1", "--checkpoint-every", "20",
+                             "--out", str(out)),
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                 start_new_session=True)
     deadline = time.monotonic() + 60
     while not (out / "checkpoint.nc").exists() and time.monotonic() < deadline:
         time.sleep(0.05)

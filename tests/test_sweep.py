@@ -221,11 +221,11 @@ def test_phase_boundary_follows_the_sign_of_delta(tmp_path):
     assert [p.name for p in paths] == ["phases.png"]  # one P: nothing to fit
 
 
-def test_critical_gap_interpolates_where_the_gradient_ratio_crosses_one():
+def test_critical_gap_interpolates_where_the_gradient_ratio_crosses_one(tmp_path):
     # a fine line in Delta at P = 10^4: the interpolated crossing lies in the measured bracket
     # and matches a bisection on kappa_c of the initial gradient ratio itself
     grid = {"P": 10**4, "kappa_s": 0.3, "kappa_c": [0.66, 0.67, 0.68, 0.69, 0.7], "steps": 0}
-    rows = [run_task(t, "unused") for t in expand(grid)]
+    rows = [run_task(t, tmp_path) for t in expand(grid)]
     rows = [{**r, "local_phases": 1 + (r["local_grad_ratio0"] > 1)} for r in rows]
     table = pd.DataFrame(rows)
     crit = scaling.critical_gap(table).iloc[0]
