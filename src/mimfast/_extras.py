@@ -2,7 +2,9 @@
 
 The core (settings, :func:`mimfast.simulate`, the cpp and numpy backends) needs numpy only.
 Results files need the ``io`` extra, figures the ``plot`` extra, the ``mimfast`` command the
-``cli`` extra (both, and tqdm), the explicit reference the ``torch`` extra.
+``cli`` extra (both, and tqdm), sweeps and their fits the ``sweep`` extra (``cli``, dask and
+scipy), the numba backend the ``numba`` extra, the explicit reference the ``torch`` extra.
+Every import of an optional dependency goes through :func:`require`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ EXTRA = {
     "tomli": "cli",
     "numba": "numba",
     "torch": "torch",
+    "scipy": "sweep",
+    "distributed": "sweep",
+    "dask": "sweep",
 }
 
 

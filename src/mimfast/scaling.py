@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from ._extras import require
+
 __all__ = ["QUANTITIES", "REGIME", "boundary", "boundary_agreement", "critical_gap",
            "fit_power", "fits", "gap_figure", "phase_figure", "phases", "report", "save_figures",
            "scaling_figure"]
@@ -73,7 +75,7 @@ def fit_power(P, y, level=0.95):
     sst = float(np.sum((ly - ly.mean()) ** 2))
     low = high = math.nan
     if n > 2:
-        from scipy.stats import t
+        t = require("scipy.stats", "confidence intervals of the fits", "sweep").t
 
         half = t.ppf(0.5 + level / 2, n - 2) * math.sqrt(sse / (n - 2) / sxx)
         low, high = b - half, b + half
@@ -121,7 +123,7 @@ def fits(table, level=0.95, quantities=None, min_steps=MIN_STEPS):
         ``quantity``, ``description``, ``n``, ``P_min``, ``P_max``, ``exponent``, ``low``,
         ``high``, ``prefactor``, ``r2`` and ``note``.
     """
-    import pandas as pd
+    pd = require("pandas", "the fits of a sweep", "sweep")
 
     out = []
     for regime, rows in _regimes(table):
@@ -206,7 +208,7 @@ def boundary(table, P):
         ``kappa_s``, ``one_phase_max``, ``two_phase_min``, ``kappa_c`` (their midpoint), and
         ``theory`` (Δ = 0: κ_c = (1 + κ_s) / 2).
     """
-    import pandas as pd
+    pd = require("pandas", "the fits of a sweep", "sweep")
 
     ph = phases(table)
     ph = ph[(ph["P"] == P) & ph["phases"].notna()]
@@ -237,7 +239,7 @@ def critical_gap(table):
         smaller Δ than every two-phase run) and ``delta_c`` (NaN where not bracketed, not
         ordered, or the ratios of the bracketing runs do not straddle 1).
     """
-    import pandas as pd
+    pd = require("pandas", "the fits of a sweep", "sweep")
 
     done = table[(table["status"] == "done") & table["local_phases"].notna()]
     rows = []
@@ -338,7 +340,7 @@ def report(table, fit_table=None):
 
 
 def _figure(ncols, nrows=1, width=4.6, height=3.6):
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", "the figures of a sweep", "sweep").Figure
 
     fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     return fig, np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())

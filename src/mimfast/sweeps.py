@@ -41,6 +41,8 @@ import time
 from numbers import Integral, Real
 from pathlib import Path
 
+from ._extras import require, require_all
+
 __all__ = ["COLUMNS", "PRESETS", "TABLE", "expand", "preset", "read_table", "run_task",
            "sweep", "task_id"]
 
@@ -282,7 +284,7 @@ def run_task(task, out, threads=None):
 
 
 def _frame(rows):
-    import pandas as pd
+    pd = require("pandas", "the sweep results table", "sweep")
 
     df = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
     for col, dtype in COLUMNS.items():
@@ -300,7 +302,7 @@ def read_table(out):
     ValueError
         When the file is not a sweep results table.
     """
-    import pandas as pd
+    pd = require("pandas", "the sweep results table", "sweep")
 
     path = Path(out) / TABLE if Path(out).is_dir() else Path(out)
     # floats must read back bit for bit: the default parser of pandas 3 does, older ones not
@@ -407,11 +409,9 @@ def _watch_parent(pid, every=0.5):
 
 def _dask_rows(pending, out, workers, threads, scheduler):
     """Rows as tasks finish on a Dask cluster: ``scheduler`` or a new LocalCluster."""
-    try:
-        from distributed import Client, LocalCluster, as_completed
-    except ImportError as exc:
-        raise ImportError(f"the dask executor needs dask[distributed] ({exc}); install "
-                          "mimfast[sweep]") from None
+    distributed = require("distributed", "the dask executor of a sweep", "sweep")
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
+    as_completed = distributed.as_completed
     cluster = None
     if scheduler is None:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
@@ -474,12 +474,14 @@ def sweep(out, grid=None, tasks=None, *, executor="local", scheduler=None, worke
         The results table, one row per task in task order (rows of earlier tasks of the
         folder that are not in this sweep follow).
     """
-    from tqdm import tqdm
-
     if scheduler is not None:
         executor = "dask"
     if executor not in ("local", "dask"):
         raise ValueError(f"executor must be 'local' or 'dask', got {executor!r}")
+    # what a sweep needs beyond numpy, named before any work
+    require_all(("pandas", "xarray", "netCDF4") + (("distributed",) if executor == "dask"
+                                                   else ()), "a sweep", "sweep")
+    tqdm = require("tqdm", "a sweep", "sweep").tqdm
     todo = expand(grid, tasks)
     if not todo:
         raise ValueError("a sweep needs at least one task (grid or tasks)")
@@ -523,9 +525,7 @@ def sweep(out, grid=None, tasks=None, *, executor="local", scheduler=None, worke
 
 def _missing(value):
     try:
-        import pandas as pd
-
-        return bool(pd.isna(value))
+        return bool(require("pandas", "the sweep results table", "sweep").isna(value))
     except (TypeError, ValueError):
         return False
 

@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 
+from .._extras import require
 from . import _numba_cache, check_threads
 
 NAME = "numba"
@@ -80,7 +81,7 @@ def _all_sums():
 
 def _serialised():
     """Whether calls must hold the lock: the workqueue layer, or a layer not yet chosen."""
-    import numba
+    numba = require("numba", "the numba backend")
 
     try:
         return numba.threading_layer() == "workqueue"
@@ -99,7 +100,7 @@ def kernel(grid, inputs, threads=None):
     moments sum w x^a i^b, turned into the sums of docs/model.md §3 with the row's polynomial coefficients.
     """
     all_sums = _all_sums()
-    import numba
+    numba = require("numba", "the numba backend")
 
     threads = min(check_threads(threads), numba.config.NUMBA_NUM_THREADS)
     alt = inputs.wu0 is not None
