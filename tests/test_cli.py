@@ -91,7 +91,12 @@ def test_help_and_version(capsys):
     (["run", "--kappa-c", "1.5"] + SMALL, 2, "kappa_c must lie in (0, 1)"),
     (["run", "--backend", "fortran"] + SMALL, 2, "backend 'fortran' is not available"),
     (["run", "--steps", "-1", "--P", "1e3"], 2, "steps must be at least 0"),
-    (["run", "--etaa", "5"], 2, "--etaa (did you mean --eta?)"),
+    (["run", "--checkpoint-seconds", "nan", "--P", "1e3"], 2,
+     "checkpoint-seconds must be at least 0, got nan"),
+    (["run", "--etaa", "5"], 2, "--etaa 5 (did you mean --eta?)"),
+    (["run", "--kappa_c", "0.9"], 2, "arguments: --kappa_c 0.9 (did you mean --kappa-c?)"),
+    (["run", "--kappa_c", "0.9", "--stepz", "3"], 2,
+     "--kappa_c 0.9 --stepz 3 (did you mean --kappa-c for --kappa_c, --steps for --stepz?)"),
     (["summary", "x.nc", "--epsilom", "0.1"], 2, "did you mean --epsilon?"),
     (["run", "--z", "1", "2", "3"] + SMALL, 2, "z takes one value or two"),
     (["run", "--eta", "1e308", "--z", "30", "--P", "1e3", "--steps", "5", "--no-plots",
@@ -273,6 +278,81 @@ def test_checkpoint_once_per_multiple_crossed():
     assert saved == [101, 201, 420]
 
 
+def test_report_and_summary_name_the_engine(tmp_path, capsys):
+    quad, exact = tmp_path / "quad", tmp_path / "exact"
+    common = ["--P", "1e4", "--steps", "3", "--no-plots", "--threads", "1"]
+    assert main(["run", *common, "--method", "quadrature", "--out", str(quad)]) == 0
+    printed = capsys.readouterr().out
+    r = io.load(quad / "result.nc")
+    worst = f"{r.error.max():.1e}"
+    for text in (printed, (quad / "summary.txt").read_text()):
+        text = " ".join(text.split())
+        assert "Engine: Gauss-Hahn quadrature" in text and "tolerance met" in text
+        assert "nodes per dimension at the last step: global 6, local 6x6" in text
+        assert f"Largest estimated relative error over the recorded steps: {worst}" in text
+    assert main(["run", *common, "--out", str(exact)]) == 0
+    capsys.readouterr()
+    assert main(["summary", str(exact)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    dropped = f"{io.load(exact / 'result.nc').dropped:.1e}"
+    assert "Engine: exact count grid" in text
+    assert f"left out of a class's grid: at most {dropped} (tail_tol 1e-15)" in text
+    # no lock file stays in a finished run's folder
+    assert sorted(p.name for p in exact.iterdir()) == ["result.nc", "summary.txt",
+                                                        "trajectories.csv"]
+
+
+def test_a_refused_run_leaves_no_folder_and_speaks_of_options(tmp_path, capsys):
+    out = tmp_path / "big"
+    assert main(["run", "--P", "1e15", "--method", "exact", "--steps", "2", "--no-plots",
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "use --method quadrature" in err and 'method="quadrature"' not in err
+    assert not out.exists()  # not even the lock file
+
+
+def test_progress_bar_ends_at_the_step_the_run_reached(capsys):
+    """Callbacks between checkpoints are timed: when the run stops (interrupted or done) the
+    bar moves on to its last step, the one the interrupt message names."""
+    from types import SimpleNamespace
+
+    from mimfast.cli import _Interrupts, _Progress
+
+    grad = SimpleNamespace(attention=[np.full((1, 2), 0.5)])
+    with _Interrupts() as interrupts:
+        progress = _Progress(True, 0, 1000, None, 0, interrupts)
+        progress(207, grad, None)
+        progress.close(209)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "209/1000" in bar, bar
+
+
+def test_checkpoint_at_most_once_per_interval_of_wall_time():
+    """By default checkpoints come by wall time: at the first call at least T seconds after
+    the last checkpoint (or the start); a rule by steps may be added."""
+    from mimfast.cli import _Interrupts, _Progress
+
+    now = [0.0]
+    saved = []
+    with _Interrupts() as interrupts:
+        progress = _Progress(False, 0, 10**6, saved.append, 0, interrupts, seconds=30,
+                             clock=lambda: now[0])
+        for t, at in ((5, 0.3), (900, 29.9), (1000, 30.0), (1100, 31), (1900, 59.9),
+                      (2000, 60.1), (2100, 200)):
+            now[0] = at
+            progress(t, None, lambda t=t: t)
+        progress.close()
+    assert saved == [1000, 2000, 2100]
+    saved.clear()
+    with _Interrupts() as interrupts:  # both rules
+        progress = _Progress(False, 0, 10**6, saved.append, 100, interrupts, seconds=30,
+                             clock=lambda: now[0])
+        for t, at in ((50, 1), (101, 2), (150, 40), (170, 41), (201, 42)):
+            now[0] = at
+            progress(t, None, lambda t=t: t)
+    assert saved == [101, 150, 201]
+
+
 def test_figures_step_axis_and_pp_legends():
     from mimfast.plots import attention_figure, fp_figure, pp_figure
 
@@ -288,8 +368,13 @@ def test_figures_step_axis_and_pp_legends():
     # per curve; small PP curves apart on a symlog scale of their own
     from matplotlib.legend import Legend
 
-    legends = [a for a in left.get_children() if isinstance(a, Legend)]
-    labels = sorted(t.get_text() for legend in legends for t in legend.texts)
-    assert labels == sorted(["key: own area", "key: local areas", "key: global area",
-                             "key: itself", "global query", "local query"])
-    assert right.get_yscale() == "symlog" and not right.get_legend()
+    def labels(ax):
+        legends = [a for a in ax.get_children() if isinstance(a, Legend)]
+        return sorted(t.get_text() for legend in legends for t in legend.texts)
+
+    # each panel lists the keys it draws: "itself" only beside the PP curves
+    assert labels(left) == sorted(["key: own area", "key: local areas", "key: global area",
+                                   "global query", "local query"])
+    assert labels(right) == sorted(["key: itself", "key: own area", "key: local areas",
+                                    "key: global area"])
+    assert right.get_yscale() == "symlog"

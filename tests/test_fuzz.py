@@ -102,6 +102,7 @@ OPTION_VALUES = {
     "--backend": ["cpp", "numpy", "fortran", ""],
     "--pp": ["auto", "exact", "frozen", "x"],
     "--checkpoint-every": ["0", "1", "-1"],
+    "--checkpoint-seconds": ["30", "0", "0.01", "-1", "nan"],
     "--preset": ["paper-positive", "paper-negative", "paper"],
 }
 

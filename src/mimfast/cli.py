@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,10 +36,12 @@ PRESETS = {
 PRESET_ETA, PRESET_P = 100.0, 10**6
 DEFAULTS = {"preset": "paper-positive", "gamma": 0.5, "K": 1, "z": 1.0, "pp": "auto",
             "steps": 1000, "record_every": 1, "backend": "cpp", "method": "auto", "threads": None,
-            "tail_tol": 1e-15, "epsilon": 0.05, "checkpoint_every": 100, "out": "mimfast-run",
+            "tail_tol": 1e-15, "epsilon": 0.05, "checkpoint_every": 0, "checkpoint_seconds": 30.0,
+            "out": "mimfast-run",
             "plots": True, "step_axis": "linear"}
 # may change when a saved run is resumed; everything else is the saved run's
-RESUME_KEYS = {"resume", "steps", "threads", "checkpoint_every", "progress", "plots", "epsilon",
+RESUME_KEYS = {"resume", "steps", "threads", "checkpoint_every", "checkpoint_seconds", "progress",
+               "plots", "epsilon",
                "step_axis"}
 RESULT, CHECKPOINT = "result.nc", "checkpoint.nc"
 PAPER_KEYS = ("P", "kappa_c", "kappa_s", "K", "z")
@@ -46,7 +49,7 @@ PAPER_KEYS = ("P", "kappa_c", "kappa_s", "K", "z")
 _INT, _NUM, _STR, _BOOL = (int,), (int, float), (str,), (bool,)
 CONFIG_TYPES = {
     "P": _INT, "K": _INT, "steps": _INT, "record_every": _INT, "threads": _INT,
-    "checkpoint_every": _INT, "masked": _INT, "kappa_c": _NUM, "kappa_s": _NUM, "gamma": _NUM,
+    "checkpoint_every": _INT, "checkpoint_seconds": _NUM, "masked": _INT, "kappa_c": _NUM, "kappa_s": _NUM, "gamma": _NUM,
     "eta": _NUM, "tail_tol": _NUM, "epsilon": _NUM, "z": _NUM + (list,), "preset": _STR,
     "pp": _STR, "backend": _STR, "method": _STR, "out": _STR, "plots": _BOOL, "progress": _BOOL,
     "step_axis": _STR,
@@ -80,7 +83,8 @@ config file (TOML): the keys are the option names with underscores, e.g.
   P = 100000
   kappa_c = 0.6          # kappa_s, gamma, K, z (one number or [global, local]), pp
   eta = 20.0             # steps, record_every, backend, threads, tail_tol
-  epsilon = 0.05         # checkpoint_every, plots, step_axis, out (relative to the file's folder)
+  epsilon = 0.05         # checkpoint_seconds, checkpoint_every, plots, step_axis,
+                         # out (relative to the file's folder)
 
 or, instead of the paper's setting, any setting (then eta is required):
 
@@ -156,8 +160,11 @@ def _parser():
     g.add_argument("--step-axis", dest="step_axis", choices=["linear", "symlog"],
                    help="step axis of the figures; symlog shows the first steps (default linear)")
     g = run.add_argument_group("long runs")
+    g.add_argument("--checkpoint-seconds", type=_number, dest="checkpoint_seconds",
+                   metavar="T", help="save DIR/checkpoint.nc at most every T seconds of wall "
+                                     "time (default 30; 0: not by time)")
     g.add_argument("--checkpoint-every", type=_count, dest="checkpoint_every", metavar="N",
-                   help="save DIR/checkpoint.nc every N steps (default 100; 0: never)")
+                   help="also save it after every N steps (default 0: not by steps)")
     g.add_argument("--resume", type=Path, metavar="DIR",
                    help="continue the unfinished run saved in DIR (with its own settings; "
                         "--steps may extend it)")
@@ -194,7 +201,9 @@ def _read_config(path):
     try:
         import tomllib
     except ModuleNotFoundError:  # Python < 3.11
-        import tomli as tomllib
+        from ._extras import require
+
+        tomllib = require("tomli", "config files", "cli")
 
     try:
         with open(path, "rb") as f:
@@ -362,20 +371,24 @@ class _Interrupts:
 
 
 class _Progress:
-    """Run callback: progress bar (tqdm) and checkpoints every N steps.
+    """Run callback: progress bar (tqdm) and checkpoints by wall time and by steps.
 
-    ``simulate`` calls it after every step from a multiple of N (``callback_every``) and a few
-    times a second otherwise; a checkpoint is saved at the first call after each multiple of N
-    (so none right after step 1).
+    ``simulate`` calls it a few times a second, and after every step from a multiple of N
+    (``callback_every``) when N is given. A checkpoint is saved at the first call at least
+    ``seconds`` after the last one (or the start), and at the first call after each multiple
+    of N (so none right after step 1); 0 turns either rule off. Saving a checkpoint rewrites
+    the whole record so far, so a rule by time keeps its share of a long run small.
     """
 
-    def __init__(self, show, start, total, checkpoint, every, interrupts):
-        from tqdm import tqdm
+    def __init__(self, show, start, total, checkpoint, every, interrupts, seconds=0,
+                 clock=time.monotonic):
+        from ._extras import require
 
-        self.bar = tqdm(total=total, initial=start, unit="step", disable=not show,
+        self.bar = require("tqdm", "the progress bar", "cli").tqdm(total=total, initial=start, unit="step", disable=not show,
                         file=sys.stderr, dynamic_ncols=True, mininterval=0.25)
         self.checkpoint, self.every, self.interrupts = checkpoint, every, interrupts
-        self.t = start
+        self.seconds, self.clock = seconds, clock
+        self.t, self.saved_at = start, clock()
 
     def __call__(self, t, grad, partial):
         with self.interrupts.hold():
@@ -384,19 +397,31 @@ class _Progress:
             if not self.bar.disable:
                 own = min(float(a[:, 0].min()) for a in grad.attention)
                 self.bar.set_postfix_str(f"own-area attention (min) {own:.4f}", refresh=False)
-        if self.every and t // self.every > last // self.every:
+        if ((self.every and t // self.every > last // self.every)
+                or (self.seconds and self.clock() - self.saved_at >= self.seconds)):
             self.checkpoint(partial())
+            self.saved_at = self.clock()
 
-    def close(self):
+    def close(self, step=None):
+        """Close the bar, first moved on to ``step`` (the run's last step) when given: the
+        callbacks between checkpoints are timed, so the bar may lag the run by a few steps."""
         with self.interrupts.hold():
+            if step is not None and step > self.t:
+                self.bar.update(step - self.t)
+                self.t = step
             self.bar.close()
 
 
+@contextmanager
 def _prepare_out(out, resume, force):
-    """Create and lock the output folder, remove what killed runs left, and refuse to
-    overwrite a finished or unfinished run unless asked to. Returns the lock (keep it open)."""
+    """Create and lock the output folder for the run, remove what killed runs left, and
+    refuse to overwrite a finished or unfinished run unless asked to.
+
+    The lock file goes when the run ends, and so does a folder that this run created and left
+    empty (a run refused or failed before writing anything)."""
     from . import io
 
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = io.lock_folder(out)
@@ -416,10 +441,14 @@ def _prepare_out(out, resume, force):
                                  "files, or choose another --out")
             if force:
                 (out / CHECKPOINT).unlink(missing_ok=True)
-    except BaseException:
-        lock.close()
-        raise
-    return lock
+        yield lock
+    finally:
+        io.unlock_folder(lock)
+        if created:
+            try:
+                out.rmdir()  # only when empty
+            except OSError:
+                pass
 
 
 def _check_values(setting, opts):
@@ -459,14 +488,24 @@ def _run(args):
     force = bool(opts.pop("force", False))
     out = Path(opts["out"])
     setting = _setting(opts)
-    for key, least in (("steps", 0), ("record_every", 1), ("checkpoint_every", 0)):
-        if opts[key] < least:
+    for key, least in (("steps", 0), ("record_every", 1), ("checkpoint_every", 0),
+                       ("checkpoint_seconds", 0)):
+        if not opts.get(key, least) >= least:  # NaN too
             raise UsageError(f"{key.replace('_', '-')} must be at least {least}, got {opts[key]}")
     if not 0 < opts["epsilon"] < 1:
         raise UsageError(f"epsilon must lie in (0, 1), got {opts['epsilon']}")
     _check_values(setting, opts)
     if opts["backend"] not in mf.backends():
-        raise UsageError(f"backend {opts['backend']!r} is not available here; "
+        from .backends import get_kernel
+
+        why = ""
+        try:
+            get_kernel(opts["backend"])
+        except ImportError as exc:  # a known backend without its dependency: say which extra
+            why = ": " + str(exc).split(": ", 1)[-1]
+        except (TypeError, ValueError):
+            pass
+        raise UsageError(f"backend {opts['backend']!r} is not available here{why}; "
                          f"available: {', '.join(mf.backends())}")
     if resume is not None and opts["steps"] < resume.last_step:
         raise UsageError(f"--steps {opts['steps']}: the saved run is already at step "
@@ -497,7 +536,7 @@ def _run(args):
 
         try:
             progress = _Progress(show, start, opts["steps"], checkpoint, opts["checkpoint_every"],
-                                 interrupts)
+                                 interrupts, opts.get("checkpoint_seconds", 0))
             try:
                 result = mf.simulate(setting, float(opts["eta"]), opts["steps"],
                                      opts["record_every"], backend=opts["backend"],
@@ -506,7 +545,7 @@ def _run(args):
                                      resume=resume, callback=progress,
                                      callback_every=opts["checkpoint_every"] or None)
             except mf.Interrupted as exc:
-                progress.close()
+                progress.close(exc.result.last_step)
                 return save_and_stop(exc.result, f"after step {exc.result.last_step}")
             except KeyboardInterrupt:
                 progress.close()
@@ -514,7 +553,7 @@ def _run(args):
                     return save_and_stop(resume, f"before step {resume.last_step + 1}")
                 print("mimfast: interrupted before the first step; nothing saved", file=sys.stderr)
                 return EXIT_INTERRUPTED
-            progress.close()
+            progress.close(result.last_step)
             try:
                 analysis = analyze(result, opts["epsilon"])
                 _write_outputs(result, analysis, out, attrs, opts["plots"],
@@ -568,10 +607,44 @@ def _saved_analysis(args):
 
 
 def _report(result, analysis):
-    """What a run prints: how the correlations evolve, then the summary table and claims."""
+    """What a run prints: how the correlations evolve, then the summary table and claims,
+    then which engine computed the expectations."""
     from .analysis import evolution
 
-    return evolution(result, epsilon=analysis.epsilon) + "\n\n" + analysis.table()
+    return (evolution(result, epsilon=analysis.epsilon) + "\n\n" + analysis.table() + "\n\n"
+            + _engine(result))
+
+
+def _engine(result):
+    """Which engine computed the run's expectations, and how exact they are."""
+    from .analysis import class_name, paper_shaped
+    from .quadrature import AUTO_GRID_POINTS, LEVELS, grid_points_estimate
+
+    s = result.setting
+    points = grid_points_estimate(s)
+    if result.method == "quadrature":
+        paper = paper_shaped(s)
+        nodes = ", ".join(f"{class_name(s, k, h, paper)} {'x'.join(str(LEVELS[i]) for i in v)}"
+                          for (k, h), v in sorted(result.levels.items()))
+        worst = max((float(e) for e in result.error), default=0.0)
+        met = ("tolerance met" if result.tolerance_met
+               else "tolerance MISSED at some step: rerun with --method exact")
+        return _wrap(f"Engine: Gauss-Hahn quadrature (docs/model.md §8), {result.backend} backend; "
+                f"nodes per dimension at the last step: {nodes or 'not recorded'}.\n"
+                f"Largest estimated relative error over the recorded steps: {worst:.1e} "
+                f"({met}). The exact count grid would visit about {points:,.0f} points per "
+                f"step (method auto takes it up to {AUTO_GRID_POINTS:,}).")
+    tail = "" if result.tail_tol is None else f" (tail_tol {result.tail_tol:g})"
+    return _wrap(f"Engine: exact count grid (docs/model.md §3), {result.backend} backend; about "
+                 f"{points:,.0f} points per step.\nProbability mass left out of a class's grid: "
+                 f"at most {result.dropped:.1e}{tail}; otherwise exact up to floating-point "
+                 "rounding.")
+
+
+def _wrap(text, width=96):
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width) for line in text.splitlines())
 
 
 def _summary(args):
@@ -622,11 +695,19 @@ def _unknown_options(parser, command, unknown):
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     sub = sub.choices[command]
     known = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
-    words = []
+    hints = []  # after the words, not between an option and its value
     for word in unknown:
-        close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)
-        words.append(f"{word} (did you mean {close[0]}?)" if close else word)
-    sub.error("unrecognized arguments: " + " ".join(words))
+        option = word.split("=")[0]
+        close = option.startswith("-") and difflib.get_close_matches(option, known, n=1,
+                                                                      cutoff=0.6)
+        if close:
+            hints.append((option, close[0]))
+    text = "unrecognized arguments: " + " ".join(unknown)
+    if len(hints) == 1:
+        text += f" (did you mean {hints[0][1]}?)"
+    elif hints:
+        text += " (did you mean " + ", ".join(f"{c} for {o}" for o, c in hints) + "?)"
+    sub.error(text)
 
 
 def main(argv=None):
@@ -666,7 +747,9 @@ def main(argv=None):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
     except (FloatingPointError, ValueError, ImportError, OSError) as exc:
-        print(f"mimfast {args.command}: error: {exc}", file=sys.stderr)
+        # the engine's advice in the command's words
+        text = str(exc).replace('method="quadrature"', "--method quadrature")
+        print(f"mimfast {args.command}: error: {text}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -50,7 +50,8 @@ from .simulate import Result
 
 __all__ = ["FORMAT", "DiskFullError", "FolderLockedError", "ResultFileError", "atomic_output",
            "clean_temporaries", "digest", "equal", "export", "from_dataset", "load",
-           "lock_folder", "open_dataset", "save", "table", "to_dataset", "write_text"]
+           "lock_folder", "open_dataset", "save", "table", "to_dataset", "unlock_folder",
+           "write_text"]
 
 FORMAT = 2  # 2: SHA-256 digest and Fletcher-32 checksums (format 1 files are read unchecked)
 ENGINE = "netcdf4"
@@ -220,19 +221,37 @@ def lock_folder(folder, name=LOCK_NAME):
     import fcntl
 
     path = Path(folder) / name
-    f = open(path, "a+")  # noqa: SIM115 - held by the caller
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "unknown"
+    while True:
+        f = open(path, "a+")  # noqa: SIM115 - held by the caller
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise FolderLockedError(
+                f"{folder} is in use by another mimfast process (pid {holder})") from None
+        try:  # the holder may have removed the file as it released it: lock the new one
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
         f.close()
-        raise FolderLockedError(f"{folder} is in use by another mimfast process (pid {holder})")
     f.seek(0)
     f.truncate()
     f.write(str(os.getpid()))
     f.flush()
     return f
+
+
+def unlock_folder(lock):
+    """Release a lock of :func:`lock_folder` and remove its file (the folder keeps only the
+    work). Removing before releasing is safe: :func:`lock_folder` re-checks the path."""
+    try:
+        os.unlink(lock.name)
+    except FileNotFoundError:
+        pass
+    lock.close()
 
 
 def _pad(arrays, shape):

@@ -160,7 +160,7 @@ def pp_figure(result, step_axis="linear"):
     styles = ["-", "--", ":", "-."]
     paper = paper_shaped(s)
     classes = list(s.classes())
-    keys = {}  # key -> label, in the order first drawn
+    keys, pp_keys = {}, {}  # key -> label, in the order first drawn, per panel
     for i, (k, h) in enumerate(classes):
         for key in fp_keys(s, k, h):
             keys.setdefault(key, "own area" if key == "own" else _key_label(s, h, key))
@@ -169,8 +169,8 @@ def pp_figure(result, step_axis="linear"):
     if s.pp == "exact":
         for i, (_, h) in enumerate(classes):
             for key in ["self"] + fp_keys(s, 0, h):
-                keys.setdefault(key, {"self": "itself"}.get(key) or keys.get(key)
-                                or _key_label(s, h, key))
+                pp_keys.setdefault(key, {"self": "itself"}.get(key) or keys.get(key)
+                                   or _key_label(s, h, key))
                 right.plot(result.steps, result.pp(h, key), color=_color(key),
                            ls=styles[i % 4], lw=1.6)
         pp, fp = pp_fp_sizes(result)
@@ -190,10 +190,13 @@ def pp_figure(result, step_axis="linear"):
     for ax in (left, right):
         ax.axhline(0, color="0.8", lw=0.8, zorder=0)
         _step_axis(ax, step_axis)
-    key_legend = left.legend(
-        [Line2D([], [], color=_color(key), lw=1.6) for key in keys],
-        [f"key: {label}" for label in keys.values()], fontsize=7, loc="upper left")
-    left.add_artist(key_legend)
+    def key_legend(ax, labels, loc):  # each panel lists the keys it draws
+        return ax.legend([Line2D([], [], color=_color(key), lw=1.6) for key in labels],
+                         [f"key: {label}" for label in labels.values()], fontsize=7, loc=loc)
+
+    left.add_artist(key_legend(left, keys, "upper left"))  # the classes' legend follows
+    if pp_keys:
+        key_legend(right, pp_keys, "lower right")
     left.legend([Line2D([], [], color="0.3", ls=styles[i % 4], lw=1.6)
                  for i in range(len(classes))],
                 [f"{class_name(s, k, h, paper)} query" for k, h in classes], fontsize=7,
