@@ -12,8 +12,8 @@ from . import analysis, io, scaling, sweeps
 from .backends import backends
 from .model import Gradient, State
 from .setting import Cluster, Group, Setting
-from .simulate import (Interrupted, Result, ToleranceError, ToleranceWarning, gradient,
-                       simulate)
+from .result import Result
+from .simulate import Interrupted, ToleranceError, ToleranceWarning, gradient, simulate
 from .sweeps import sweep
 
 try:

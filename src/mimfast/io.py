@@ -46,7 +46,7 @@ from ._extras import require
 from .model import State
 from .quadrature import LEVELS, level_of
 from .setting import Cluster, Group, Setting
-from .simulate import Result
+from .result import Result
 
 __all__ = ["FORMAT", "DiskFullError", "FolderLockedError", "ResultFileError", "atomic_output",
            "clean_temporaries", "digest", "equal", "export", "from_dataset", "load",
