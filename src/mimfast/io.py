@@ -308,6 +308,9 @@ def to_dataset(result, analysis=None, attrs=None):
     data["error"] = (("step",), result.error,
                      {"long_name": "estimated relative error of the step's gradient and "
                                    "observables (quadrature; 0 for the exact grid)"})
+    if result.is_flow:
+        data["tau"] = (("step",), result.tau, {"long_name": "flow time of the recorded step "
+                                                            "(gradient flow)"})
     coords = {"step": result.steps, "cluster": np.arange(K), "query_group": np.arange(G),
               "key": _keys(G)}
     if s.pp == "exact":
@@ -594,7 +597,7 @@ def _from_dataset(ds):
         method=str(a.get("method", "exact")),
         error=ds["error"].values if "error" in ds else None,
         tolerance_met=bool(int(a.get("tolerance_met", 1))),
-        levels=_levels(a))
+        levels=_levels(a), tau=ds["tau"].values if "tau" in ds else None)
 
 
 # files written before the quadrature had levels under 6 nodes store LEVELS indices into this

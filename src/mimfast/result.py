@@ -22,18 +22,27 @@ def _fp_column(G, key):
 
 
 class Result:
-    """Trajectory of a :func:`simulate` run.
+    """Trajectory of a :func:`~mimfast.simulate` or :func:`~mimfast.flow` run.
 
-    Step t is the state after t GD updates (t = 0 is Q = 0); recorded steps are 0, every
-    ``record_every``, and the last.
+    GD: step t is the state after t GD updates (t = 0 is Q = 0); recorded steps are 0, every
+    ``record_every``, and the last. Gradient flow: step t is the t-th accepted step of the
+    integrator, at flow time ``tau[t]``.
 
     Attributes
     ----------
     setting : Setting
     backend : str
     eta : float
+        Learning rate (nan for a gradient-flow run).
     steps : numpy.ndarray of int
         Recorded steps.
+    tau : numpy.ndarray
+        Flow time of each recorded step: ``eta * steps`` for GD.
+    is_flow : bool
+        Whether the run integrated the gradient flow (:func:`mimfast.flow`).
+    events : dict
+        Gradient flow: ``(name, k, h)`` -> flow time of each event located on the integrator's
+        continuous extension (:data:`mimfast.flow.EVENTS`); empty for GD and for a loaded run.
     loss : numpy.ndarray
         Population loss L at each recorded step.
     state : State
@@ -60,7 +69,7 @@ class Result:
 
     def __init__(self, setting, backend, eta, steps, loss, fp, fp_grad, attention, patch_loss,
                  pp, state, dropped, last_step=None, record_every=1, tail_tol=None,
-                 method="exact", error=None, tolerance_met=True, levels=None):
+                 method="exact", error=None, tolerance_met=True, levels=None, tau=None):
         self.setting = setting
         self.backend = backend
         self.eta = eta
@@ -81,6 +90,10 @@ class Result:
                       else np.asarray(error, dtype=np.float64))
         self.tolerance_met = bool(tolerance_met)
         self.levels = {} if levels is None else {key: list(v) for key, v in levels.items()}
+        self.is_flow = tau is not None
+        self.tau = (self.eta * self.steps if tau is None
+                    else np.asarray(tau, dtype=np.float64))
+        self.events = {}
 
     def _class(self, k, h):
         K = self.setting.K
@@ -113,6 +126,9 @@ class Result:
         if (self._pp is None) != (s.pp != "exact") or (
                 self._pp is not None and np.shape(self._pp) != (n,) + empty[6].shape[1:]):
             problems.append("pp does not have one entry per recorded step")
+        if np.shape(self.tau) != (n,) or (n and np.any(np.diff(self.tau) <= 0)
+                                           and self.is_flow):
+            problems.append("tau does not increase with one entry per recorded step")
         if np.shape(self.error) != (n,):
             problems.append(f"{np.size(self.error)} error estimates for {n} recorded steps")
         if n and (np.any(np.diff(self.steps) <= 0) or self.steps[0] != 0

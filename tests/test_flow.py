@@ -1,0 +1,163 @@
+"""Gradient flow (mimfast.flow): the integrator against GD at small eta and against an
+independent tight-tolerance integration, its events against GD runs, and its input checks."""
+
+import numpy as np
+import pytest
+
+import mimfast as mf
+from mimfast.backends import get_kernel
+from mimfast.flow import DP54, flow
+from mimfast.grid import build_grids
+from mimfast.model import State, StateLayout, evaluate
+from mimfast.quadrature import build_quadratures
+
+SMALL = mf.Setting.paper(10**4, 0.9, 0.3)  # exact grid; local switch at tau ~ 770
+
+
+def flat(setting, state):
+    return StateLayout(setting).flat(state)
+
+
+def test_coefficients_are_dormand_prince():
+    rk = pytest.importorskip("scipy.integrate._ivp.rk")
+    for name in "CABEP":
+        want = getattr(rk.RK45, name)
+        np.testing.assert_allclose(getattr(DP54, name), want[: len(getattr(DP54, name))],
+                                   rtol=1e-15, atol=0)
+
+
+def test_result_shape_and_tau():
+    r = flow(SMALL, 300.0)
+    r.check()
+    assert r.is_flow and np.isnan(r.eta)
+    assert r.tau[0] == 0 and r.tau[-1] == 300.0 and np.all(np.diff(r.tau) > 0)
+    assert np.array_equal(r.steps, np.arange(len(r.tau)))
+    assert r.evaluations >= 6 * (len(r.steps) - 1)
+    np.testing.assert_array_equal(r.fp(0, 1, "own")[-1], r.state.fp[0][1, 0])
+    assert r.attention(0, 0, "own").shape == r.loss.shape == r.tau.shape
+
+
+def test_gd_converges_to_flow_at_first_order():
+    """GD is the flow's Euler rule: its error at fixed tau halves with eta."""
+    tau = 400.0
+    want = flat(SMALL, flow(SMALL, tau, rtol=1e-12).state)
+    errors = []
+    for n in (100, 200, 400):
+        gd = mf.simulate(SMALL, tau / n, n, record_every=n)
+        errors.append(np.max(np.abs(flat(SMALL, gd.state) - want)))
+    ratios = np.array(errors[:-1]) / np.array(errors[1:])
+    np.testing.assert_allclose(ratios, 2.0, rtol=0.05)
+
+
+def _reference(setting, tau):
+    """The flow at tau by scipy's DOP853 at rtol 1e-13, on the same gradient."""
+    integrate = pytest.importorskip("scipy.integrate")
+    method = mf.quadrature.choose_method(setting, "auto")
+    grids = build_grids(setting, 1e-15) if method == "exact" else build_quadratures(setting)
+    layout, kernel = StateLayout(setting), get_kernel("cpp")
+
+    def f(_, y):
+        g = evaluate(setting, grids, layout.state(y), kernel)
+        return -layout.flat(State(g.fp, g.pp))
+
+    sol = integrate.solve_ivp(f, (0, tau), np.zeros(layout.size), method="DOP853",
+                              rtol=1e-13, atol=1e-13)
+    assert sol.success
+    return sol.y[:, -1]
+
+
+@pytest.mark.parametrize("P, tau", [(10**4, 1500.0), (10**9, 4e6)])
+def test_flow_meets_rtol_against_a_reference(P, tau):
+    """tau past the local switch: every correlation has moved by O(1)."""
+    s = mf.Setting.paper(P, 0.9, 0.3)
+    ref = _reference(s, tau)
+    for rtol in (1e-6, 1e-9):
+        y = flat(s, flow(s, tau, rtol=rtol).state)
+        assert np.max(np.abs(y - ref) / (1 + np.abs(ref))) < 10 * rtol
+
+
+def test_backends_agree(backend):
+    s = mf.Setting.paper(400, 0.9, 0.3)
+    r = flow(s, 200.0, backend=backend)
+    c = flow(s, 200.0, backend="cpp")
+    # the kernels agree to ~1e-14; the step sizes they choose to ~1e-8, well inside rtol
+    assert r.tau[-1] == c.tau[-1] == 200.0
+    np.testing.assert_allclose(flat(s, r.state), flat(s, c.state), rtol=1e-9, atol=1e-10)
+
+
+def test_quadrature_matches_exact():
+    s = mf.Setting.paper(10**4, 0.9, 0.3)
+    e, q = (flow(s, 1000.0, method=m, rtol=1e-9) for m in ("exact", "quadrature"))
+    assert (e.method, q.method) == ("exact", "quadrature")
+    np.testing.assert_allclose(flat(s, q.state), flat(s, e.state), rtol=1e-7, atol=1e-9)
+
+
+def _first_step(gd, holds):
+    """The first step at which ``holds`` (monotone along the run), by bisection."""
+    lo, hi = 0, len(gd.steps) - 1
+    assert not holds(lo) and holds(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if holds(mid) else (mid, hi)
+    return int(gd.steps[hi])
+
+
+def test_events_agree_with_gd_at_small_eta():
+    r = flow(SMALL, 3000.0, stop_at="T_eps")
+    eta = 2.0
+    gd = mf.simulate(SMALL, eta, int(3000 / eta))
+    own = lambda i: abs(gd.fp_grad(0, 1, "own")[i]) >= abs(gd.fp_grad(0, 1, 0)[i])
+    att = lambda i: gd.attention(0, 1, "own")[i] >= 0.95
+    for name, holds in (("switch", own), ("T_eps", att)):
+        t = r.events[name, 0, 1]
+        assert abs(eta * _first_step(gd, holds) - t) < 2 * eta + 1e-3 * t
+    assert r.events["switch", 0, 0] == 0.0  # the global query: one phase
+    # the event is on the dense output between two records, where its function changes sign
+    i = np.searchsorted(r.tau, r.events["switch", 0, 1])
+    assert r.tau[i - 1] < r.events["switch", 0, 1] <= r.tau[i]
+
+
+def test_stop_at_switch_stops_after_it():
+    r = flow(SMALL, 1e6, stop_at="switch")
+    assert r.tau[-1] < 1e6 and r.tau[-2] < r.events["switch", 0, 1] <= r.tau[-1]
+
+
+def test_global_minimum_only_where_it_turns():
+    """In the paper's settings the local query's global FP correlation keeps falling (ever
+    more slowly): no minimum is reported, and the lowest value is the last one."""
+    r = flow(SMALL, 1e5)
+    assert ("global_min", 0, 1) not in r.events
+    assert np.all(np.diff(r.fp(0, 1, 0)) < 0)
+
+
+def test_locate_brackets_the_root():
+    from mimfast.flow import _locate
+
+    for root in (0.1, 0.5, 0.999):
+        g = lambda t: np.tanh(20 * (t - root))
+        t = _locate(g, 0.0, 1.0, g(0.0), g(1.0), 1e-12)
+        assert g(t) >= 0 and abs(t - root) < 1e-11
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"tau": 0.0}, ValueError), ({"tau": float("inf")}, ValueError), ({"tau": "1"}, TypeError),
+    ({"tau": 1.0, "rtol": 0.0}, ValueError), ({"tau": 1.0, "stop_at": "end"}, ValueError),
+    ({"tau": 1.0, "epsilon": 1.0}, ValueError), ({"tau": 1.0, "max_steps": 0}, ValueError),
+    ({"tau": 1.0, "backend": "nope"}, ValueError), ({"tau": 1.0, "method": "nope"}, ValueError),
+])
+def test_bad_input(kwargs, error):
+    with pytest.raises(error):
+        flow(SMALL, **kwargs)
+
+
+def test_max_steps():
+    with pytest.raises(RuntimeError, match="max_steps"):
+        flow(SMALL, 1e4, max_steps=3)
+
+
+def test_saved_and_loaded(tmp_path):
+    pytest.importorskip("xarray")
+    r = flow(mf.Setting.paper(400, 0.9, 0.3), 50.0)
+    back = mf.io.load(mf.io.save(r, tmp_path / "r.nc"))
+    assert back.is_flow and np.array_equal(back.tau, r.tau)
+    np.testing.assert_array_equal(back.fp(0, 1, "own"), r.fp(0, 1, "own"))
