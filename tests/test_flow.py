@@ -161,3 +161,32 @@ def test_saved_and_loaded(tmp_path):
     back = mf.io.load(mf.io.save(r, tmp_path / "r.nc"))
     assert back.is_flow and np.array_equal(back.tau, r.tau)
     np.testing.assert_array_equal(back.fp(0, 1, "own"), r.fp(0, 1, "own"))
+
+
+def test_cli_runs_the_flow(tmp_path, capsys):
+    pytest.importorskip("xarray")
+    from mimfast.cli import main
+
+    code = main(["run", "--P", "1e4", "--flow", "1e30", "--stop-at", "T_eps", "--no-plots",
+                 "--threads", "1", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "gradient flow to tau = " in out and "tau 766.3" in out
+    r = mf.io.load(tmp_path / "result.nc")
+    assert r.is_flow and r.tau[-1] > 2500
+    assert "tau" in (tmp_path / "trajectories.csv").read_text().splitlines()[0].split(",")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--flow", "100", "--steps", "3"], "drop the GD options --steps"),
+    (["--flow", "100", "--eta", "3"], "drop the GD options --eta"),
+    (["--stop-at", "T_eps"], "add --flow TAU"),
+    (["--rtol", "1e-8"], "add --flow TAU"),
+    (["--flow", "-1"], "tau must be finite and positive"),
+    (["--flow", "1", "--rtol", "2"], "rtol must lie in"),
+])
+def test_cli_refuses_bad_flow_options(tmp_path, capsys, argv, words):
+    from mimfast.cli import main
+
+    assert main(["run", "--P", "1e3", "--out", str(tmp_path / "o"), *argv]) == 2
+    assert words in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -47,7 +47,7 @@ CONFIG_TYPES = {
     "checkpoint_every": _INT, "masked": _INT, "kappa_c": _NUM, "kappa_s": _NUM, "gamma": _NUM,
     "eta": _NUM, "tail_tol": _NUM, "epsilon": _NUM, "z": _NUM + (list,), "preset": _STR,
     "pp": _STR, "backend": _STR, "method": _STR, "out": _STR, "plots": _BOOL, "progress": _BOOL,
-    "step_axis": _STR,
+    "step_axis": _STR, "flow": _NUM, "stop_at": _STR, "rtol": _NUM,
     "clusters": (list,),
 }
 
@@ -166,6 +166,14 @@ def _parser():
     g.add_argument("--threads", type=_count, help="threads of a compiled kernel (default all)")
     g.add_argument("--tail-tol", type=_number, dest="tail_tol",
                    help="probability mass a count grid may leave out (default 1e-15)")
+    g = run.add_argument_group("gradient flow (instead of GD)")
+    g.add_argument("--flow", type=_number, metavar="TAU",
+                   help="integrate the gradient flow dQ/dtau = -grad L up to flow time TAU "
+                        "(Dormand-Prince 5(4) with error control; tau = eta * step of GD)")
+    g.add_argument("--stop-at", dest="stop_at", choices=["switch", "T_eps"],
+                   help="with --flow: stop once every class has reached this event")
+    g.add_argument("--rtol", type=_number,
+                   help="with --flow: local error tolerance of each step (default 1e-10)")
     g = run.add_argument_group("analysis and output")
     g.add_argument("--epsilon", type=_number, help="tolerance of Theorem 4.1 (default 0.05)")
     g.add_argument("--out", type=Path, metavar="DIR", help="output folder (default mimfast-run)")
@@ -486,6 +494,7 @@ def _run(args):
     if not 0 < opts["epsilon"] < 1:
         raise UsageError(f"epsilon must lie in (0, 1), got {opts['epsilon']}")
     _check_values(setting, opts)
+    _check_flow(opts, given, resume)
     if opts["backend"] not in mf.backends():
         raise UsageError(f"backend {opts['backend']!r} is not available here; "
                          f"available: {', '.join(mf.backends())}")
@@ -517,6 +526,17 @@ def _run(args):
             return EXIT_INTERRUPTED
 
         try:
+            if "flow" in opts:
+                try:
+                    result = mf.flow(setting, opts["flow"], rtol=opts.get("rtol", 1e-10),
+                                     stop_at=opts.get("stop_at"), backend=opts["backend"],
+                                     method=opts["method"], threads=opts.get("threads"),
+                                     tail_tol=opts["tail_tol"], epsilon=opts["epsilon"])
+                except (mf.Interrupted, KeyboardInterrupt):
+                    print("mimfast: interrupted; nothing saved (a gradient-flow run is not "
+                          "resumable: run it again)", file=sys.stderr)
+                    return EXIT_INTERRUPTED
+                return _finish(result, opts, out, attrs)
             progress = _Progress(show, start, opts["steps"], checkpoint, opts["checkpoint_every"],
                                  interrupts)
             try:
@@ -546,6 +566,49 @@ def _run(args):
             (out / CHECKPOINT).unlink(missing_ok=True)
         finally:  # what an interrupt cut short (it may land in a cleanup too)
             io.clean_temporaries(out)
+    return EXIT_OK
+
+
+FLOW_KEYS = {"flow", "stop_at", "rtol"}
+GD_ONLY = {"eta", "steps", "record_every", "checkpoint_every", "resume"}
+
+
+def _check_flow(opts, given, resume):
+    """Refuse (exit 2) a gradient-flow run given GD's own options, or flow options without
+    --flow, or a resume of a flow run, before anything is written."""
+    if "flow" not in opts:
+        extra = sorted(FLOW_KEYS & set(opts))
+        if extra:
+            raise UsageError(", ".join("--" + k.replace("_", "-") for k in extra)
+                             + " apply to a gradient-flow run: add --flow TAU")
+        return
+    if resume is not None:
+        raise UsageError("--resume: the saved run is a gradient flow, which is not resumable; "
+                         "run it again")
+    clash = sorted(GD_ONLY & set(given))
+    if clash:
+        raise UsageError("--flow integrates the gradient flow; drop the GD options "
+                         + ", ".join("--" + k.replace("_", "-") for k in clash))
+    from .flow import _check_flow as check
+
+    try:
+        check(_setting(opts), opts["flow"], opts.get("rtol", 1e-10), opts.get("stop_at"),
+              opts["epsilon"], 1)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--flow: {exc}") from None
+
+
+def _finish(result, opts, out, attrs):
+    """Analyse a finished gradient-flow run and write its outputs (not interruptible into a
+    checkpoint: an interrupt leaves no partial file)."""
+    from .analysis import analyze
+
+    try:
+        _write_outputs(result, analyze(result, opts["epsilon"]), out, attrs, opts["plots"],
+                       opts.get("step_axis", "linear"))
+    except KeyboardInterrupt:
+        print("mimfast: interrupted while writing the outputs; nothing saved", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK
 
 

@@ -675,7 +675,8 @@ def table(result):
     parts = []
     for k, h in s.classes():
         G = len(s.clusters[k].groups)
-        cols = {"step": result.steps, "cluster": np.full(n, k), "group": np.full(n, h),
+        cols = {"step": result.steps, **({"tau": result.tau} if result.is_flow else {}),
+                "cluster": np.full(n, k), "group": np.full(n, h),
                 "class": np.full(n, class_name(s, k, h, paper), dtype=object),
                 "loss": result.loss, "patch_loss": result.patch_loss(k, h),
                 "loss_gap": loss_gap(result, k, h)}
