@@ -473,7 +473,7 @@ def _summary(result, k, h, paper, epsilon):
     switch_tau = event_time(result, "switch", k, h, switch)
     sees_global = 0 in fp_keys(s, k, h)
     at_switch = [None, None]
-    if sees_global and switch is not None:
+    if sees_global and switch:  # a switch after Q = 0 (at 0 both are 0)
         at_switch = [at_time(result, result.fp(k, h, key), switch_tau, switch)
                      for key in (0, "own")]
     low_tau = None
@@ -608,8 +608,9 @@ def _decoupling(rows):
 def evolution(result, rows=8, epsilon=EPSILON):
     """How the FP correlations, own-area attention and loss evolve, as a text table.
 
-    One line per selected recorded step: step 0, steps spread geometrically up to the last,
-    and each class's phase switch and T_eps. Per class: the FP correlation with its own area's
+    One line per selected recorded step: step 0, steps spread geometrically up to the last
+    (for a gradient-flow run: spread geometrically in flow time), and each class's phase
+    switch and T_eps. Per class: the FP correlation with its own area's
     feature, with the global area's (paper's shape), and its own-area attention.
 
     Parameters
@@ -627,7 +628,12 @@ def evolution(result, rows=8, epsilon=EPSILON):
     s = result.setting
     steps = result.steps
     last = int(steps[-1])
-    wanted = {0, last} | {int(round(last ** (i / (rows - 1)))) for i in range(1, rows - 1)}
+    if result.is_flow and last > 1:  # spread geometrically in flow time
+        tau = result.tau
+        spread = tau[1] * (tau[-1] / tau[1]) ** (np.arange(1, rows - 1) / (rows - 2))
+        wanted = {0, last} | {int(steps[min(i, last)]) for i in np.searchsorted(tau, spread)}
+    else:
+        wanted = {0, last} | {int(round(last ** (i / (rows - 1)))) for i in range(1, rows - 1)}
     paper = paper_shaped(s)
     events = {}  # step -> what happens there
     for k, h in s.classes():

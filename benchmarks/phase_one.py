@@ -1,0 +1,67 @@
+"""Phase-I observables of the gradient flow from P = 10^4 to 10^18 (docs/theorem.md).
+
+    python benchmarks/phase_one.py        # the tables, ~15 s
+
+For the paper's two regimes (kappa_c = 0.9 and 0.6, kappa_s = 0.3) runs :func:`mimfast.flow`
+from Q = 0 to T_eps (rtol 1e-10) and prints, for the local query class, the measurements of
+:func:`mimfast.analysis.analyze` in flow time: R(0), the switch, the global and own FP
+correlations at the switch, T_eps of both classes and A_global at the local T_eps; then the
+slope of log R(0), log tau_switch and log T_eps against log P beside the leading-order
+exponents (Delta for R(0), 1 - kappa_s for the local times), and beside the switch and
+A_global the leading-order values of docs/theorem.md: 1 / (2 |dL/dA_own| at Q = 0) and
+-ln R(0) / 2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import mimfast as mf
+from mimfast.analysis import analyze
+
+SETTINGS = {"Delta = +0.5": (0.9, 0.3), "Delta = -0.1": (0.6, 0.3)}
+EXPONENTS = (4, 6, 9, 12, 15, 18)
+
+
+def fmt(v):
+    return "-" if v is None else f"{v:.4g}"
+
+
+def main():
+    for name, (kappa_c, kappa_s) in SETTINGS.items():
+        cols = ["P", "R(0)", "switch tau", "1 / (2 g_own(0))", "A_global at switch",
+                "-ln R(0) / 2", "A_own at switch", "global T_eps", "local T_eps",
+                "A_global at T_eps"]
+        print(f"\n{name} (kappa_c = {kappa_c}, kappa_s = {kappa_s})\n")
+        print("| " + " | ".join(cols) + " |")
+        print("|" + "|".join("---" for _ in cols) + "|")
+        logs = []
+        for e in EXPONENTS:
+            s = mf.Setting.paper(10**e, kappa_c, kappa_s)
+            r = mf.flow(s, 1e300, stop_at="T_eps", threads=1)
+            glob, local = analyze(r).classes
+            g_own = abs(float(r.fp_grad(0, 1, "own")[0]))
+            two = local.grad_ratio0 > 1  # the predictions are those of a decoupling phase
+            print("| " + " | ".join([f"10^{e}", fmt(local.grad_ratio0), fmt(local.switch_tau),
+                                     fmt(1 / (2 * g_own)) if two else "-",
+                                     fmt(local.fp_global_at_switch),
+                                     fmt(-math.log(local.grad_ratio0) / 2) if two else "-",
+                                     fmt(local.fp_own_at_switch),
+                                     fmt(glob.convergence_tau), fmt(local.convergence_tau),
+                                     fmt(local.fp_global)]) + " |")
+            logs.append((e * math.log(10), math.log(local.grad_ratio0),
+                         math.log(local.switch_tau) if local.switch_tau else math.nan,
+                         math.log(local.convergence_tau)))
+        x, *ys = np.array(logs).T
+        delta = (1 - kappa_s) - 2 * (1 - kappa_c)
+        print()
+        for label, y, want in (("R(0)", ys[0], delta), ("switch tau", ys[1], 1 - kappa_s),
+                               ("local T_eps", ys[2], 1 - kappa_s)):
+            slope = np.polyfit(x, y, 1)[0] if np.all(np.isfinite(y)) else math.nan
+            print(f"- slope of log {label} against log P: {slope:.3f} (leading order {want:.3f})")
+
+
+if __name__ == "__main__":
+    main()
