@@ -190,3 +190,14 @@ def test_cli_refuses_bad_flow_options(tmp_path, capsys, argv, words):
 
     assert main(["run", "--P", "1e3", "--out", str(tmp_path / "o"), *argv]) == 2
     assert words in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_figures_of_a_flow_run_use_flow_time(tmp_path):
+    pytest.importorskip("matplotlib")
+    from mimfast.plots import fp_figure, save_figures
+
+    r = flow(mf.Setting.paper(400, 0.9, 0.3), 500.0)
+    fig = fp_figure(r)
+    assert fig.axes[0].get_xlabel().startswith("flow time tau")
+    assert "gradient flow" in fig._suptitle.get_text()
+    assert all(p.stat().st_size > 10_000 for p in save_figures(r, tmp_path))
