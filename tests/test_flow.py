@@ -167,8 +167,8 @@ def test_cli_runs_the_flow(tmp_path, capsys):
     pytest.importorskip("xarray")
     from mimfast.cli import main
 
-    code = main(["run", "--P", "1e4", "--flow", "1e30", "--stop-at", "T_eps", "--no-plots",
-                 "--threads", "1", "--out", str(tmp_path)])
+    code = main(["run", "--P", "1e4", "--flow", "--no-plots", "--threads", "1",
+                 "--out", str(tmp_path)])  # without TAU: until T_eps
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "gradient flow to tau = " in out and "tau 766.3" in out
@@ -184,6 +184,7 @@ def test_cli_runs_the_flow(tmp_path, capsys):
     (["--rtol", "1e-8"], "add --flow TAU"),
     (["--flow", "-1"], "tau must be finite and positive"),
     (["--flow", "1", "--rtol", "2"], "rtol must lie in"),
+    (["--flow", "--stop-at", "later"], "invalid choice"),
 ])
 def test_cli_refuses_bad_flow_options(tmp_path, capsys, argv, words):
     from mimfast.cli import main
@@ -201,3 +202,22 @@ def test_figures_of_a_flow_run_use_flow_time(tmp_path):
     assert fig.axes[0].get_xlabel().startswith("flow time tau")
     assert "gradient flow" in fig._suptitle.get_text()
     assert all(p.stat().st_size > 10_000 for p in save_figures(r, tmp_path))
+
+
+def test_a_nonfinite_stage_is_rejected_then_reported(monkeypatch):
+    """A gradient that stops being finite past a state (injected): the steps that reach it
+    are rejected, smaller ones taken, and the flow stops with a clear error there."""
+    import sys
+
+    flow_module = sys.modules["mimfast.flow"]  # (mf.flow is the function)
+    real = flow_module.evaluate
+
+    def evaluate(setting, grids, state, *args):
+        grad = real(setting, grids, state, *args)
+        if state.fp[0][1, 0] > 0.3:  # the local query's own FP correlation
+            grad.fp[0][:] = np.nan
+        return grad
+
+    monkeypatch.setattr(flow_module, "evaluate", evaluate)
+    with pytest.raises(FloatingPointError, match="not finite near tau"):
+        flow(SMALL, 3000.0)

@@ -167,9 +167,10 @@ def _parser():
     g.add_argument("--tail-tol", type=_number, dest="tail_tol",
                    help="probability mass a count grid may leave out (default 1e-15)")
     g = run.add_argument_group("gradient flow (instead of GD)")
-    g.add_argument("--flow", type=_number, metavar="TAU",
+    g.add_argument("--flow", type=_number, metavar="TAU", nargs="?", const=math.inf,
                    help="integrate the gradient flow dQ/dtau = -grad L up to flow time TAU "
-                        "(Dormand-Prince 5(4) with error control; tau = eta * step of GD)")
+                        "(Dormand-Prince 5(4) with error control; tau = eta * step of GD); "
+                        "without TAU: until every class reaches T_eps")
     g.add_argument("--stop-at", dest="stop_at", choices=["switch", "T_eps"],
                    help="with --flow: stop once every class has reached this event")
     g.add_argument("--rtol", type=_number,
@@ -528,8 +529,9 @@ def _run(args):
         try:
             if "flow" in opts:
                 try:
-                    result = mf.flow(setting, opts["flow"], rtol=opts.get("rtol", 1e-10),
-                                     stop_at=opts.get("stop_at"), backend=opts["backend"],
+                    tau, stop_at = _flow_end(opts)
+                    result = mf.flow(setting, tau, rtol=opts.get("rtol", 1e-10),
+                                     stop_at=stop_at, backend=opts["backend"],
                                      method=opts["method"], threads=opts.get("threads"),
                                      tail_tol=opts["tail_tol"], epsilon=opts["epsilon"])
                 except (mf.Interrupted, KeyboardInterrupt):
@@ -592,10 +594,20 @@ def _check_flow(opts, given, resume):
     from .flow import _check_flow as check
 
     try:
-        check(_setting(opts), opts["flow"], opts.get("rtol", 1e-10), opts.get("stop_at"),
-              opts["epsilon"], 1)
+        tau, stop_at = _flow_end(opts)
+        check(_setting(opts), tau, opts.get("rtol", 1e-10), stop_at, opts["epsilon"], 1)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"--flow: {exc}") from None
+
+
+def _flow_end(opts):
+    """``(tau, stop_at)`` of a flow run: ``--flow`` without TAU runs until T_eps."""
+    if opts["flow"] == math.inf:
+        return UNTIL_T_EPS, opts.get("stop_at") or "T_eps"
+    return opts["flow"], opts.get("stop_at")
+
+
+UNTIL_T_EPS = 1e300  # the flow time of `--flow` without TAU: the run ends at its stop_at event
 
 
 def _finish(result, opts, out, attrs):

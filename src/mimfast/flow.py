@@ -18,7 +18,8 @@ from .model import State, StateLayout, evaluate
 from .quadrature import build_quadratures, choose_method
 from .result import Result
 from .setting import Setting
-from .simulate import Interrupted, _check_tolerance, _nonfinite, _one_record, _stack, _tolerance
+from .simulate import (Interrupted, _check_tolerance, _one_record, _stack, _tolerance,
+                       own_logit_gap)
 
 __all__ = ["flow", "EVENTS", "DP54"]
 
@@ -60,6 +61,16 @@ class DP54:
 
 
 SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
+MIN_STEP = 1e-13  # relative to the flow time: below it a step cannot be told from none
+
+
+def _not_finite(setting, y, field, t):
+    """The error for a flow whose gradient stops being finite near flow time t."""
+    gap, where = own_logit_gap(setting, field.layout.state(y))
+    return FloatingPointError(
+        f"flow: the gradient is not finite near tau = {t:.6g}: in query class {where} the "
+        f"own-area logit exceeds every other logit by {gap:.4g}, beyond double precision "
+        "(see mimfast.simulate.own_logit_gap); stop the flow earlier (stop_at='T_eps')")
 
 
 class _Step:
@@ -82,6 +93,10 @@ class _Field:
         self.quad, self.layout, self.count = quad, StateLayout(setting), 0
 
     def __call__(self, y):
+        """``(-∇L, state, Gradient)`` at the flat state ``y``; -∇L is all nan where the
+        state or its gradient is not finite (a trial stage far off: the step is rejected)."""
+        if not np.all(np.isfinite(y)):
+            return np.full(y.size, np.nan), None, None
         state = self.layout.state(y)
         grad = evaluate(self.setting, self.grids, state, self.kernel, self.threads,
                         self.quad["rtol"])
@@ -89,10 +104,7 @@ class _Field:
         _tolerance(grad.met, grad.error, self.quad["rtol"], self.quad["strict"], "flow: ",
                    self.quad["met"])
         self.quad["met"] = self.quad["met"] and grad.met
-        f = -self.layout.flat(State(grad.fp, grad.pp))
-        if not np.all(np.isfinite(f)):
-            raise _nonfinite(self.setting, state, False, 0, math.nan)
-        return f, state, grad
+        return -self.layout.flat(State(grad.fp, grad.pp)), state, grad
 
 
 def _event_functions(setting, epsilon):
@@ -250,6 +262,11 @@ def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
             K[6] = f_new
             scale = rtol * (1.0 + np.maximum(np.abs(y), np.abs(y_new)))
             err = math.sqrt(np.mean((h * (DP54.E @ K) / scale) ** 2))
+            if not math.isfinite(err):  # a stage left the finite states: a much smaller step
+                if h <= MIN_STEP * max(t, tau * 1e-300):
+                    raise _not_finite(setting, y, field, t)
+                h *= MIN_FACTOR
+                continue
             if err > 1.0:
                 h *= max(MIN_FACTOR, SAFETY * err ** -0.2)
                 continue
