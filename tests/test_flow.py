@@ -221,3 +221,82 @@ def test_a_nonfinite_stage_is_rejected_then_reported(monkeypatch):
     monkeypatch.setattr(flow_module, "evaluate", evaluate)
     with pytest.raises(FloatingPointError, match="not finite near tau"):
         flow(SMALL, 3000.0)
+
+
+def _interrupt_after(monkeypatch, calls):
+    """Raise KeyboardInterrupt at the ``calls``-th gradient evaluation of mimfast.flow."""
+    import sys
+
+    module = sys.modules["mimfast.flow"]
+    real, count = module.evaluate, [0]
+
+    def evaluate(*args):
+        count[0] += 1
+        if count[0] == calls:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(module, "evaluate", evaluate)
+    return lambda: monkeypatch.setattr(module, "evaluate", real)
+
+
+def test_interrupted_before_the_first_step_hands_back_nothing(monkeypatch):
+    restore = _interrupt_after(monkeypatch, 2)  # in the choice of the first step size
+    with pytest.raises(KeyboardInterrupt) as info:
+        flow(SMALL, 100.0)
+    restore()
+    assert type(info.value) is KeyboardInterrupt
+
+
+@pytest.mark.parametrize("calls", [3, 100, 333, 500])
+def test_interrupted_flow_resumes_bit_for_bit(monkeypatch, calls):
+    s = mf.Setting.paper(10**6, 0.9, 0.3)  # quadrature: its rules are resumed too
+    whole = flow(s, 4e4)
+    restore = _interrupt_after(monkeypatch, calls)
+    with pytest.raises(mf.Interrupted) as info:
+        flow(s, 4e4)
+    restore()
+    part = info.value.result
+    part.check()
+    assert len(part) < len(whole)
+    done = flow(s, 4e4, resume=part)
+    np.testing.assert_array_equal(done.tau, whole.tau)
+    for key in ("own", 0):
+        np.testing.assert_array_equal(done.fp(0, 1, key), whole.fp(0, 1, key))
+    np.testing.assert_array_equal(done.loss, whole.loss)
+    assert done.events == whole.events and done.next_step == whole.next_step
+
+
+def test_resume_from_a_file_and_refusals(tmp_path):
+    pytest.importorskip("xarray")
+    whole = flow(SMALL, 3000.0)
+    short = mf.io.load(mf.io.save(flow(SMALL, 1000.0), tmp_path / "short.nc"))
+    assert short.events and short.next_step > 0 and short.rtol == 1e-10
+    longer = flow(SMALL, 3000.0, resume=short)
+    np.testing.assert_allclose(longer.state.fp[0], whole.state.fp[0], rtol=1e-8)
+    assert longer.events["switch", 0, 1] == short.events["switch", 0, 1]
+    with pytest.raises(ValueError, match="another rtol"):
+        flow(SMALL, 3000.0, rtol=1e-8, resume=short)
+    with pytest.raises(ValueError, match="already at tau"):
+        flow(SMALL, 500.0, resume=short)
+    with pytest.raises(ValueError, match="not a resumable gradient-flow run"):
+        flow(SMALL, 3000.0, resume=mf.simulate(SMALL, 1.0, 3))
+
+
+def test_cli_flow_interrupted_and_resumed(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("xarray")
+    from mimfast.cli import main
+
+    argv = ["run", "--P", "1e4", "--flow", "3000", "--no-plots", "--threads", "1"]
+    assert main(argv + ["--out", str(tmp_path / "whole")]) == 0
+    restore = _interrupt_after(monkeypatch, 400)
+    assert main(argv + ["--out", str(tmp_path / "cut")]) == 130
+    restore()
+    assert "checkpoint saved" in capsys.readouterr().err
+    assert (tmp_path / "cut" / "checkpoint.nc").exists()
+    assert main(["run", "--resume", str(tmp_path / "cut")]) == 0
+    assert not (tmp_path / "cut" / "checkpoint.nc").exists()
+    whole, cut = (mf.io.load(tmp_path / d / "result.nc") for d in ("whole", "cut"))
+    assert cut.is_flow and mf.io.equal(cut, whole)
+    np.testing.assert_array_equal(cut.tau, whole.tau)
+    assert cut.events == whole.events

@@ -499,10 +499,10 @@ def _run(args):
     if opts["backend"] not in mf.backends():
         raise UsageError(f"backend {opts['backend']!r} is not available here; "
                          f"available: {', '.join(mf.backends())}")
-    if resume is not None and opts["steps"] < resume.last_step:
+    if resume is not None and "flow" not in opts and opts["steps"] < resume.last_step:
         raise UsageError(f"--steps {opts['steps']}: the saved run is already at step "
                          f"{resume.last_step}")
-    if (resume is not None and opts["steps"] == resume.last_step
+    if (resume is not None and "flow" not in opts and opts["steps"] == resume.last_step
             and not (out / CHECKPOINT).exists()):
         print(f"mimfast run: the run in {out} is finished ({resume.last_step} steps); "
               f"nothing to do. Extend it with `mimfast run --resume {out} --steps N`, "
@@ -533,12 +533,17 @@ def _run(args):
                     result = mf.flow(setting, tau, rtol=opts.get("rtol", 1e-10),
                                      stop_at=stop_at, backend=opts["backend"],
                                      method=opts["method"], threads=opts.get("threads"),
-                                     tail_tol=opts["tail_tol"], epsilon=opts["epsilon"])
-                except (mf.Interrupted, KeyboardInterrupt):
-                    print("mimfast: interrupted; nothing saved (a gradient-flow run is not "
-                          "resumable: run it again)", file=sys.stderr)
+                                     tail_tol=opts["tail_tol"], epsilon=opts["epsilon"],
+                                     resume=resume)
+                except mf.Interrupted as exc:
+                    return save_and_stop(exc.result, f"at tau {exc.result.tau[-1]:.6g}")
+                except KeyboardInterrupt:
+                    if resume is not None:
+                        return save_and_stop(resume, f"at tau {resume.tau[-1]:.6g}")
+                    print("mimfast: interrupted before the first step; nothing saved",
+                          file=sys.stderr)
                     return EXIT_INTERRUPTED
-                return _finish(result, opts, out, attrs)
+                return _finish(result, opts, out, attrs, save_and_stop)
             progress = _Progress(show, start, opts["steps"], checkpoint, opts["checkpoint_every"],
                                  interrupts)
             try:
@@ -572,21 +577,18 @@ def _run(args):
 
 
 FLOW_KEYS = {"flow", "stop_at", "rtol"}
-GD_ONLY = {"eta", "steps", "record_every", "checkpoint_every", "resume"}
+GD_ONLY = {"eta", "steps", "record_every", "checkpoint_every"}
 
 
 def _check_flow(opts, given, resume):
     """Refuse (exit 2) a gradient-flow run given GD's own options, or flow options without
-    --flow, or a resume of a flow run, before anything is written."""
+    --flow, before anything is written."""
     if "flow" not in opts:
         extra = sorted(FLOW_KEYS & set(opts))
         if extra:
             raise UsageError(", ".join("--" + k.replace("_", "-") for k in extra)
                              + " apply to a gradient-flow run: add --flow TAU")
         return
-    if resume is not None:
-        raise UsageError("--resume: the saved run is a gradient flow, which is not resumable; "
-                         "run it again")
     clash = sorted(GD_ONLY & set(given))
     if clash:
         raise UsageError("--flow integrates the gradient flow; drop the GD options "
@@ -610,17 +612,18 @@ def _flow_end(opts):
 UNTIL_T_EPS = 1e300  # the flow time of `--flow` without TAU: the run ends at its stop_at event
 
 
-def _finish(result, opts, out, attrs):
-    """Analyse a finished gradient-flow run and write its outputs (not interruptible into a
-    checkpoint: an interrupt leaves no partial file)."""
+def _finish(result, opts, out, attrs, save_and_stop):
+    """Analyse a finished gradient-flow run and write its outputs (an interrupt while writing
+    them saves the run as the checkpoint)."""
     from .analysis import analyze
 
     try:
         _write_outputs(result, analyze(result, opts["epsilon"]), out, attrs, opts["plots"],
                        opts.get("step_axis", "linear"))
     except KeyboardInterrupt:
-        print("mimfast: interrupted while writing the outputs; nothing saved", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return save_and_stop(result, f"while writing the outputs (the run is complete at tau "
+                                     f"{result.tau[-1]:.6g})")
+    (out / CHECKPOINT).unlink(missing_ok=True)
     return EXIT_OK
 
 

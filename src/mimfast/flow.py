@@ -169,7 +169,7 @@ def _check_flow(setting, tau, rtol, stop_at, epsilon, max_steps):
 
 def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
          tail_tol=1e-15, max_grid_bytes=DEFAULT_MAX_BYTES, method="auto", quad_rtol=1e-13,
-         strict=False, epsilon=0.05, max_steps=100_000):
+         strict=False, epsilon=0.05, max_steps=100_000, resume=None):
     """Integrate the gradient flow dQ/dτ = -∇L(Q) from Q = 0 up to flow time ``tau``.
 
     GD with learning rate η is this flow's explicit Euler rule: its step t lies at τ = η t.
@@ -193,60 +193,81 @@ def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
         T_eps is the time the own-area attention reaches 1 - epsilon.
     max_steps : int
         Refuse to take more accepted steps than this (RuntimeError).
+    resume : Result, optional
+        An interrupted or shorter flow run of the same setting, rtol, epsilon, backend and
+        method (``Interrupted.result`` or a loaded results file): continue from its last
+        accepted step with its next step size. Continuing an interrupted run to the same
+        ``tau`` gives the result of an uninterrupted run, bit for bit.
 
     Returns
     -------
     Result
         One record per accepted step (``steps`` counts them, ``tau`` is their flow time,
         ``eta`` is nan); ``events`` maps ``(name, k, h)`` to the located flow time of each
-        event of :data:`EVENTS` that happened; ``evaluations`` counts gradient evaluations.
+        event of :data:`EVENTS` that happened; ``evaluations`` counts gradient evaluations
+        (of this call); ``next_step``, ``rtol`` and ``epsilon`` are what ``resume`` needs.
 
     Raises
     ------
     Interrupted
-        On Ctrl-C, with every accepted step so far (not resumable: a new run starts at Q = 0).
+        On Ctrl-C, with every accepted step so far, ready for ``resume``.
     """
     _check_flow(setting, tau, rtol, stop_at, epsilon, max_steps)
-    tau, rtol = float(tau), float(rtol)
+    tau, rtol, epsilon = float(tau), float(rtol), float(epsilon)
     threads = None if threads is None else check_threads(threads)
     tail_tol = check_tail_tol(tail_tol)
     kernel = get_kernel(backend)
     _check_tolerance(quad_rtol, strict)
     method = choose_method(setting, method)
-    grids = (build_grids(setting, tail_tol, max_grid_bytes) if method == "exact"
-             else build_quadratures(setting))
-    quad = {"met": True, "rtol": quad_rtol, "strict": strict}
+    if resume is not None:
+        _check_resume(resume, setting, tau, rtol, epsilon, backend, method, tail_tol)
+    if method == "exact":
+        grids = build_grids(setting, tail_tol, max_grid_bytes)
+    else:
+        grids = build_quadratures(setting, None if resume is None else resume.levels)
+    quad = {"met": True if resume is None else resume.tolerance_met, "rtol": quad_rtol,
+            "strict": strict}
     field = _Field(setting, grids, kernel, threads, quad)
     events = _event_functions(setting, epsilon)
-    found = {}
-    blocks, taus = [], []
-
-    def record(t, grad, state):
-        blocks.append(_one_record(len(taus), grad, state))
-        taus.append(t)
-
-    y = np.zeros(field.layout.size)
-    f, state, grad = field(y)
-    t = 0.0
-    record(t, grad, state)
-    values = [g(grad, state) for _, _, _, g in events]
-    for (name, k, h, _), v in zip(events, values):
-        if v >= 0 and name != "global_min":
-            found[name, k, h] = 0.0
+    # the run so far, one entry per accepted step, each appended whole: (tau, record block,
+    # next step size, events found); an interrupt leaves the list with or without a step
+    done = []
+    taus0 = [] if resume is None else list(resume.tau)
     wanted = {(n, k, hh) for n, k, hh, _ in events if n == stop_at}
 
     def partial():
+        blocks = [b for _, b, _, _ in done]
         *rec, error = _stack(setting, blocks)
+        taus = taus0 + [x for x, _, _, _ in done if x is not None]
+        last = done[-1]
         levels = ({key: q.levels for key, q in grids.items()} if method == "quadrature"
                   else None)
-        r = Result(setting, backend, math.nan, *rec, state, max(q.dropped for q in grids.values()),
+        r = Result(setting, backend, math.nan, *rec, None, max(q.dropped for q in grids.values()),
                    tail_tol=tail_tol, method=method, error=error, tolerance_met=quad["met"],
                    levels=levels, tau=np.array(taus))
-        r.events, r.evaluations, r.rtol = dict(found), field.count, rtol
+        r.state = r.recorded_state(-1)
+        r.events, r.next_step, r.rtol, r.epsilon = dict(last[3]), last[2], rtol, epsilon
+        r.evaluations = field.count
         return r
 
     try:
-        h = _initial_step(field, y, f, rtol, tau)
+        if resume is None:
+            y = np.zeros(field.layout.size)
+            f, state, grad = field(y)
+            t, values = 0.0, [g(grad, state) for _, _, _, g in events]
+            found = {(name, k, h): 0.0 for (name, k, h, _), v in zip(events, values)
+                     if v >= 0 and name != "global_min"}
+            done.append((t, _one_record(0, grad, state), _initial_step(field, y, f, rtol, tau),
+                         found))
+        else:
+            saved = (resume._fp, resume._fp_grad, resume._attention, resume._patch_loss)
+            done.append((None, (resume.steps, resume.loss, *(list(a) for a in saved),
+                                resume._pp, resume.error), resume.next_step, dict(resume.events)))
+            t, y = float(resume.tau[-1]), field.layout.flat(resume.state)
+            f, state, grad = field(y)
+            values = [g(grad, state) for _, _, _, g in events]
+            found = dict(resume.events)
+        h = done[-1][2]
         K = np.empty((7, y.size))
         steps = 0
         while t < tau and not (wanted and wanted <= set(found)):
@@ -273,6 +294,7 @@ def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
             step = _Step(t, h, y, K.copy())
             t_new = tau if h == tau - t else t + h
             new_values = [g(g_new, s_new) for _, _, _, g in events]
+            found = dict(found)
             for (name, k, hh, g), v0, v1 in zip(events, values, new_values):
                 if (name, k, hh) in found or not (v0 < 0 <= v1):
                     continue
@@ -282,13 +304,42 @@ def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
                     return g(gr, s)
 
                 found[name, k, hh] = _locate(at, t, t_new, v0, v1, 1e-12 * t_new)
-            t, y, f, state, values = t_new, y_new, f_new, s_new, new_values
+            h_next = h * (min(MAX_FACTOR, SAFETY * err ** -0.2) if err > 0 else MAX_FACTOR)
+            index = len(taus0) + len(done) - (resume is not None)
+            done.append((t_new, _one_record(index, g_new, s_new), h_next, found))
+            t, y, f, values, h = t_new, y_new, f_new, new_values, h_next
             steps += 1
-            record(t, g_new, state)
-            h *= min(MAX_FACTOR, SAFETY * err ** -0.2) if err > 0 else MAX_FACTOR
     except KeyboardInterrupt:
+        if not done:  # interrupted at Q = 0: nothing to hand back
+            raise
         raise Interrupted(partial()) from None
     return partial()
+
+
+def _check_resume(resume, setting, tau, rtol, epsilon, backend, method, tail_tol):
+    """Refuse to continue ``resume`` unless it is a whole gradient-flow run of the same
+    setting and integration (then the continued run equals an uninterrupted one)."""
+    if not isinstance(resume, Result):
+        raise TypeError(f"resume must be a mimfast.Result, got {type(resume).__name__}")
+    if not resume.is_flow or getattr(resume, "next_step", None) is None:
+        raise ValueError("resume: the saved run is not a resumable gradient-flow run")
+    try:
+        resume.check()
+    except ValueError as exc:
+        raise ValueError(f"resume: {exc}") from None
+    saved = {"setting": resume.setting, "rtol": resume.rtol, "epsilon": resume.epsilon,
+             "backend": resume.backend, "method": resume.method}
+    given = {"setting": setting, "rtol": rtol, "epsilon": epsilon, "backend": backend,
+             "method": method}
+    differ = [k for k in saved if saved[k] != given[k]]
+    if differ:
+        raise ValueError("resume: the saved run used another " + ", ".join(differ) + " ("
+                         + ", ".join(f"{k}={saved[k]!r}" for k in differ if k != "setting")
+                         + ")")
+    if resume.tail_tol is not None and resume.tail_tol != tail_tol:
+        raise ValueError(f"resume: the saved run used tail_tol={resume.tail_tol:g}")
+    if resume.tau[-1] > tau:
+        raise ValueError(f"resume: the saved run is already at tau={resume.tau[-1]:g} > {tau:g}")
 
 
 def _initial_step(field, y, f, rtol, tau):

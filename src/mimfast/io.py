@@ -341,6 +341,11 @@ def to_dataset(result, analysis=None, attrs=None):
     }
     if s.kappa is not None:
         info["kappa_c"], info["kappa_s"] = map(float, s.kappa)
+    if result.is_flow:  # what mimfast.flow needs to resume (and the events it located)
+        info.update(flow_rtol=float(result.rtol), flow_epsilon=float(result.epsilon),
+                    flow_next_step=float(result.next_step),
+                    flow_events=json.dumps([[*key, float(v)]
+                                            for key, v in sorted(result.events.items())]))
     ds = xr.Dataset({k: xr.Variable(d, v, a) for k, (d, v, a) in data.items()}, coords=coords,
                     attrs=info)
     if analysis is not None:
@@ -569,6 +574,17 @@ def from_dataset(ds):
 
 
 def _from_dataset(ds):
+    result = _result_from_dataset(ds)
+    a = ds.attrs
+    if result.is_flow and "flow_rtol" in a:
+        result.rtol, result.epsilon = float(a["flow_rtol"]), float(a["flow_epsilon"])
+        result.next_step = float(a["flow_next_step"])
+        result.events = {(str(n), int(k), int(h)): float(v)
+                         for n, k, h, v in json.loads(str(a["flow_events"]))}
+    return result
+
+
+def _result_from_dataset(ds):
     a = ds.attrs
     areas, size, z = ds["areas"].values, ds["size"].values, ds["z"].values
     clusters, sizes = [], []
@@ -633,7 +649,9 @@ def equal(a, b):
     trajectory and the state after the last completed step."""
     s = a.setting
     if (s != b.setting or s.kappa != b.setting.kappa or a.backend != b.backend
-            or a.eta != b.eta or a.record_every != b.record_every or a.last_step != b.last_step
+            or not np.array_equal(a.eta, b.eta, equal_nan=True)  # nan: gradient flow
+            or not np.array_equal(a.tau, b.tau)
+            or a.record_every != b.record_every or a.last_step != b.last_step
             or a.tail_tol != b.tail_tol or a.method != b.method
             or not np.array_equal(a.error, b.error) or a.levels != b.levels
             or a.dropped != b.dropped or not np.array_equal(a.steps, b.steps)
