@@ -29,7 +29,8 @@ def known_result(setting, own_grad, global_grad, attention_own, fp_global, pp=No
     grad = np.zeros((n, 2, 3))
     att = np.zeros((n, 2, 3))
     fp[:, 1, 1] = fp_global
-    fp[:, 0, 0] = fp[:, 1, 0] = np.linspace(0, 5, n)
+    fp[:, 0, 0] = np.linspace(0, 5, n)
+    fp[:, 1, 0] = [0.0, 0.2, 0.4, 5.0]  # barely moved until the switch at step 20
     grad[:, 1, 0], grad[:, 1, 1], grad[:, 1, 2] = own_grad, global_grad, 1e-3
     grad[:, 0, 0], grad[:, 0, 2] = -1.0, 0.5
     att[:, 1, 0] = attention_own
@@ -39,7 +40,7 @@ def known_result(setting, own_grad, global_grad, attention_own, fp_global, pp=No
     pp_traj = None
     if setting.pp == "exact":
         pp_traj = np.zeros((n, 2, 4)) if pp is None else pp
-    return mf.Result(setting, "cpp", 1.0, STEPS, np.linspace(3, 1, n), [fp], [grad], [att],
+    return mf.Result(setting, "cpp", 0.01, STEPS, np.linspace(3, 1, n), [fp], [grad], [att],
                      [loss], pp_traj, state, 0.0, record_every=10)
 
 
@@ -141,7 +142,8 @@ def test_analyze_outside_the_paper_shape_marks_phase_claims_not_applicable():
     a = A.analyze(r)
     claims = {c.name: c for c in a.claims}
     assert claims["local_phases"].holds is None and claims["global_phases"].holds is None
-    assert claims["pp_small"].holds is True  # frozen
+    assert claims["pp_small"].holds is None  # frozen: not tested
+    assert claims["pp_small"].detail == "PP frozen: the PP claim was not tested"
     assert [c.name for c in a.classes] == ["k0 group 0", "k0 group 1", "k1 group 0", "k1 group 1"]
     assert a.delta is None and "n/a" in a.table()
     with pytest.raises(ValueError, match="epsilon"):
@@ -180,7 +182,9 @@ def test_evolution_table_lists_events_and_values():
     # the event rows are marked, and only they
     marks = {int(line.split()[0]): " ".join(line.split()[7:]) for line in rows}
     assert "local switch" in marks[switch] and "local T_eps" in marks[t_eps]
-    events = {switch, t_eps, phase_switch(r, 0, 0), convergence_time(r, 0, 0)}
+    # a switch at step 0 is one phase: not marked
+    assert phase_switch(r, 0, 0) == 0 and "switch" not in marks[0]
+    events = {switch, t_eps, convergence_time(r, 0, 0)}
     assert all(bool(m) == (t in events) for t, m in marks.items())
     last = rows[-1].split()
     assert float(last[3]) == pytest.approx(r.fp(0, 1, "own")[-1], rel=1e-4)
@@ -209,3 +213,85 @@ def test_report_says_still_falling_and_not_converged():
     # no step at all: no inf, no "step never"
     text = analyze(mf.simulate(s, eta=20.0, steps=0, threads=1)).table()
     assert not re.search(r"\binf\b", text) and "never" not in text and "raise --steps" in text
+
+
+def test_events_are_reported_with_step_and_flow_time():
+    r = known_result(paper(), **TWO_PHASES)  # eta = 0.01
+    local = A.analyze(r).classes[1]
+    assert (local.phase_switch, local.switch_tau) == (20, pytest.approx(0.2))
+    assert (local.convergence_time, local.convergence_tau) == (20, pytest.approx(0.2))
+    assert (local.fp_global_at_switch, local.fp_own_at_switch, local.decoupled) == \
+        (-3.0, 0.4, True)
+    assert local.grad_ratio0 == 4.0
+    assert "20 (tau 0.2)" in A.analyze(r).table()
+
+
+def test_a_switch_without_decoupling_is_one_phase():
+    r = known_result(paper(), **{**TWO_PHASES, "fp_global": [0.0, -0.1, -0.2, -0.3]})
+    a = A.analyze(r)
+    local = a.classes[1]
+    assert local.phase_switch == 20 and local.decoupled is False and local.phases == 1
+    claim = {c.name: c for c in a.claims}["local_phases"]
+    assert claim.holds is False and "(no decoupling)" in claim.detail
+
+
+def test_claims_name_their_source():
+    a = A.analyze(known_result(paper(), **TWO_PHASES))
+    sources = {c.name: c.source for c in a.claims}
+    assert sources["loss_gap"] == sources["attention"] == "Theorem 4.1"
+    assert sources["local_phases"] == sources["global_phases"] == sources["pp_small"] \
+        == "§5 / Lemma 5.3 / App. F"
+    assert "] Theorem 4.1: loss gap" in a.table() and "] §5 / Lemma 5.3" in a.table()
+
+
+def test_gd_whose_first_step_crosses_phase_one_is_untrusted():
+    """The P = 10^15 preset's eta: step 0 moves the local query's global FP by ~2.5e4."""
+    from mimfast.cli import preset_eta
+
+    s = mf.Setting.paper(10**15, 0.9, 0.3)
+    a = A.analyze(mf.simulate(s, preset_eta(10**15, 0.3), 5, threads=1))
+    claims = {c.name: c for c in a.claims}
+    for name in ("local_phases", "global_phases"):
+        assert claims[name].mark == "untrusted" and not claims[name].trusted
+    assert claims["loss_gap"].trusted
+    assert "GD steps too large to follow the gradient flow" in a.table()
+    assert "[untrusted]" in a.table() and a.classes[1].step_move > 1e4
+
+
+def test_flow_at_a_quadrillion_patches_shows_two_phases():
+    s = mf.Setting.paper(10**15, 0.9, 0.3)
+    a = A.analyze(mf.flow(s, 1e30, stop_at="switch", threads=1))
+    glob, local = a.classes
+    claims = {c.name: c for c in a.claims}
+    assert claims["local_phases"].holds and claims["local_phases"].trusted
+    assert claims["global_phases"].holds and glob.switch_tau == 0
+    assert local.phases == 2 and local.decoupled and local.grad_ratio0 > 1e6
+    # Lemma 5.3: at the switch the global FP has decoupled while the own one barely moved
+    assert local.fp_global_at_switch < -5 and 0 < local.fp_own_at_switch < 1
+    assert 1e10 < local.switch_tau < 1e11
+    assert "tau 4.15e+10" in a.table() and "untrusted" not in a.table()
+
+
+def test_delta_below_the_finite_p_boundary_is_not_judged():
+    s = mf.Setting.paper(10**4, 0.66, 0.3)  # Delta = 0.02 < Delta_c = ln 2 / ln 10^4 = 0.075
+    assert 0 < s.delta < A.delta_boundary(s)
+    claim = {c.name: c for c in A.analyze(mf.flow(s, 1e30, stop_at="T_eps")).claims}
+    assert claim["local_phases"].holds is None
+    assert claim["local_phases"].detail.startswith("n/a (Delta too close to 0 at this P")
+
+
+def test_attention_at_its_ceiling_does_not_ask_for_more_steps():
+    s = mf.Setting.paper(100, 0.9, 0.1)  # local areas of 2 patches: Pr(U_own = 0) ~ 1/2
+    ceiling = A.attention_ceiling(s, 0, 1)
+    assert ceiling < 0.6
+    a = A.analyze(mf.flow(s, 1e5))
+    claim = {c.name: c for c in a.claims}["attention"]
+    assert claim.holds is False and "raise" not in claim.detail
+    assert f"ceiling 1 - Pr(U_own = 0) is {ceiling:.6f}" in claim.detail
+
+
+def test_frozen_pp_is_not_tested():
+    s = mf.Setting.paper(100, 0.9, 0.3, K=2)
+    assert s.pp == "frozen"
+    claim = {c.name: c for c in A.analyze(mf.flow(s, 10.0)).claims}["pp_small"]
+    assert claim.holds is None and claim.detail == "PP frozen: the PP claim was not tested"

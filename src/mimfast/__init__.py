@@ -1,7 +1,8 @@
 """mimfast: exact population dynamics of masked image modeling in a one-layer transformer.
 
 The public API (docs/model.md §6): :class:`Setting` with its :class:`Cluster` and :class:`Group`,
-:func:`simulate` returning a :class:`Result`, :func:`gradient` for one exact expected gradient
+:func:`simulate` (gradient descent) and :func:`flow` (gradient flow) returning a
+:class:`Result`, :func:`gradient` for one exact expected gradient
 at a :class:`State`, and :func:`backends`. :mod:`mimfast.analysis` measures a run in the terms
 of Theorem 4.1, :mod:`mimfast.io` saves and loads runs, :mod:`mimfast.plots` draws them,
 :func:`sweep` (:mod:`mimfast.sweeps`) runs scaling studies that :mod:`mimfast.scaling` fits, and
@@ -10,10 +11,11 @@ of Theorem 4.1, :mod:`mimfast.io` saves and loads runs, :mod:`mimfast.plots` dra
 
 from . import analysis, io, scaling, sweeps
 from .backends import backends
+from .flow import flow
 from .model import Gradient, State
 from .setting import Cluster, Group, Setting
-from .simulate import (Interrupted, Result, ToleranceError, ToleranceWarning, gradient,
-                       simulate)
+from .result import Result
+from .simulate import Interrupted, ToleranceError, ToleranceWarning, gradient, simulate
 from .sweeps import sweep
 
 try:
@@ -36,6 +38,7 @@ __all__ = [
     "__version__",
     "analysis",
     "backends",
+    "flow",
     "gradient",
     "io",
     "scaling",

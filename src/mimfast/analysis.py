@@ -1,12 +1,17 @@
-"""What Theorem 4.1 speaks of, measured on a :class:`~mimfast.Result` (docs/model.md §4–5).
+"""What the paper claims, measured on a :class:`~mimfast.Result` (docs/model.md §4–5, §9).
 
 Per query class (k, h): the irreducible part of its expected loss and the gap to it, the
 phase switch of its FP learning, the convergence time T_eps of its own-area attention, and
-the minimum of its global FP correlation. :func:`analyze` collects them in a summary table
-with a check of each claim of the theorem.
+the minimum of its global FP correlation; for a local query the phase-I observables (the
+gradient ratio R(0) at Q = 0, the global and own FP correlations at the switch).
+:func:`analyze` collects them in a summary table with a check of each claim, labelled with
+where the paper makes it: Theorem 4.1 (loss and attention), §5 with Lemma 5.3 and Appendix F
+(the phases and PP).
 
-All times are *recorded* steps: with ``record_every > 1`` an event reported at step t
-happened after the previous recorded step and at or before t.
+Times are recorded steps and flow times τ. For GD τ = η · step, and with ``record_every > 1``
+an event reported at step t happened after the previous recorded step and at or before t.
+For a gradient-flow run (:func:`mimfast.flow`) τ is the event's time located on the
+integrator's continuous extension, and the step is the first record at or after it.
 """
 
 from __future__ import annotations
@@ -24,12 +29,18 @@ __all__ = [
     "Claim",
     "ClassSummary",
     "analyze",
+    "attention_ceiling",
+    "at_time",
     "class_name",
     "convergence_time",
+    "delta_boundary",
+    "event_time",
     "evolution",
     "fp_keys",
     "global_fp_min",
+    "grad_ratio0",
     "irreducible_loss",
+    "largest_step_move",
     "loss_gap",
     "paper_shaped",
     "phase_switch",
@@ -38,6 +49,12 @@ __all__ = [
 
 EPSILON = 0.05
 PP_RATIO = 0.1
+#: A GD step that moves a correlation of a class by more than this does not follow the flow
+#: (an FP correlation of 1 changes the class's key weights by a factor e^z): the run's phase
+#: claims are then untrusted.
+MAX_MOVE = 1.0
+THEOREM = "Theorem 4.1"
+PHASES = "§5 / Lemma 5.3 / App. F"
 
 
 def paper_shaped(setting):
@@ -131,6 +148,69 @@ def convergence_time(result, k, h, epsilon=EPSILON):
     return _first(result.steps, result.attention(k, h, "own") >= 1 - epsilon)
 
 
+def event_time(result, name, k, h, step):
+    """Flow time of event ``name`` (``"switch"``, ``"T_eps"``) of class (k, h) at recorded
+    step ``step``: the located time of a gradient-flow run (:attr:`Result.events`), else the
+    recorded step's τ (η · step for GD). None when ``step`` is None."""
+    if step is None:
+        return None
+    if (name, k, h) in result.events:
+        return float(result.events[name, k, h])
+    return float(result.tau[int(np.searchsorted(result.steps, step))])
+
+
+def grad_ratio0(result, k, h):
+    """R(0): the largest per-area FP gradient of class (k, h) other than its own feature's,
+    over the own feature's, at Q = 0 (for a local query: |dL/dA_global| / |dL/dA_own|, about
+    P^Delta; above 1 the own feature does not lead at first). None without another key."""
+    others = fp_keys(result.setting, k, h)[1:]
+    if not others:
+        return None
+    own = abs(float(result.fp_grad(k, h, "own")[0]))
+    rival = max(abs(float(result.fp_grad(k, h, g)[0])) for g in others)
+    return math.inf if own == 0 else rival / own
+
+
+def at_time(result, values, tau, step):
+    """``values`` (one per record) at flow time ``tau``: interpolated between the records of
+    a gradient-flow run, the record of ``step`` for GD."""
+    if result.is_flow:
+        return float(np.interp(tau, result.tau, values))
+    return float(values[int(np.searchsorted(result.steps, step))])
+
+
+def largest_step_move(result, k, h, until=None):
+    """The largest amount one GD step before step ``until`` (default: the whole run) moves a
+    correlation of class (k, h): η |dL/dA| at each recorded step before it (the move of the
+    step after the record) and, with exact PP, the PP row's mean move per step between those
+    records. 0 for a gradient-flow run (its steps follow the flow)."""
+    n = len(result.steps) if until is None else int(np.searchsorted(result.steps, until))
+    if result.is_flow or n == 0:
+        return 0.0
+    s = result.setting
+    move = result.eta * max(float(np.max(np.abs(result.fp_grad(k, h, key)[:n])))
+                            for key in fp_keys(s, k, h))
+    if s.pp == "exact" and min(n + 1, len(result.steps)) > 1:
+        m = min(n + 1, len(result.steps))
+        dt = np.diff(result.steps[:m])
+        for key in ["self"] + fp_keys(s, 0, h):
+            move = max(move, float(np.max(np.abs(np.diff(result.pp(h, key)[:m])) / dt)))
+    return move
+
+
+def attention_ceiling(setting, k, h):
+    """1 - Pr(U_own = 0): the most own-area attention a masked query of class (k, h) can have
+    on average (a query whose whole own area is masked has none there)."""
+    group = setting.clusters[k].groups[h]
+    return 1.0 - _pr_own_empty(setting.P - 1, setting.unmasked, group.size - 1)
+
+
+def delta_boundary(setting):
+    """Delta_c = ln(1 / (1 - gamma)) / ln P: below it a positive Delta does not yet make the
+    global-decoupling gradient lead at Q = 0 at this P (docs/theorem.md)."""
+    return math.log(setting.P / setting.unmasked) / math.log(setting.P)
+
+
 def global_fp_min(result, k, h):
     """Minimum over the recorded steps of the global FP correlation of class (k, h).
 
@@ -155,7 +235,11 @@ class ClassSummary:
 
     ``fp_own``, ``fp_global``, ``attention``, ``loss_gap`` and ``irreducible`` are at the last
     recorded step; ``fp_global`` and ``global_fp_min`` with its step are None for the global
-    class.
+    class. ``switch_tau``, ``convergence_tau`` and ``global_fp_min_tau`` are flow times
+    (:func:`event_time`); ``grad_ratio0`` is R(0) (:func:`grad_ratio0`);
+    ``fp_global_at_switch`` and ``fp_own_at_switch`` the FP correlations at the switch;
+    ``step_move`` the largest move of one GD step before the switch
+    (:func:`largest_step_move`: the steps the phase verdict rests on).
     """
 
     k: int
@@ -172,26 +256,56 @@ class ClassSummary:
     irreducible: float
     global_fp_min: float | None
     global_fp_min_step: int | None
+    switch_tau: float | None = None
+    convergence_tau: float | None = None
+    global_fp_min_tau: float | None = None
+    grad_ratio0: float | None = None
+    fp_global_at_switch: float | None = None
+    fp_own_at_switch: float | None = None
+    step_move: float = 0.0
+
+    @property
+    def decoupled(self):
+        """Lemma 5.3's content, for a class that sees the global area: at a switch after Q = 0
+        the global FP correlation has fallen by more than the own one has risen. None without
+        a global FP correlation or a switch."""
+        if self.fp_global_at_switch is None or not self.phase_switch:
+            return None
+        return bool(self.fp_global_at_switch < -abs(self.fp_own_at_switch))
 
     @property
     def phases(self):
-        """1 when the own feature leads from the start, 2 after a switch, None if never."""
-        return None if self.phase_switch is None else 1 + (self.phase_switch > 0)
+        """1 when the own feature leads from the start (or leads later without the global FP
+        having decoupled first), 2 after a switch that followed a decoupling, None if the own
+        feature never leads."""
+        if self.phase_switch is None:
+            return None
+        return 1 + (self.phase_switch > 0 and self.decoupled is not False)
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim of Theorem 4.1 and whether the run shows it (``holds`` None: not applicable)."""
+    """One claim of the paper and whether the run shows it (``holds`` None: not applicable or
+    not tested); ``source`` says where the paper makes it, ``trusted`` False when the run's
+    GD steps were too large to follow the flow (:data:`MAX_MOVE`)."""
 
     name: str
     statement: str
     holds: bool | None
     detail: str
+    source: str = THEOREM
+    trusted: bool = True
+
+    @property
+    def mark(self):
+        if not self.trusted:
+            return "untrusted"
+        return {True: "holds", False: "FAILS", None: "n/a"}[self.holds]
 
 
 @dataclass(frozen=True)
 class Analysis:
-    """Summary of a run in the terms of Theorem 4.1; ``str()`` gives the printed table."""
+    """Summary of a run in the terms of the paper; ``str()`` gives the printed table."""
 
     epsilon: float
     delta: float | None
@@ -200,43 +314,63 @@ class Analysis:
     claims: tuple
     header: str
     last_step: int = 0
+    flow: bool = False
+    warning: str = ""
 
     def table(self):
-        """The summary table and the claims, as text."""
+        """The summary table, the phase-I observables and the claims, as text."""
 
         def fmt(v, f):
             return "-" if v is None else format(v, f)
 
-        cols = ["class", "areas x size", "A_own", "A_global", "min A_global @ step", "switch",
-                "phases", "T_eps", "attention", "loss gap"]
+        def when(step, tau):
+            if step is None:
+                return "-"
+            return f"tau {tau:.4g}" if self.flow else f"{step} (tau {tau:.4g})"
+
+        cols = ["class", "areas x size", "A_own", "A_global",
+                "min A_global @ " + ("tau" if self.flow else "step"), "switch", "phases",
+                "T_eps", "attention", "loss gap"]
         rows = [[c.name, f"{c.areas} x {c.size}", f"{c.fp_own:.4f}", fmt(c.fp_global, ".4f"),
                  "-" if c.global_fp_min is None
-                 else f"{c.global_fp_min:.4f} @ {c.global_fp_min_step}"
+                 else f"{c.global_fp_min:.4f} @ "
+                 + (f"{c.global_fp_min_tau:.4g}" if self.flow else f"{c.global_fp_min_step}")
                  + (" (still falling)" if c.global_fp_min_step == self.last_step > 0 else ""),
-                 fmt(c.phase_switch, "d"), fmt(c.phases, "d"),
-                 fmt(c.convergence_time, "d"), f"{c.attention:.6f}", f"{c.loss_gap:.3e}"]
+                 when(c.phase_switch, c.switch_tau), fmt(c.phases, "d"),
+                 when(c.convergence_time, c.convergence_tau), f"{c.attention:.6f}",
+                 f"{c.loss_gap:.3e}"]
                 for c in self.classes]
-        width = [max(len(r[i]) for r in [cols] + rows) for i in range(len(cols))]
-
-        def line(r):
-            cells = (s.rjust(w) if i else s.ljust(w) for i, (s, w) in enumerate(zip(r, width)))
-            return "  ".join(cells).rstrip()
-
-        notes = ("A_own, A_global: FP correlation with the own area's and the global area's "
-                 "feature at the last step;\nmin A_global @ step: its lowest value and when "
-                 "(still falling: at the last step);\nswitch: first recorded step where the own "
-                 "feature has the largest FP gradient (0: one phase; -: none in the run);\n"
-                 "T_eps: first recorded step with own-area attention >= 1 - eps; attention, "
-                 "loss gap: at the last step,\n  for one masked query of the class (loss gap: "
-                 "its expected loss above the irreducible part)")
         out = [self.header]
         if self.delta is not None:
             out.append(f"information gap Delta = {self.delta:+.4f} "
                        f"(from the actual sizes {self.delta_actual:+.4f})")
-        out += ["", line(cols), line(["-" * w for w in width])] + [line(r) for r in rows]
-        out += ["", notes, "", f"Theorem 4.1 with eps = {self.epsilon:g}:"]
-        mark = {True: "holds", False: "FAILS", None: "n/a"}
-        out += [f"  [{mark[c.holds]:>5}] {c.statement}: {c.detail}" for c in self.claims]
+        out += ["", *_columns(cols, rows)]
+        time = "flow time tau" if self.flow else "recorded step (tau = eta * step)"
+        notes = ("A_own, A_global: FP correlation with the own area's and the global area's "
+                 "feature at the last step;\nmin A_global: its lowest value and when "
+                 "(still falling: at the last step);\nswitch: first " + time + " where the "
+                 "own feature has the largest FP gradient\n  (0: one phase; -: the own feature "
+                 "does not lead within the run);\nphases: 2 when the global FP correlation "
+                 "decoupled before the switch (Lemma 5.3), else 1;\nT_eps: first " + time
+                 + " with own-area attention >= 1 - eps (-: not reached within the run);\n"
+                 "attention, loss gap: at the last step, for one masked query of the class "
+                 "(loss gap: its expected\n  loss above the irreducible part)")
+        out += ["", notes]
+        local = [c for c in self.classes if c.fp_global_at_switch is not None
+                 or (c.grad_ratio0 is not None and c.global_fp_min is not None)]
+        if local:
+            cols = ["phase I", "R(0)", "switch", "A_global at switch", "A_own at switch",
+                    "decoupled"]
+            rows = [[c.name, fmt(c.grad_ratio0, ".4g"), when(c.phase_switch, c.switch_tau),
+                     fmt(c.fp_global_at_switch, ".4f"), fmt(c.fp_own_at_switch, ".4f"),
+                     {None: "-", True: "yes", False: "no"}[c.decoupled]] for c in local]
+            out += ["", *_columns(cols, rows),
+                    "R(0): |dL/dA_global| / |dL/dA_own| at Q = 0 (above 1: the global "
+                    "decoupling leads at first);\ndecoupled: at the switch A_global has fallen "
+                    "by more than A_own has risen (-: no switch after Q = 0)"]
+        out += [""] + ([self.warning] if self.warning else [])
+        out.append(f"Claims with eps = {self.epsilon:g}, and where the paper makes them:")
+        out += [f"  [{c.mark:>5}] {c.source}: {c.statement}: {c.detail}" for c in self.claims]
         return "\n".join(out)
 
     def __str__(self):
@@ -244,8 +378,19 @@ class Analysis:
 
     @property
     def holds(self):
-        """True when no applicable claim fails."""
-        return all(c.holds is not False for c in self.claims)
+        """True when no applicable and trusted claim fails."""
+        return all(c.holds is not False or not c.trusted for c in self.claims)
+
+
+def _columns(cols, rows):
+    """Header, rule and rows of a text table (first column left-aligned)."""
+    width = [max(len(r[i]) for r in [cols] + rows) for i in range(len(cols))]
+
+    def line(r):
+        cells = (s.rjust(w) if i else s.ljust(w) for i, (s, w) in enumerate(zip(r, width)))
+        return "  ".join(cells).rstrip()
+
+    return [line(cols), line(["-" * w for w in width])] + [line(r) for r in rows]
 
 
 def _biggest(arrays):
@@ -268,8 +413,8 @@ def pp_fp_sizes(result):
     return pp, fp
 
 
-def analyze(result, epsilon=EPSILON, pp_ratio=PP_RATIO):
-    """Measure a run in the terms of Theorem 4.1 and check each of its claims.
+def analyze(result, epsilon=EPSILON, pp_ratio=PP_RATIO, max_move=MAX_MOVE):
+    """Measure a run in the terms of the paper and check each of its claims.
 
     Parameters
     ----------
@@ -280,6 +425,9 @@ def analyze(result, epsilon=EPSILON, pp_ratio=PP_RATIO):
     pp_ratio : float, default 0.1
         PP counts as small when its largest magnitude over the run is at most ``pp_ratio``
         times the largest FP magnitude.
+    max_move : float, default 1.0
+        A GD run one of whose steps moves a correlation by more than this does not follow the
+        gradient flow: its phase claims are marked untrusted.
 
     Returns
     -------
@@ -289,53 +437,95 @@ def analyze(result, epsilon=EPSILON, pp_ratio=PP_RATIO):
         raise ValueError(f"epsilon must lie in (0, 1), got {epsilon}")
     if not pp_ratio > 0:
         raise ValueError(f"pp_ratio must be positive, got {pp_ratio}")
+    if not max_move > 0:
+        raise ValueError(f"max_move must be positive, got {max_move}")
     s = result.setting
     paper = paper_shaped(s)
-    rows = []
-    for k, h in s.classes():
-        group = s.clusters[k].groups[h]
-        low = global_fp_min(result, k, h)
-        irreducible = irreducible_loss(s, k, h)
-        rows.append(ClassSummary(
-            k, h, class_name(s, k, h, paper), group.areas, group.size,
-            float(result.fp(k, h, "own")[-1]),
-            float(result.fp(k, h, 0)[-1]) if 0 in fp_keys(s, k, h) else None,
-            phase_switch(result, k, h),
-            convergence_time(result, k, h, epsilon), float(result.attention(k, h, "own")[-1]),
-            float(loss_gap(result, k, h, irreducible)[-1]), irreducible,
-            None if low is None else low[0], None if low is None else low[1]))
+    rows = [_summary(result, k, h, paper, epsilon) for k, h in s.classes()]
     delta = s.delta if paper else None
-    header = (f"{s!r}\neta = {result.eta:g}, {result.last_step} steps "
-              f"(recorded every {result.record_every}), backend {result.backend}")
+    if result.is_flow:
+        header = (f"{s!r}\ngradient flow to tau = {result.tau[-1]:.6g}, {result.last_step} "
+                  f"accepted steps (Dormand-Prince 5(4), rtol "
+                  f"{getattr(result, 'rtol', float('nan')):g}), backend {result.backend}")
+    else:
+        header = (f"{s!r}\neta = {result.eta:g}, {result.last_step} steps "
+                  f"(recorded every {result.record_every}), backend {result.backend}")
+    big = max(rows, key=lambda r: r.step_move)
+    warning = ""
+    if big.step_move > max_move:
+        warning = (f"GD steps too large to follow the gradient flow: before its switch one step "
+                   f"moves a correlation of the {big.name} class\nby {big.step_move:.3g} (more "
+                   f"than {max_move:g}), so the phase claims are untrusted; lower eta or run "
+                   "the gradient flow\n(mimfast run --flow TAU)")
+    claims = _claims(result, rows, epsilon, pp_ratio, delta, trusted=not warning)
     return Analysis(float(epsilon), delta, s.delta_actual if paper else None, tuple(rows),
-                    _claims(result, rows, epsilon, pp_ratio, delta), header,
-                    int(result.steps[-1]))
+                    claims, header, int(result.steps[-1]), result.is_flow, warning)
 
 
-def _claims(result, rows, epsilon, pp_ratio, delta):
-    """The claims of Theorem 4.1 for the class summaries ``rows`` (delta None: not the
+def _summary(result, k, h, paper, epsilon):
+    """The :class:`ClassSummary` of class (k, h)."""
+    s = result.setting
+    group = s.clusters[k].groups[h]
+    low = global_fp_min(result, k, h)
+    irreducible = irreducible_loss(s, k, h)
+    switch = phase_switch(result, k, h)
+    t_eps = convergence_time(result, k, h, epsilon)
+    switch_tau = event_time(result, "switch", k, h, switch)
+    sees_global = 0 in fp_keys(s, k, h)
+    at_switch = [None, None]
+    if sees_global and switch:  # a switch after Q = 0 (at 0 both are 0)
+        at_switch = [at_time(result, result.fp(k, h, key), switch_tau, switch)
+                     for key in (0, "own")]
+    low_tau = None
+    if low is not None:
+        low_tau = result.events.get(("global_min", k, h),
+                                    float(result.tau[int(np.searchsorted(result.steps,
+                                                                         low[1]))]))
+    return ClassSummary(
+        k, h, class_name(s, k, h, paper), group.areas, group.size,
+        float(result.fp(k, h, "own")[-1]),
+        float(result.fp(k, h, 0)[-1]) if sees_global else None,
+        switch, t_eps, float(result.attention(k, h, "own")[-1]),
+        float(loss_gap(result, k, h, irreducible)[-1]), irreducible,
+        None if low is None else low[0], None if low is None else low[1],
+        switch_tau, event_time(result, "T_eps", k, h, t_eps), low_tau,
+        grad_ratio0(result, k, h), *at_switch, largest_step_move(result, k, h, switch))
+
+
+def _claims(result, rows, epsilon, pp_ratio, delta, trusted=True):
+    """The claims of the paper for the class summaries ``rows`` (delta None: not the
     paper's shape, so the phase claims do not apply)."""
     gap = max(r.loss_gap for r in rows)
-    attention = min(r.attention for r in rows)
+    worst = min(rows, key=lambda r: r.attention)
+    attention = worst.attention
+    early = EARLY_FLOW if result.is_flow else EARLY
     # a failing claim whose measure still improves at the end failed because the run ended
     improving = {"loss_gap": _improving(result, rows, lambda k, h: -loss_gap(result, k, h)),
                  "attention": _improving(result, rows,
                                          lambda k, h: result.attention(k, h, "own"))}
+    ceiling = attention_ceiling(result.setting, worst.k, worst.h)
+    att_detail = f"smallest {attention:.6f}"
+    if attention < 1 - epsilon:
+        if ceiling < 1 - epsilon:
+            att_detail += (f"; no run reaches 1 - eps at this P: the {worst.name} class's "
+                           f"ceiling 1 - Pr(U_own = 0) is {ceiling:.6f}")
+        elif attention >= ceiling * (1 - 1e-9):
+            att_detail += f" (at its ceiling 1 - Pr(U_own = 0) = {ceiling:.6f})"
+        elif improving["attention"]:
+            att_detail += early
     claims = [
         Claim("loss_gap", "loss gap <= eps for every class", bool(gap <= epsilon),
-              f"largest gap {gap:.3e}" + (EARLY if gap > epsilon and improving["loss_gap"]
+              f"largest gap {gap:.3e}" + (early if gap > epsilon and improving["loss_gap"]
                                           else "")),
         Claim("attention", "own-area attention >= 1 - eps for every class",
-              bool(attention >= 1 - epsilon),
-              f"smallest {attention:.6f}" + (EARLY if attention < 1 - epsilon
-                                             and improving["attention"] else "")),
+              bool(attention >= 1 - epsilon), att_detail),
     ]
     local_text = "local areas learn in two phases iff Delta > 0"
     global_text = "the global area learns in one phase"
     if delta is None:
         why = "the setting is not of the paper's shape"
-        claims += [Claim("local_phases", local_text, None, why),
-                   Claim("global_phases", global_text, None, why)]
+        claims += [Claim("local_phases", local_text, None, why, PHASES),
+                   Claim("global_phases", global_text, None, why, PHASES)]
     else:
         local = [r for r in rows if r.h == 1]
         glob = [r for r in rows if r.h == 0]
@@ -343,34 +533,47 @@ def _claims(result, rows, epsilon, pp_ratio, delta):
         # no switch in the run (yet): the run ended before the own feature took the lead
         early_local = any(r.phases is None for r in local)
         early_global = any(r.phases is None for r in glob)
+        boundary = delta_boundary(result.setting)
+        if 0 < delta < boundary:
+            local_claim = Claim(
+                "local_phases", local_text, None,
+                f"n/a (Delta too close to 0 at this P: Delta = {delta:+.3f} is below the "
+                f"finite-P boundary Delta_c = ln(1/(1 - gamma)) / ln P = {boundary:.3f}); "
+                + _steps(local, result.is_flow), PHASES, trusted)
+        else:
+            local_claim = Claim(
+                "local_phases", local_text, all(r.phases == want for r in local),
+                f"Delta = {delta:+.3f} predicts {want}; {_steps(local, result.is_flow)}"
+                + _decoupling(local) + (early if early_local else ""), PHASES, trusted)
         claims += [
-            Claim("local_phases", local_text, all(r.phases == want for r in local),
-                  f"Delta = {delta:+.3f} predicts {want}; {_steps(local)}"
-                  + (EARLY if early_local else "")),
+            local_claim,
             Claim("global_phases", global_text, all(r.phases == 1 for r in glob),
-                  _steps(glob) + (EARLY if early_global else "")),
+                  _steps(glob, result.is_flow) + (early if early_global else ""), PHASES,
+                  trusted),
         ]
     pp_text = "PP correlations small relative to FP"
     if result.setting.pp != "exact":
-        claims.append(Claim("pp_small", pp_text, True, "PP frozen at 0 (pp='frozen')"))
+        claims.append(Claim("pp_small", pp_text, None,
+                            "PP frozen: the PP claim was not tested", PHASES))
     else:
         pp, fp = pp_fp_sizes(result)
         if fp == 0 and pp == 0:
             claims.append(Claim("pp_small", pp_text, None,
-                                "nothing learned yet: PP and FP are 0 (no GD step run)"))
+                                "nothing learned yet: PP and FP are 0 (no GD step run)", PHASES))
+        elif fp == 0:
+            claims.append(Claim("pp_small", pp_text, False,
+                                f"max|PP| = {pp:.3g} while every FP correlation is 0", PHASES))
         else:
-            if fp == 0:
-                claims.append(Claim("pp_small", pp_text, False,
-                                    f"max|PP| = {pp:.3g} while every FP correlation is 0"))
-            else:
-                ratio = pp / fp
-                claims.append(Claim("pp_small", pp_text, bool(ratio <= pp_ratio),
-                                    f"max|PP| / max|FP| = {ratio:.3g} (threshold {pp_ratio:g})"))
+            ratio = pp / fp
+            claims.append(Claim("pp_small", pp_text, bool(ratio <= pp_ratio),
+                                f"max|PP| / max|FP| = {ratio:.3g} (threshold {pp_ratio:g})",
+                                PHASES))
     return tuple(claims)
 
 
 #: Appended to a failing claim that failed only because the run ended too early.
 EARLY = "; not converged: raise --steps"
+EARLY_FLOW = "; not converged: raise --flow (the flow time)"
 
 
 def _improving(result, rows, measure):
@@ -382,18 +585,32 @@ def _improving(result, rows, measure):
                for r in rows)
 
 
-def _steps(rows):
+def _steps(rows, flow=False):
     switches = [r.phase_switch for r in rows]
     if all(t is None for t in switches):
         return "no phase switch in the run"
+    if flow:
+        return "phase switch at tau " + ", ".join(
+            "none" if r.switch_tau is None else f"{r.switch_tau:.4g}" for r in rows)
     return "phase switch at step " + ", ".join("none" if t is None else str(t) for t in switches)
+
+
+def _decoupling(rows):
+    """What the classes' global FP correlations did before a switch after Q = 0."""
+    late = [r for r in rows if r.decoupled is not None]
+    if not late:
+        return ""
+    return "; at the switch A_global, A_own = " + ", ".join(
+        f"{r.fp_global_at_switch:.3g}, {r.fp_own_at_switch:.3g}"
+        + ("" if r.decoupled else " (no decoupling)") for r in late)
 
 
 def evolution(result, rows=8, epsilon=EPSILON):
     """How the FP correlations, own-area attention and loss evolve, as a text table.
 
-    One line per selected recorded step: step 0, steps spread geometrically up to the last,
-    and each class's phase switch and T_eps. Per class: the FP correlation with its own area's
+    One line per selected recorded step: step 0, steps spread geometrically up to the last
+    (for a gradient-flow run: spread geometrically in flow time), and each class's phase
+    switch and T_eps. Per class: the FP correlation with its own area's
     feature, with the global area's (paper's shape), and its own-area attention.
 
     Parameters
@@ -411,18 +628,23 @@ def evolution(result, rows=8, epsilon=EPSILON):
     s = result.setting
     steps = result.steps
     last = int(steps[-1])
-    wanted = {0, last} | {int(round(last ** (i / (rows - 1)))) for i in range(1, rows - 1)}
+    if result.is_flow and last > 1:  # spread geometrically in flow time
+        tau = result.tau
+        spread = tau[1] * (tau[-1] / tau[1]) ** (np.arange(1, rows - 1) / (rows - 2))
+        wanted = {0, last} | {int(steps[min(i, last)]) for i in np.searchsorted(tau, spread)}
+    else:
+        wanted = {0, last} | {int(round(last ** (i / (rows - 1)))) for i in range(1, rows - 1)}
     paper = paper_shaped(s)
     events = {}  # step -> what happens there
     for k, h in s.classes():
         name = class_name(s, k, h, paper)
         for what, t in (("switch", phase_switch(result, k, h)),
                         ("T_eps", convergence_time(result, k, h, epsilon))):
-            if t is not None:
+            if t is not None and not (what == "switch" and t == 0):  # 0: one phase, no switch
                 wanted.add(t)
                 events.setdefault(t, []).append(f"{name} {what}")
     index = sorted({int(np.searchsorted(steps, t)) for t in wanted if t <= last})
-    cols = ["step"]
+    cols = ["tau" if result.is_flow else "step"]
     series = []
     for k, h in s.classes():
         name = class_name(s, k, h, paper)
@@ -435,14 +657,17 @@ def evolution(result, rows=8, epsilon=EPSILON):
         series.append(result.attention(k, h, "own"))
     cols.append("L")
     series.append(result.loss)
-    table = [[str(int(steps[i]))] + [f"{x[i]:.5g}" for x in series] for i in index]
+    first = [f"{result.tau[i]:.5g}" if result.is_flow else str(int(steps[i])) for i in index]
+    table = [[t] + [f"{x[i]:.5g}" for x in series] for t, i in zip(first, index)]
     width = [max(len(r[c]) for r in [cols] + table) for c in range(len(cols))]
     lines = ["  ".join(v.rjust(w) for v, w in zip(r, width)) for r in [cols] + table]
     marks = [""] + [", ".join(events.get(int(steps[i]), [])) for i in index]
     lines = [(line + "  " + mark).rstrip() for line, mark in zip(lines, marks)]
     notes = (f"A_own, A_global: FP correlations; attention: on the unmasked keys of the own area;"
              f"\nL: population loss, the expected error summed over the m = {s.masked:,} masked "
-             f"patches\n  (per masked patch: L / m); marked rows: a phase switch (switch) or "
-             f"T_eps (attention >= {1 - epsilon:g})")
+             f"patches\n  (per masked patch: L / m); marked rows: a phase switch after step 0 "
+             f"(switch) or T_eps (attention >= {1 - epsilon:g})"
+             + ("; tau: flow time of the record (the events lie at or before it)"
+                if result.is_flow else ""))
     return "\n".join(["how the FP correlations and own-area attention evolve:"] + lines
                      + [notes])

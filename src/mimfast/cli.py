@@ -52,7 +52,7 @@ CONFIG_TYPES = {
     "checkpoint_every": _INT, "checkpoint_seconds": _NUM, "masked": _INT, "kappa_c": _NUM, "kappa_s": _NUM, "gamma": _NUM,
     "eta": _NUM, "tail_tol": _NUM, "epsilon": _NUM, "z": _NUM + (list,), "preset": _STR,
     "pp": _STR, "backend": _STR, "method": _STR, "out": _STR, "plots": _BOOL, "progress": _BOOL,
-    "step_axis": _STR,
+    "step_axis": _STR, "flow": _NUM, "stop_at": _STR, "rtol": _NUM,
     "clusters": (list,),
 }
 
@@ -149,6 +149,15 @@ def _parser():
     g.add_argument("--threads", type=_count, help="threads of a compiled kernel (default all)")
     g.add_argument("--tail-tol", type=_number, dest="tail_tol",
                    help="probability mass a count grid may leave out (default 1e-15)")
+    g = run.add_argument_group("gradient flow (instead of GD)")
+    g.add_argument("--flow", type=_number, metavar="TAU", nargs="?", const=math.inf,
+                   help="integrate the gradient flow dQ/dtau = -grad L up to flow time TAU "
+                        "(Dormand-Prince 5(4) with error control; tau = eta * step of GD); "
+                        "without TAU: until every class reaches T_eps")
+    g.add_argument("--stop-at", dest="stop_at", choices=["switch", "T_eps"],
+                   help="with --flow: stop once every class has reached this event")
+    g.add_argument("--rtol", type=_number,
+                   help="with --flow: local error tolerance of each step (default 1e-10)")
     g = run.add_argument_group("analysis and output")
     g.add_argument("--epsilon", type=_number, help="tolerance of Theorem 4.1 (default 0.05)")
     g.add_argument("--out", type=Path, metavar="DIR", help="output folder (default mimfast-run)")
@@ -495,6 +504,7 @@ def _run(args):
     if not 0 < opts["epsilon"] < 1:
         raise UsageError(f"epsilon must lie in (0, 1), got {opts['epsilon']}")
     _check_values(setting, opts)
+    _check_flow(opts, given, resume)
     if opts["backend"] not in mf.backends():
         from .backends import get_kernel
 
@@ -507,10 +517,10 @@ def _run(args):
             pass
         raise UsageError(f"backend {opts['backend']!r} is not available here{why}; "
                          f"available: {', '.join(mf.backends())}")
-    if resume is not None and opts["steps"] < resume.last_step:
+    if resume is not None and "flow" not in opts and opts["steps"] < resume.last_step:
         raise UsageError(f"--steps {opts['steps']}: the saved run is already at step "
                          f"{resume.last_step}")
-    if (resume is not None and opts["steps"] == resume.last_step
+    if (resume is not None and "flow" not in opts and opts["steps"] == resume.last_step
             and not (out / CHECKPOINT).exists()):
         print(f"mimfast run: the run in {out} is finished ({resume.last_step} steps); "
               f"nothing to do. Extend it with `mimfast run --resume {out} --steps N`, "
@@ -535,6 +545,23 @@ def _run(args):
             return EXIT_INTERRUPTED
 
         try:
+            if "flow" in opts:
+                try:
+                    tau, stop_at = _flow_end(opts)
+                    result = mf.flow(setting, tau, rtol=opts.get("rtol", 1e-10),
+                                     stop_at=stop_at, backend=opts["backend"],
+                                     method=opts["method"], threads=opts.get("threads"),
+                                     tail_tol=opts["tail_tol"], epsilon=opts["epsilon"],
+                                     resume=resume)
+                except mf.Interrupted as exc:
+                    return save_and_stop(exc.result, f"at tau {exc.result.tau[-1]:.6g}")
+                except KeyboardInterrupt:
+                    if resume is not None:
+                        return save_and_stop(resume, f"at tau {resume.tau[-1]:.6g}")
+                    print("mimfast: interrupted before the first step; nothing saved",
+                          file=sys.stderr)
+                    return EXIT_INTERRUPTED
+                return _finish(result, opts, out, attrs, save_and_stop)
             progress = _Progress(show, start, opts["steps"], checkpoint, opts["checkpoint_every"],
                                  interrupts, opts.get("checkpoint_seconds", 0))
             try:
@@ -564,6 +591,57 @@ def _run(args):
             (out / CHECKPOINT).unlink(missing_ok=True)
         finally:  # what an interrupt cut short (it may land in a cleanup too)
             io.clean_temporaries(out)
+    return EXIT_OK
+
+
+FLOW_KEYS = {"flow", "stop_at", "rtol"}
+GD_ONLY = {"eta", "steps", "record_every", "checkpoint_every"}
+
+
+def _check_flow(opts, given, resume):
+    """Refuse (exit 2) a gradient-flow run given GD's own options, or flow options without
+    --flow, before anything is written."""
+    if "flow" not in opts:
+        extra = sorted(FLOW_KEYS & set(opts))
+        if extra:
+            raise UsageError(", ".join("--" + k.replace("_", "-") for k in extra)
+                             + " apply to a gradient-flow run: add --flow TAU")
+        return
+    clash = sorted(GD_ONLY & set(given))
+    if clash:
+        raise UsageError("--flow integrates the gradient flow; drop the GD options "
+                         + ", ".join("--" + k.replace("_", "-") for k in clash))
+    from .flow import _check_flow as check
+
+    try:
+        tau, stop_at = _flow_end(opts)
+        check(_setting(opts), tau, opts.get("rtol", 1e-10), stop_at, opts["epsilon"], 1)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--flow: {exc}") from None
+
+
+def _flow_end(opts):
+    """``(tau, stop_at)`` of a flow run: ``--flow`` without TAU runs until T_eps."""
+    if opts["flow"] == math.inf:
+        return UNTIL_T_EPS, opts.get("stop_at") or "T_eps"
+    return opts["flow"], opts.get("stop_at")
+
+
+UNTIL_T_EPS = 1e300  # the flow time of `--flow` without TAU: the run ends at its stop_at event
+
+
+def _finish(result, opts, out, attrs, save_and_stop):
+    """Analyse a finished gradient-flow run and write its outputs (an interrupt while writing
+    them saves the run as the checkpoint)."""
+    from .analysis import analyze
+
+    try:
+        _write_outputs(result, analyze(result, opts["epsilon"]), out, attrs, opts["plots"],
+                       opts.get("step_axis", "linear"))
+    except KeyboardInterrupt:
+        return save_and_stop(result, f"while writing the outputs (the run is complete at tau "
+                                     f"{result.tau[-1]:.6g})")
+    (out / CHECKPOINT).unlink(missing_ok=True)
     return EXIT_OK
 
 

@@ -46,7 +46,7 @@ from ._extras import require
 from .model import State
 from .quadrature import LEVELS, level_of
 from .setting import Cluster, Group, Setting
-from .simulate import Result
+from .result import Result
 
 __all__ = ["FORMAT", "DiskFullError", "FolderLockedError", "ResultFileError", "atomic_output",
            "clean_temporaries", "digest", "equal", "export", "from_dataset", "load",
@@ -327,6 +327,9 @@ def to_dataset(result, analysis=None, attrs=None):
     data["error"] = (("step",), result.error,
                      {"long_name": "estimated relative error of the step's gradient and "
                                    "observables (quadrature; 0 for the exact grid)"})
+    if result.is_flow:
+        data["tau"] = (("step",), result.tau, {"long_name": "flow time of the recorded step "
+                                                            "(gradient flow)"})
     coords = {"step": result.steps, "cluster": np.arange(K), "query_group": np.arange(G),
               "key": _keys(G)}
     if s.pp == "exact":
@@ -357,6 +360,11 @@ def to_dataset(result, analysis=None, attrs=None):
     }
     if s.kappa is not None:
         info["kappa_c"], info["kappa_s"] = map(float, s.kappa)
+    if result.is_flow:  # what mimfast.flow needs to resume (and the events it located)
+        info.update(flow_rtol=float(result.rtol), flow_epsilon=float(result.epsilon),
+                    flow_next_step=float(result.next_step),
+                    flow_events=json.dumps([[*key, float(v)]
+                                            for key, v in sorted(result.events.items())]))
     ds = xr.Dataset({k: xr.Variable(d, v, a) for k, (d, v, a) in data.items()}, coords=coords,
                     attrs=info)
     if analysis is not None:
@@ -585,6 +593,17 @@ def from_dataset(ds):
 
 
 def _from_dataset(ds):
+    result = _result_from_dataset(ds)
+    a = ds.attrs
+    if result.is_flow and "flow_rtol" in a:
+        result.rtol, result.epsilon = float(a["flow_rtol"]), float(a["flow_epsilon"])
+        result.next_step = float(a["flow_next_step"])
+        result.events = {(str(n), int(k), int(h)): float(v)
+                         for n, k, h, v in json.loads(str(a["flow_events"]))}
+    return result
+
+
+def _result_from_dataset(ds):
     a = ds.attrs
     areas, size, z = ds["areas"].values, ds["size"].values, ds["z"].values
     clusters, sizes = [], []
@@ -613,7 +632,7 @@ def _from_dataset(ds):
         method=str(a.get("method", "exact")),
         error=ds["error"].values if "error" in ds else None,
         tolerance_met=bool(int(a.get("tolerance_met", 1))),
-        levels=_levels(a))
+        levels=_levels(a), tau=ds["tau"].values if "tau" in ds else None)
 
 
 # files written before the quadrature had levels under 6 nodes store LEVELS indices into this
@@ -649,7 +668,9 @@ def equal(a, b):
     trajectory and the state after the last completed step."""
     s = a.setting
     if (s != b.setting or s.kappa != b.setting.kappa or a.backend != b.backend
-            or a.eta != b.eta or a.record_every != b.record_every or a.last_step != b.last_step
+            or not np.array_equal(a.eta, b.eta, equal_nan=True)  # nan: gradient flow
+            or not np.array_equal(a.tau, b.tau)
+            or a.record_every != b.record_every or a.last_step != b.last_step
             or a.tail_tol != b.tail_tol or a.method != b.method
             or not np.array_equal(a.error, b.error) or a.levels != b.levels
             or a.dropped != b.dropped or not np.array_equal(a.steps, b.steps)
@@ -691,7 +712,8 @@ def table(result):
     parts = []
     for k, h in s.classes():
         G = len(s.clusters[k].groups)
-        cols = {"step": result.steps, "cluster": np.full(n, k), "group": np.full(n, h),
+        cols = {"step": result.steps, **({"tau": result.tau} if result.is_flow else {}),
+                "cluster": np.full(n, k), "group": np.full(n, h),
                 "class": np.full(n, class_name(s, k, h, paper), dtype=object),
                 "loss": result.loss, "patch_loss": result.patch_loss(k, h),
                 "loss_gap": loss_gap(result, k, h)}

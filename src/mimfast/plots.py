@@ -32,9 +32,19 @@ def _figure(ncols, width=5.2, height=3.8):
 STEP_AXES = ("linear", "symlog")
 
 
-def _step_axis(ax, step_axis):
+def _x(result):
+    """The time axis of a run: GD steps, or the flow time of a gradient-flow run."""
+    return result.tau if result.is_flow else result.steps
+
+
+def _step_axis(ax, step_axis, result=None):
     if step_axis not in STEP_AXES:
         raise ValueError(f"step_axis must be one of {', '.join(STEP_AXES)}, got {step_axis!r}")
+    if result is not None and result.is_flow:  # flow time spans many decades: always symlog
+        ax.set_xlabel("flow time tau (symlog scale)")
+        ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)
+        ax.set_xlim(left=0)
+        return
     ax.set_xlabel("GD step" + (" (symlog scale)" if step_axis == "symlog" else ""))
     if step_axis == "symlog":
         ax.set_xscale("symlog", linthresh=10, linscale=0.5)
@@ -74,18 +84,20 @@ def fp_figure(result, analysis=None, step_axis="linear"):
     for ax, c in zip(axes, analysis.classes):
         for key in fp_keys(s, c.k, c.h):
             label = "own area" if key == "own" else _key_label(s, c.h, key)
-            ax.plot(result.steps, result.fp(c.k, c.h, key), color=_color(key), label=label,
+            ax.plot(_x(result), result.fp(c.k, c.h, key), color=_color(key), label=label,
                     lw=1.8)
         if c.phase_switch is None:
             note = "own feature never leads"
         elif c.phase_switch == 0:
             note = "one phase: own feature leads from step 0"
         else:
-            note = f"phase switch at step {c.phase_switch}"
-            ax.axvline(c.phase_switch, color="0.3", ls="--", lw=1, label=note)
+            note = (f"phase switch at tau {c.switch_tau:.4g}" if result.is_flow
+                    else f"phase switch at step {c.phase_switch}")
+            ax.axvline(c.switch_tau if result.is_flow else c.phase_switch, color="0.3",
+                       ls="--", lw=1, label=note)
         ax.axhline(0, color="0.8", lw=0.8, zorder=0)
         ax.set_title(f"{c.name} query ({c.areas} x {c.size} patches)\n{note}", fontsize=10)
-        _step_axis(ax, step_axis)
+        _step_axis(ax, step_axis, result)
         ax.set_ylabel(r"FP correlation $e_p^\top Q\, v$ (per area)")
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(_title(result, "FP correlations"), fontsize=11)
@@ -115,12 +127,14 @@ def attention_figure(result, analysis=None, step_axis="linear"):
     for i, c in enumerate(analysis.classes):
         color = f"C{i}"
         a = result.attention(c.k, c.h, "own")
-        left.plot(result.steps, np.clip(a, 1e-12, 1 - 1e-12), color=color, lw=1.8, label=c.name)
+        left.plot(_x(result), np.clip(a, 1e-12, 1 - 1e-12), color=color, lw=1.8, label=c.name)
         if c.convergence_time is not None:
-            left.plot([c.convergence_time], [1 - eps], "o", color=color, ms=5,
-                      label=f"{c.name}: T_eps = {c.convergence_time}")
+            when = c.convergence_tau if result.is_flow else c.convergence_time
+            left.plot([when], [1 - eps], "o", color=color, ms=5,
+                      label=f"{c.name}: T_eps = {when:.4g}" if result.is_flow
+                      else f"{c.name}: T_eps = {when}")
         gap = loss_gap(result, c.k, c.h)
-        right.plot(result.steps, np.where(gap > 0, gap, np.nan), color=color, lw=1.8,
+        right.plot(_x(result), np.where(gap > 0, gap, np.nan), color=color, lw=1.8,
                    label=c.name)
     left.axhline(1 - eps, color="0.3", ls="--", lw=1, label=f"1 - eps = {1 - eps:g}")
     left.set_yscale("logit")
@@ -132,7 +146,7 @@ def attention_figure(result, analysis=None, step_axis="linear"):
     right.set_ylabel("loss gap  E[l | k, h] - irreducible")
     right.set_title("expected loss of a masked query\nabove its irreducible part", fontsize=10)
     for ax in (left, right):
-        _step_axis(ax, step_axis)
+        _step_axis(ax, step_axis, result)
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(_title(result, "convergence"), fontsize=11)
     return fig
@@ -164,14 +178,14 @@ def pp_figure(result, step_axis="linear"):
     for i, (k, h) in enumerate(classes):
         for key in fp_keys(s, k, h):
             keys.setdefault(key, "own area" if key == "own" else _key_label(s, h, key))
-            left.plot(result.steps, result.fp(k, h, key), color=_color(key), ls=styles[i % 4],
+            left.plot(_x(result), result.fp(k, h, key), color=_color(key), ls=styles[i % 4],
                       lw=1.6)
     if s.pp == "exact":
         for i, (_, h) in enumerate(classes):
             for key in ["self"] + fp_keys(s, 0, h):
                 pp_keys.setdefault(key, {"self": "itself"}.get(key) or keys.get(key)
                                    or _key_label(s, h, key))
-                right.plot(result.steps, result.pp(h, key), color=_color(key),
+                right.plot(_x(result), result.pp(h, key), color=_color(key),
                            ls=styles[i % 4], lw=1.6)
         pp, fp = pp_fp_sizes(result)
         if pp > 0:  # small PP curves stay apart from zero and from the largest one
@@ -189,7 +203,7 @@ def pp_figure(result, step_axis="linear"):
     left.set_ylabel("correlation")
     for ax in (left, right):
         ax.axhline(0, color="0.8", lw=0.8, zorder=0)
-        _step_axis(ax, step_axis)
+        _step_axis(ax, step_axis, result)
     def key_legend(ax, labels, loc):  # each panel lists the keys it draws
         return ax.legend([Line2D([], [], color=_color(key), lw=1.6) for key in labels],
                          [f"key: {label}" for label in labels.values()], fontsize=7, loc=loc)
@@ -208,7 +222,8 @@ def pp_figure(result, step_axis="linear"):
 def _title(result, what):
     s = result.setting
     gap = f", Delta = {s.delta:+.2f}" if paper_shaped(s) else ""
-    return f"{what}: P = {s.P:,}, masked {s.masked:,}{gap}, eta = {result.eta:g}"
+    run = "gradient flow" if result.is_flow else f"eta = {result.eta:g}"
+    return f"{what}: P = {s.P:,}, masked {s.masked:,}{gap}, {run}"
 
 
 FIGURES = {"fp": fp_figure, "attention": attention_figure, "pp": pp_figure}
