@@ -311,6 +311,17 @@ def test_a_refused_run_leaves_no_folder_and_speaks_of_options(tmp_path, capsys):
     assert not out.exists()  # not even the lock file
 
 
+def test_backend_without_its_dependency_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "numba", None)  # as if numba were not installed
+    out = tmp_path / "run"
+    assert main(["run", "--P", "1e3", "--steps", "2", "--backend", "numba", "--out",
+                 str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "backend 'numba' is not available here" in err
+    assert "pip install mimfast[numba]" in err and "available: cpp, numpy" in err
+    assert not out.exists()
+
+
 def test_progress_bar_ends_at_the_step_the_run_reached(capsys):
     """Callbacks between checkpoints are timed: when the run stops (interrupted or done) the
     bar moves on to its last step, the one the interrupt message names."""

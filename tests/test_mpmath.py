@@ -147,8 +147,10 @@ def reference(h, case="moderate"):
     return sizes, ref
 
 
+# the local class's saturated states need the longest 50-digit sums: run by -m slow
 @pytest.mark.parametrize("h, case", [(0, "moderate"), (1, "moderate"), (0, "saturated"),
-                                     (1, "saturated"), (1, "deep")])
+                                     pytest.param(1, "saturated", marks=pytest.mark.slow),
+                                     pytest.param(1, "deep", marks=pytest.mark.slow)])
 def test_gradient_matches_mpmath(backend, h, case):
     s, make_state, _ = CASES[case]
     g = mf.gradient(s, make_state(), backend=backend, method="exact")

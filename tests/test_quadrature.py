@@ -238,7 +238,12 @@ def assert_same_trajectory(q, e, gradient=True):
     assert max(_rel(x, y) for x, y in zip(q.loss, e.loss)) <= 1e-12
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# whole runs of the exact grid at its largest here: run by `python -m pytest -m slow`
+SLOW_CASES = {"positive-1e7-k0.3", "three-groups"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES
+                                  else n for n in CASES])
 def test_trajectory_equals_exact(name):
     """Whole runs to own-area attention >= 0.99 agree with the exact grid to 1e-12, and at
     every recorded state the error estimate is not below the true error (up to rounding: the

@@ -79,6 +79,7 @@ def test_dask_local_cluster_gives_the_same_table(local_table, tmp_path):
 def test_local_one_worker_gives_the_same_table(local_table, tmp_path):
     _, expected = local_table
     same_table(sweep(tmp_path, GRID, workers=1, progress=False), expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "runs"]  # no lock
 
 
 KILLER = """

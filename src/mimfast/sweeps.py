@@ -520,7 +520,9 @@ def sweep(out, grid=None, tasks=None, *, executor="local", scheduler=None, worke
             bar.close()
         return read_table(out)
     finally:
-        lock.close()
+        from .io import unlock_folder
+
+        unlock_folder(lock)  # the lock file goes with the lock
 
 
 def _missing(value):
