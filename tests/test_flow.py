@@ -300,3 +300,11 @@ def test_cli_flow_interrupted_and_resumed(tmp_path, monkeypatch, capsys):
     assert cut.is_flow and mf.io.equal(cut, whole)
     np.testing.assert_array_equal(cut.tau, whole.tau)
     assert cut.events == whole.events
+
+
+def test_backends_agree_with_the_quadrature(backend):
+    s = mf.Setting.paper(10**6, 0.9, 0.3)
+    r = flow(s, 100.0, backend=backend, method="quadrature", threads=1)
+    c = flow(s, 100.0, backend="cpp", method="quadrature", threads=1)
+    assert r.method == "quadrature" and r.tau[-1] == 100.0
+    np.testing.assert_allclose(flat(s, r.state), flat(s, c.state), rtol=1e-9, atol=1e-10)

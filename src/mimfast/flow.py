@@ -13,13 +13,13 @@ from numbers import Real
 import numpy as np
 
 from .backends import DEFAULT, check_threads, get_kernel
-from .grid import DEFAULT_MAX_BYTES, build_grids, check_tail_tol, class_categories
+from .grid import DEFAULT_MAX_BYTES, check_tail_tol, class_categories
 from .model import State, StateLayout, evaluate
-from .quadrature import build_quadratures, choose_method
+from .quadrature import choose_method
 from .result import Result
 from .setting import Setting
 from .simulate import (Interrupted, _check_tolerance, _one_record, _stack, _tolerance,
-                       own_logit_gap)
+                       evaluators, own_logit_gap)
 
 __all__ = ["flow", "EVENTS", "DP54"]
 
@@ -221,10 +221,8 @@ def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
     method = choose_method(setting, method)
     if resume is not None:
         _check_resume(resume, setting, tau, rtol, epsilon, backend, method, tail_tol)
-    if method == "exact":
-        grids = build_grids(setting, tail_tol, max_grid_bytes)
-    else:
-        grids = build_quadratures(setting, None if resume is None else resume.levels)
+    grids = evaluators(setting, method, tail_tol, max_grid_bytes,
+                       None if resume is None else resume.levels)
     quad = {"met": True if resume is None else resume.tolerance_met, "rtol": quad_rtol,
             "strict": strict}
     field = _Field(setting, grids, kernel, threads, quad)
@@ -260,9 +258,7 @@ def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
             done.append((t, _one_record(0, grad, state), _initial_step(field, y, f, rtol, tau),
                          found))
         else:
-            saved = (resume._fp, resume._fp_grad, resume._attention, resume._patch_loss)
-            done.append((None, (resume.steps, resume.loss, *(list(a) for a in saved),
-                                resume._pp, resume.error), resume.next_step, dict(resume.events)))
+            done.append((None, resume.block(), resume.next_step, dict(resume.events)))
             t, y = float(resume.tau[-1]), field.layout.flat(resume.state)
             f, state, grad = field(y)
             values = [g(grad, state) for _, _, _, g in events]

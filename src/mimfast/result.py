@@ -194,6 +194,15 @@ class Result:
         col = 0 if key == "self" else 1 + _fp_column(G, key)
         return self._pp[:, h, col].copy()
 
+    def block(self, n=None):
+        """The first ``n`` records (default all) as one record block: steps, loss, fp, fp_grad,
+        attention, patch_loss, pp and error, as a run's driver stacks them."""
+        n = len(self.steps) if n is None else n
+        return (self.steps[:n], self.loss[:n],
+                *([a[:n] for a in arrays] for arrays in
+                  (self._fp, self._fp_grad, self._attention, self._patch_loss)),
+                None if self._pp is None else self._pp[:n], self.error[:n])
+
     def recorded_state(self, i):
         """The :class:`State` recorded at index ``i`` (step ``steps[i]``), a copy."""
         if isinstance(i, bool) or not isinstance(i, Integral):

@@ -142,10 +142,8 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
     method = choose_method(setting, method)
     if resume is not None and resume.method != method:
         raise ValueError(f"resume: the saved run used method={resume.method!r}, got {method!r}")
-    if method == "exact":
-        grids = build_grids(setting, tail_tol, max_grid_bytes)
-    else:
-        grids = build_quadratures(setting, resume.levels if resume is not None else None)
+    grids = evaluators(setting, method, tail_tol, max_grid_bytes,
+                       None if resume is None else resume.levels)
     dropped = max(g.dropped for g in grids.values())
     # quadrature: whether rtol was always met (error estimates are recorded with the steps)
     quad = {"met": True, "rtol": rtol, "strict": strict}
@@ -153,12 +151,7 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
     t, state = 0, State.zeros(setting)
     if resume is not None:
         t, state, n = _resume_point(resume, setting, eta, record_every, steps, backend, tail_tol)
-        blocks.append((None, (resume.steps[:n], resume.loss[:n],
-                              *([a[:n] for a in arrays] for arrays in
-                                (resume._fp, resume._fp_grad, resume._attention,
-                                 resume._patch_loss)),
-                              None if resume._pp is None else resume._pp[:n],
-                              resume.error[:n])))
+        blocks.append((None, resume.block(n)))
         quad["met"] = resume.tolerance_met
     at = [t, state]  # the last completed step and its state, replaced in one step
     loop = None
@@ -230,6 +223,14 @@ def _stack(setting, blocks):
                        for k in range(setting.K)]
     pp = cat(6) if setting.pp == "exact" else None
     return cat(0), cat(1), per_k(2), per_k(3), per_k(4), per_k(5), pp, cat(7)
+
+
+def evaluators(setting, method, tail_tol, max_grid_bytes=DEFAULT_MAX_BYTES, levels=None):
+    """The class evaluators of a run, built once: count grids (``method="exact"``,
+    docs/model.md §3) or Gauss–Hahn quadratures starting at ``levels`` (§8)."""
+    if method == "exact":
+        return build_grids(setting, tail_tol, max_grid_bytes)
+    return build_quadratures(setting, levels)
 
 
 def _check_tolerance(rtol, strict):
@@ -491,10 +492,7 @@ def gradient(setting, state=None, backend=DEFAULT, threads=None, tail_tol=1e-15,
     threads = None if threads is None else check_threads(threads)
     kernel = get_kernel(backend)
     _check_tolerance(rtol, strict)
-    if choose_method(setting, method) == "exact":
-        grids = build_grids(setting, check_tail_tol(tail_tol))
-    else:
-        grids = build_quadratures(setting)
+    grids = evaluators(setting, choose_method(setting, method), check_tail_tol(tail_tol))
     grad = evaluate(setting, grids, state, kernel, threads, rtol)
     if not State(grad.fp, grad.pp).finite():
         gap, where = own_logit_gap(setting, state)
