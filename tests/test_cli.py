@@ -90,7 +90,7 @@ def test_help_and_version(capsys):
     (["run", "--preset", "nope"], 2, "invalid choice"),
     (["run", "--kappa-c", "1.5"] + SMALL, 2, "kappa_c must lie in (0, 1)"),
     (["run", "--backend", "fortran"] + SMALL, 2, "backend 'fortran' is not available"),
-    (["run", "--steps", "-1", "--P", "1e3"], 2, "steps must be at least 0"),
+    (["run", "--steps", "-1", "--P", "1e3"], 2, "steps must lie in [0, 2^53], got -1"),
     (["run", "--etaa", "5"], 2, "--etaa (did you mean --eta?)"),
     (["summary", "x.nc", "--epsilom", "0.1"], 2, "did you mean --epsilon?"),
     (["run", "--z", "1", "2", "3"] + SMALL, 2, "z takes one value or two"),
