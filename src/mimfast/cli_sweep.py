@@ -18,8 +18,9 @@ runs/<task>.nc (each run, with its analysis), fits.csv (power-law fits against P
 intervals) and the figures scaling.png and, for a kappa grid, phases.png. Running the same
 command again skips finished tasks and retries failed ones.
 
-exit codes: 0 every task done; 1 some task failed (see the error column); 2 bad command line;
-130 interrupted (finished tasks are kept; run the command again to continue).
+exit codes: 0 every task done; 1 some task failed (see the error column); 2 bad command line,
+a task that would be refused (every task is checked before any runs) or OUT in use by another
+sweep; 130 interrupted (finished tasks are kept; run the command again to continue).
 
 examples:
   mimfast sweep --preset paper-scaling --out runs/scaling
