@@ -596,3 +596,32 @@ def test_locked_sweep_folder_exits_2(tmp_path, capsys):
         held.close()
     err = capsys.readouterr().err
     assert "another sweep is running" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups as on Linux")
+@pytest.mark.parametrize("executor", ["local"])
+def test_group_ctrl_c_as_workers_start_prints_no_traceback(executor, tmp_path):
+    # Ctrl-C at a terminal signals the whole process group: the workers starting up must not
+    # print tracebacks, and the sweep ends with exit 130 (or 0 if it was done)
+    import signal
+
+    for i, delay in enumerate((0.0, 0.2, 0.6, 1.2)):  # after the sweep has locked its folder
+        out = tmp_path / str(i)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mimfast", "sweep", "--P", "300", "400", "500", *K,
+             "--steps", "20", "--workers", "2", "--executor", executor, "--out", str(out),
+             "--no-progress", "--no-plots"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not (out / ".sweep.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        err = err.decode()
+        assert proc.returncode in (0, 130, -signal.SIGINT), err
+        assert "Traceback" not in err, err

@@ -620,8 +620,20 @@ def _context():
 
     if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover
         return multiprocessing.get_context("spawn")
+    import threading
+    from multiprocessing import forkserver
+
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)
+    if threading.current_thread() is threading.main_thread():
+        # the server starts with Ctrl-C ignored (a process group's Ctrl-C would otherwise
+        # interrupt its imports), and so do the workers it forks; starting it takes
+        # milliseconds, so no Ctrl-C of the sweep is lost in practice
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            forkserver.ensure_running()
+        finally:
+            signal.signal(signal.SIGINT, previous)
     return ctx
 
 
