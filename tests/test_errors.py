@@ -157,3 +157,23 @@ def test_recorded_state_index_is_checked():
         r.recorded_state(4)
     with pytest.raises(TypeError, match="record index must be an integer"):
         r.recorded_state(1.0)
+
+
+def test_quadrature_memory_is_estimated_and_refused_at_once():
+    # 20 area groups: 20 dimensions of Gauss rules, 3^20 points at the coarsest richer rule
+    import time
+
+    s = mf.Setting([C([G(1, 50 + i) for i in range(20)])])
+    t = time.monotonic()
+    with pytest.raises(ValueError, match=r"would need about .* TiB .* more than the memory "
+                                         r"limit of 2\.0 GiB; use fewer area groups"):
+        mf.simulate(s, 1.0, 3, method="auto")
+    assert time.monotonic() - t < 2
+    points, nbytes, seconds = mf.quadrature.quadrature_estimate(s)
+    assert points > 3**20 and nbytes > 2 * 2**30
+
+
+def test_long_quadrature_setup_is_announced():
+    s = mf.Setting.paper(10**9, 0.9, 0.3, K=10**4)
+    with pytest.warns(UserWarning, match="quadrature of 20,000 query classes takes about"):
+        mf.quadrature.check_quadrature(s)

@@ -392,3 +392,35 @@ def test_absurd_P_is_refused_at_once(capsys):
     assert main(["run", "--P", "1e300", "--out", "never"]) == 2
     assert time.monotonic() - t < 5
     assert "2^62" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--steps", "10**30"], "steps must lie in [0, 2^53]"),
+    (["--record-every", "10**30"], "record-every must lie in [1, 2^53]"),
+    (["--checkpoint-every", "10**30"], "checkpoint-every must lie in [0, 2^53]"),
+    (["--threads", "100000"], "threads must lie in [1, 65536]"),
+    (["--backend", "nope"], "backend 'nope' is not available"),
+])
+def test_out_of_range_run_options_exit_2(argv, words, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["run", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and not out.exists()
+
+
+def test_huge_steps_are_refused_by_simulate():
+    with pytest.raises(ValueError, match=r"steps must be at most 2\^53"):
+        mf.simulate(mf.Setting.paper(200, 0.9, 0.5), 1.0, 2**63)
+
+
+def test_binary_or_mistyped_config_files(tmp_path, capsys):
+    binary = tmp_path / "b.toml"
+    binary.write_bytes(bytes(range(256)))
+    assert main(["run", "--config", str(binary), "--out", str(tmp_path / "o")]) == 3
+    err = capsys.readouterr().err
+    assert str(binary) in err and "Traceback" not in err
+    fast = tmp_path / "f.toml"
+    fast.write_text('method = "fast"\n')
+    assert main(["run", "--config", str(fast), "--out", str(tmp_path / "o")]) == 2
+    assert "method must be one of exact, quadrature, auto, got 'fast'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -14,12 +14,14 @@ import pytest
 import mimfast as mf
 from mimfast import io, scaling
 from mimfast.cli import main
-from mimfast.sweeps import COLUMNS, expand, read_table, run_task, sweep, task_id
+from mimfast.sweeps import COLUMNS, dask_key, expand, read_table, run_task, sweep, task_id
 
-# two regimes, two P, and one task whose setting is impossible (global area smaller than a
-# local one): it must fail without stopping the others
-GRID = {"P": [1000, 3000, 10000], "kappa_c": [0.9, 0.6, 0.2], "kappa_s": 0.3, "steps": 250,
+# two regimes, three P, and one task whose run diverges (it passes every check up front but
+# fails as it runs): it must fail without stopping the others
+GRID = {"P": [1000, 3000, 10000], "kappa_c": [0.9, 0.6], "kappa_s": 0.3, "steps": 250,
         "record_every": 5}
+FAIL = [{"P": 1000, "kappa_c": 0.9, "kappa_s": 0.3, "z": 30.0, "eta": 1e308,
+         "eta_rule": "fixed", "steps": 250, "record_every": 5}]
 
 
 def none(value):
@@ -38,18 +40,17 @@ def same_table(a, b):
 @pytest.fixture(scope="module")
 def local_table(tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
-    return out, sweep(out, GRID, workers=2, progress=False)
+    return out, sweep(out, GRID, FAIL, workers=2, progress=False)
 
 
 def test_table_rows_and_failure(local_table):
     out, table = local_table
     assert list(table.columns) == list(COLUMNS)
-    assert list(table["task"]) == [task_id(t) for t in expand(GRID)]
-    failed = table[table["kappa_c"] == 0.2]
-    assert (failed["status"] == "failed").all()
-    assert failed["error"].str.startswith("ValueError: paper(").all()
-    assert failed["error"].str.contains("global area").all()
-    done = table[table["kappa_c"] != 0.2]
+    assert list(table["task"]) == [task_id(t) for t in expand(GRID, FAIL)]
+    failed = table[table["z"] == 30]
+    assert len(failed) == 1 and (failed["status"] == "failed").all()
+    assert failed["error"].str.startswith("FloatingPointError").all()
+    done = table[table["z"] != 30]
     assert (done["status"] == "done").all() and done["error"].isna().all()
     # each row agrees with its own saved run and with a direct simulate of the same task
     for row in done.itertuples():
@@ -72,13 +73,13 @@ def test_table_rows_and_failure(local_table):
 
 def test_dask_local_cluster_gives_the_same_table(local_table, tmp_path):
     _, expected = local_table
-    table = sweep(tmp_path, GRID, executor="dask", workers=2, progress=False)
+    table = sweep(tmp_path, GRID, FAIL, executor="dask", workers=2, progress=False)
     same_table(table, expected)
 
 
 def test_local_one_worker_gives_the_same_table(local_table, tmp_path):
     _, expected = local_table
-    same_table(sweep(tmp_path, GRID, workers=1, progress=False), expected)
+    same_table(sweep(tmp_path, GRID, FAIL, workers=1, progress=False), expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "runs"]  # no lock
 
 
@@ -90,14 +91,14 @@ def kill(row):
     rows.append(row)
     if len(rows) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-sweep(sys.argv[1], {grid!r}, workers=1, progress=False, callback=kill)
+sweep(sys.argv[1], {grid!r}, {fail!r}, workers=1, progress=False, callback=kill)
 """
 
 
 def test_killed_sweep_resumes_to_the_same_table(local_table, tmp_path):
     _, expected = local_table
     script = tmp_path / "killer.py"
-    script.write_text(KILLER.format(grid=GRID))
+    script.write_text(KILLER.format(grid=GRID, fail=FAIL))
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True,
                           check=False)
@@ -106,7 +107,7 @@ def test_killed_sweep_resumes_to_the_same_table(local_table, tmp_path):
     assert len(partial) == 2 and (partial["status"] == "done").all()
     assert sorted(os.listdir(out / "runs")) == sorted(f.split("/")[1] for f in partial["file"])
     seen = []
-    table = sweep(out, GRID, workers=1, progress=False, callback=seen.append)
+    table = sweep(out, GRID, FAIL, workers=1, progress=False, callback=seen.append)
     assert len(seen) == len(expected) - 2  # the two finished tasks were not run again
     same_table(table, expected)
 
@@ -120,7 +121,7 @@ def kill(row):
         json.dump(pids, f)
     os.kill(os.getpid(), signal.SIGKILL)
 if __name__ == "__main__":  # the spawned workers import this file too
-    sweep(sys.argv[1], {grid!r}, workers=2, threads=1, progress=False, callback=kill)
+    sweep(sys.argv[1], {grid!r}, {fail!r}, workers=2, threads=1, progress=False, callback=kill)
 """
 
 
@@ -143,7 +144,7 @@ def test_killed_sweep_leaves_no_worker_processes(local_table, tmp_path):
     # rather than wait for work forever, and a re-run still ends with the whole table
     _, expected = local_table
     script = tmp_path / "killer.py"
-    script.write_text(KILL_POOL.format(grid=GRID))
+    script.write_text(KILL_POOL.format(grid=GRID, fail=FAIL))
     out, pids, log = tmp_path / "out", tmp_path / "pids.json", tmp_path / "log"
     with open(log, "wb") as f:  # not pipes: orphaned workers would hold them open
         proc = subprocess.run([sys.executable, str(script), str(out), str(pids)], stdout=f,
@@ -160,20 +161,20 @@ def test_killed_sweep_leaves_no_worker_processes(local_table, tmp_path):
         for pid in workers:
             if _alive(pid):
                 os.kill(pid, 9)
-    same_table(sweep(out, GRID, workers=2, progress=False), expected)
+    same_table(sweep(out, GRID, FAIL, workers=2, progress=False), expected)
 
 
 def test_interrupted_sweep_keeps_rows_and_retries_failed(local_table, tmp_path):
     _, expected = local_table
 
     with pytest.raises(KeyboardInterrupt):
-        sweep(tmp_path, GRID, workers=1, progress=False, callback=interrupt)
+        sweep(tmp_path, GRID, FAIL, workers=1, progress=False, callback=interrupt)
     assert len(read_table(tmp_path)) == 1
-    first = sweep(tmp_path, GRID, workers=1, progress=False)
+    first = sweep(tmp_path, GRID, FAIL, workers=1, progress=False)
     same_table(first, expected)
     # a re-run runs the failed tasks again and nothing else
     seen = []
-    again = sweep(tmp_path, GRID, workers=1, progress=False, callback=seen.append)
+    again = sweep(tmp_path, GRID, FAIL, workers=1, progress=False, callback=seen.append)
     assert sorted(r["task"] for r in seen) == sorted(expected.loc[expected["status"] == "failed",
                                                                   "task"])
     same_table(again, expected)
@@ -182,7 +183,8 @@ def test_interrupted_sweep_keeps_rows_and_retries_failed(local_table, tmp_path):
     # a done row whose results file is gone is run again
     (tmp_path / first.loc[0, "file"]).unlink()
     seen.clear()
-    same_table(sweep(tmp_path, GRID, workers=1, progress=False, callback=seen.append), expected)
+    same_table(sweep(tmp_path, GRID, FAIL, workers=1, progress=False, callback=seen.append),
+               expected)
     assert first.loc[0, "task"] in [r["task"] for r in seen]
 
 
@@ -327,8 +329,9 @@ def test_cli_sweep(tmp_path, capsys):
     assert list(table["P"]) == [1000, 3162, 10000] and (table["status"] == "done").all()
     assert (out / "fits.csv").is_file() and (out / "scaling.png").is_file()
     assert "power-law fits" in capsys.readouterr().out
-    assert main(argv + ["--kappa-c", "0.9", "0.2", "--no-plots"]) == 1
-    assert "3 of 6 tasks failed" in capsys.readouterr().err
+    assert main(argv + ["--z", "1", "30", "--eta", "1e308", "--eta-rule", "fixed",
+                        "--no-plots"]) == 1
+    assert "3 of 9 tasks failed" in capsys.readouterr().err  # the 3 rows before are kept
     assert main(["sweep", "--P", "1e3", "--out", str(out)]) == 2
     assert "--kappa-c, --kappa-s" in capsys.readouterr().err
     assert main(["sweep", "--P", "4:3", "--kappa-c", "0.9", "--kappa-s", "0.3"]) == 2
@@ -383,6 +386,243 @@ def test_interrupt_stops_local_workers(local_table, tmp_path):
     _, expected = local_table
 
     with pytest.raises(KeyboardInterrupt):
-        sweep(tmp_path, GRID, workers=2, progress=False, callback=interrupt)
+        sweep(tmp_path, GRID, FAIL, workers=2, progress=False, callback=interrupt)
     assert len(read_table(tmp_path)) == 1
-    same_table(sweep(tmp_path, GRID, workers=2, progress=False), expected)
+    same_table(sweep(tmp_path, GRID, FAIL, workers=2, progress=False), expected)
+
+
+# --- sweeps that never lie (each test below failed before its fix) ---------------------------
+
+TINY = {"P": [300, 400, 500, 600], "kappa_c": 0.9, "kappa_s": 0.3, "steps": 20}
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory):
+    return sweep(tmp_path_factory.mktemp("tiny"), TINY, workers=1, progress=False)
+
+
+def kill_a_worker(rng, killed):
+    """A sweep callback that SIGKILLs one random local worker process, once."""
+    import multiprocessing
+    import signal
+
+    def kill(row):
+        children = multiprocessing.active_children()
+        if not killed and children:
+            victim = children[rng.integers(len(children))]
+            killed.append(victim.pid)
+            os.kill(victim.pid, signal.SIGKILL)
+
+    return kill
+
+
+def test_killed_local_workers_fail_only_their_task(tiny_table, tmp_path):
+    # fault injection: in each of 20 sweeps one random worker is killed after the first row;
+    # the pool is rebuilt, at most the killed worker's task fails, and one re-run gives the
+    # uninterrupted table
+    rng, lost = np.random.default_rng(18), 0
+    for i in range(20):
+        out, killed = tmp_path / str(i), []
+        table = sweep(out, TINY, workers=2, threads=1, progress=False,
+                      callback=kill_a_worker(rng, killed))
+        assert killed and len(table) == len(tiny_table)
+        failed = table[table["status"] == "failed"]
+        assert len(failed) <= 1, failed["error"].tolist()
+        assert failed["error"].str.startswith("worker lost: its worker process ended").all()
+        lost += len(failed)
+        same_table(sweep(out, TINY, workers=2, progress=False), tiny_table)
+    assert lost  # some kills hit a running task
+
+
+def test_two_sweeps_on_one_scheduler_keep_their_own_files(tiny_table, tmp_path):
+    # the same tasks into two folders at once on one Dask scheduler: a task's key names its
+    # folder, so neither sweep is handed the other's results
+    import threading
+
+    distributed = pytest.importorskip("distributed")
+    outs, tables, errors = [tmp_path / "a", tmp_path / "b"], {}, []
+    start = threading.Barrier(2)
+
+    def run(out, address):
+        try:
+            start.wait()
+            tables[out] = sweep(out, TINY, scheduler=address, progress=False)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        threads = [threading.Thread(target=run, args=(out, cluster.scheduler_address))
+                   for out in outs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+    assert not errors
+    for out in outs:
+        same_table(tables[out], tiny_table)
+        for rel in tables[out]["file"]:
+            io.check_file(out / rel)
+    assert dask_key(expand(TINY)[0], outs[0]) != dask_key(expand(TINY)[0], outs[1])
+
+
+def test_corrupt_or_empty_run_files_are_not_done(tiny_table, tmp_path, capsys):
+    sweep(tmp_path, TINY, workers=1, progress=False)
+    files = [tmp_path / rel for rel in tiny_table["file"]]
+    data = bytearray(files[0].read_bytes())
+    data[len(data) // 2] ^= 0x10  # one bit
+    files[0].write_bytes(bytes(data))
+    files[1].write_bytes(b"")
+    capsys.readouterr()
+    seen = []
+    table = sweep(tmp_path, TINY, workers=1, progress=False, callback=seen.append)
+    assert [r["task"] for r in seen] == list(tiny_table["task"][:2])
+    err = capsys.readouterr().err
+    assert "fails its checksum" in err and "no checksum trailer" in err and "run again" in err
+    same_table(table, tiny_table)
+    for f in files:
+        io.check_file(f)
+
+
+def _edit_field(record, column, edit):
+    header = [*COLUMNS, "row_sha256"]
+    i = header.index(column)
+    record[i] = edit(record[i])
+    return record
+
+
+def test_damaged_table_rows_are_redone_and_orphans_dropped(tiny_table, tmp_path, capsys):
+    import csv
+
+    sweep(tmp_path, TINY, workers=1, progress=False)
+    path = tmp_path / "results.csv"
+    with open(path, newline="") as f:
+        records = list(csv.reader(f))
+    # a changed digit in the first task's row, and the last row cut inside its task id
+    _edit_field(records[1], "eta_used", lambda v: v[:-1] + ("1" if v[-1] != "1" else "2"))
+    with open(path, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(records[:-1])
+        f.write(records[-1][0][:7])
+    with pytest.raises(ValueError, match="line.* 2, 5 fail their checksum"):
+        read_table(tmp_path)
+    capsys.readouterr()
+    seen = []
+    table = sweep(tmp_path, TINY, workers=1, progress=False, callback=seen.append)
+    err = capsys.readouterr().err
+    assert "line 2 of" in err and "its task is run again" in err
+    assert "line 5 of" in err and "dropped" in err
+    assert [r["task"] for r in seen] == [tiny_table["task"].iloc[0], tiny_table["task"].iloc[-1]]
+    same_table(table, tiny_table)
+    assert len(path.read_text().splitlines()) == 1 + len(tiny_table)
+
+
+def test_full_disk_names_the_sweep_file_and_keeps_the_old_one(tmp_path, monkeypatch, capsys):
+    import errno
+
+    out = tmp_path / "s"
+    argv = ["sweep", "--P", "300", "400", "--kappa-c", "0.9", "--kappa-s", "0.3", "--steps",
+            "20", "--out", str(out), "--no-progress", "--workers", "1"]
+    assert main(argv) == 0
+    before = (out / "fits.csv").read_bytes()
+    real, calls = io.os.fsync, []
+
+    def full(fd):  # the table and its folder are flushed; fits.csv does not fit
+        calls.append(fd)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(io.os, "fsync", full)
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "disk full" in err and "fits.csv" in err and "Traceback" not in err
+    assert (out / "fits.csv").read_bytes() == before
+    assert list(out.rglob(".mimfast-*.tmp")) == []
+
+
+def test_sweeps_clean_temporaries_of_killed_writers(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "runs").mkdir()
+    left = [tmp_path / f".mimfast-{dead}-0123456789ab.tmp",
+            tmp_path / "runs" / f".mimfast-{dead}-ba9876543210.tmp"]
+    for p in left:
+        p.write_bytes(b"cut short")
+    sweep(tmp_path, {**TINY, "P": 300}, workers=1, progress=False)
+    assert not any(p.exists() for p in left)
+
+
+K = ["--kappa-c", "0.9", "--kappa-s", "0.3"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["sweep", "--P", "3:400", *K], "exponents must lie in [0, 18.66]"),
+    (["sweep", "--P", "3:10:0.000001", *K], "more than 1000 values of P"),
+    (["sweep", "--P", "1e3", *K, "--rtol", "0"], "rtol must lie in [2^-52, 1)"),
+    (["sweep", "--P", "1e3", *K, "--rtol", "1e-17", "5e-324"], "2 of 2 tasks would be refused"),
+    (["sweep", "--P", "1e3", *K, "--backend", "nope"], "backend 'nope' is not available"),
+    (["sweep", "--P", "1e3", *K, "--threads", "100000"], "threads must lie in [1, 65536]"),
+    (["sweep", "--P", "1e3", *K, "--workers", "10**6"], "workers must be at most"),
+    (["sweep", "--P", "1e3", *K, "--steps", "10**30"], "steps must be at most 2^53"),
+    (["sweep", "--P", "1e3", "1e18", *K, "--method", "exact"], "1 of 2 tasks would be refused"),
+    (["sweep", "--P", "1e3", "--kappa-c", "0.9", "0.2", "--kappa-s", "0.3"], "global area"),
+])
+def test_bad_sweep_values_exit_2_before_any_task(argv, words, tmp_path, capsys):
+    out = tmp_path / "out"
+    t = time.monotonic()
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 2
+    assert time.monotonic() - t < 10
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_refused_tasks_are_named(tmp_path):
+    tasks = [{"P": 1000, "kappa_c": c, "kappa_s": 0.3} for c in (0.9, 0.2, 0.1)]
+    with pytest.raises(ValueError, match="2 of 3 tasks would be refused") as info:
+        sweep(tmp_path, tasks=tasks)
+    for task in tasks[1:]:
+        assert task_id(task) in str(info.value)
+    assert task_id(tasks[0]) not in str(info.value) and list(tmp_path.iterdir()) == []
+
+
+def test_locked_sweep_folder_exits_2(tmp_path, capsys):
+    from mimfast.sweeps import _lock
+
+    held = _lock(tmp_path)
+    try:
+        assert main(["sweep", "--P", "300", *K, "--out", str(tmp_path)]) == 2
+    finally:
+        held.close()
+    err = capsys.readouterr().err
+    assert "another sweep is running" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups as on Linux")
+@pytest.mark.parametrize("executor", ["local"])
+def test_group_ctrl_c_as_workers_start_prints_no_traceback(executor, tmp_path):
+    # Ctrl-C at a terminal signals the whole process group: the workers starting up must not
+    # print tracebacks, and the sweep ends with exit 130 (or 0 if it was done)
+    import signal
+
+    for i, delay in enumerate((0.0, 0.2, 0.6, 1.2)):  # after the sweep has locked its folder
+        out = tmp_path / str(i)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mimfast", "sweep", "--P", "300", "400", "500", *K,
+             "--steps", "20", "--workers", "2", "--executor", executor, "--out", str(out),
+             "--no-progress", "--no-plots"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not (out / ".sweep.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        err = err.decode()
+        assert proc.returncode in (0, 130, -signal.SIGINT), err
+        assert "Traceback" not in err, err

@@ -27,6 +27,8 @@ from ._cli_values import count as _count
 from ._cli_values import number as _number
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# largest step count, record interval and checkpoint interval (as mimfast.simulate takes them)
+MAX_COUNT = 2**53
 
 PRESETS = {
     "paper-positive": {"P": 10**6, "kappa_c": 0.9, "kappa_s": 0.3},
@@ -220,7 +222,7 @@ def _read_config(path):
             config = tomllib.load(f)
     except FileNotFoundError:
         raise InputError(f"config file not found: {path}") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InputError(f"cannot read config file {path}: {exc}") from None
     unknown = sorted(set(config) - set(CONFIG_TYPES))
     if unknown:
@@ -464,13 +466,27 @@ def _prepare_out(out, resume, force):
 def _check_values(setting, opts):
     """The run's numbers as :func:`mimfast.simulate` checks them, refused as usage errors
     (exit 2) before anything is written."""
-    from .grid import check_tail_tol
+    from .grid import check_grid_memory, check_tail_tol
+    from .quadrature import METHODS, choose_method
     from .simulate import _check_run
 
+    for key, least in (("steps", 0), ("record_every", 1), ("checkpoint_every", 0)):
+        if not least <= opts[key] <= MAX_COUNT:
+            raise UsageError(f"{key.replace('_', '-')} must lie in [{least}, 2^53], "
+                             f"got {opts[key]}")
+    if not 0 <= opts.get("checkpoint_seconds", 0) < math.inf:  # NaN too
+        raise UsageError(f"checkpoint-seconds must be finite and at least 0, "
+                         f"got {opts['checkpoint_seconds']}")
+    method = opts.get("method", "auto")
+    if method not in METHODS:
+        raise UsageError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     try:
         _check_run(setting, opts["eta"], opts["steps"], opts["record_every"],
                    opts.get("threads"))
         check_tail_tol(opts["tail_tol"])
+        # memory of the method, refused with its estimate before anything is built
+        if choose_method(setting, method) == "exact":
+            check_grid_memory(setting)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     if opts.get("step_axis", "linear") not in ("linear", "symlog"):
@@ -498,10 +514,6 @@ def _run(args):
     force = bool(opts.pop("force", False))
     out = Path(opts["out"])
     setting = _setting(opts)
-    for key, least in (("steps", 0), ("record_every", 1), ("checkpoint_every", 0),
-                       ("checkpoint_seconds", 0)):
-        if not opts.get(key, least) >= least:  # NaN too
-            raise UsageError(f"{key.replace('_', '-')} must be at least {least}, got {opts[key]}")
     if not 0 < opts["epsilon"] < 1:
         raise UsageError(f"epsilon must lie in (0, 1), got {opts['epsilon']}")
     _check_values(setting, opts)

@@ -18,8 +18,9 @@ runs/<task>.nc (each run, with its analysis), fits.csv (power-law fits against P
 intervals) and the figures scaling.png and, for a kappa grid, phases.png. Running the same
 command again skips finished tasks and retries failed ones.
 
-exit codes: 0 every task done; 1 some task failed (see the error column); 2 bad command line;
-130 interrupted (finished tasks are kept; run the command again to continue).
+exit codes: 0 every task done; 1 some task failed (see the error column); 2 bad command line,
+a task that would be refused (every task is checked before any runs) or OUT in use by another
+sweep; 130 interrupted (finished tasks are kept; run the command again to continue).
 
 examples:
   mimfast sweep --preset paper-scaling --out runs/scaling
@@ -32,8 +33,15 @@ _PARAMS = ("P", "kappa_c", "kappa_s", "gamma", "K", "z", "pp", "eta", "eta_rule"
            "until", "record_every", "method", "rtol", "backend", "epsilon", "tail_tol")
 
 
+# a decade range gives at most this many P values
+MAX_DECADE_VALUES = 1000
+
+
 def _p_values(text):
+    import math
+
     from ._cli_values import count
+    from .setting import MAX_P
 
     if ":" not in text:
         return [count(text)]
@@ -41,10 +49,19 @@ def _p_values(text):
 
     try:
         parts = [float(x) for x in text.split(":")]
-        if len(parts) not in (2, 3) or parts[0] > parts[1] or (len(parts) == 3 and parts[2] <= 0):
+        if (len(parts) not in (2, 3) or not all(map(math.isfinite, parts))
+                or parts[0] > parts[1] or (len(parts) == 3 and parts[2] <= 0)):
             raise ValueError
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a decade range LO:HI[:STEP]: {text!r}") from None
+    top = math.log10(MAX_P)
+    if parts[0] < 0 or parts[1] > top:
+        raise argparse.ArgumentTypeError(f"decade range {text!r}: exponents must lie in "
+                                         f"[0, {top:.2f}] (P at most 2^62)")
+    step = parts[2] if len(parts) == 3 else 0.5
+    if (parts[1] - parts[0]) / step >= MAX_DECADE_VALUES:
+        raise argparse.ArgumentTypeError(f"decade range {text!r} gives more than "
+                                         f"{MAX_DECADE_VALUES} values of P; take a larger step")
     return _decades(*parts)
 
 
@@ -102,7 +119,7 @@ def add_parser(sub, number, count):
 
 def run(args, usage_error):
     """Run the ``mimfast sweep`` command; returns the exit code."""
-    from . import scaling
+    from . import io, scaling
     from .sweeps import preset, sweep
 
     given = vars(args)
@@ -122,14 +139,15 @@ def run(args, usage_error):
         table = sweep(out, grid, executor=given.get("executor", "local"),
                       scheduler=given.get("scheduler"), workers=given.get("workers"),
                       threads=given.get("threads"), progress=given.get("progress"))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, io.FolderLockedError) as exc:
         raise usage_error(str(exc)) from None
     except KeyboardInterrupt:
         print(f"mimfast sweep: interrupted; finished tasks are in {out}; run the same command "
               "again to continue", file=sys.stderr)
         return 130
     fits = scaling.fits(table)
-    fits.to_csv(out / "fits.csv", index=False)
+    with io.atomic_output(out / "fits.csv") as tmp:
+        fits.to_csv(tmp, index=False)
     print(scaling.report(table, fits))
     if given.get("plots", True):
         paths = scaling.save_figures(table, out, fits)

@@ -317,6 +317,31 @@ def _first_width(sd):
     return 12.0 * sd + 30
 
 
+def window_counts(sizes, unmasked):
+    """Counts of the first 1-D windows of a class's count grid (each ``_WINDOW_BYTES`` while
+    computed): the memory :func:`build_grid` knows before it allocates anything."""
+    N, u = int(sum(int(v) for v in sizes)), int(unmasked)
+    return sum(min(2 * _first_width(_marginal_sd(N, int(v), u)) + 1, int(v) + 1)
+               for v in sizes if v > 0)
+
+
+def check_grid_memory(setting, max_bytes=DEFAULT_MAX_BYTES):
+    """Refuse (ValueError) a setting whose count grids :func:`build_grids` would refuse at its
+    first memory check, without building anything."""
+    seen = set()
+    for k, h in setting.classes():
+        sizes, areas = class_categories(setting, k, h)
+        key = sizes.tobytes()
+        if key in seen:
+            continue
+        seen.add(key)
+        need = window_counts(sizes, setting.unmasked) * _WINDOW_BYTES
+        if need > max_bytes:
+            raise ValueError(f"the count grid of query class (k={k}, h={h}) would need more "
+                             f"than {_size(need)}, over max_grid_bytes = {_size(max_bytes)}; "
+                             f"use {_QUADRATURE}, fewer area groups or a smaller P")
+
+
 def _window(N, Ni, u, tol):
     """Inclusive window [a, b] of the marginal count of a category of Ni among N, u drawn,
     leaving at most tol/2 of probability on each side, and a bound on the mass it leaves out.
@@ -428,8 +453,7 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
             "groups or a smaller P")
 
     # the 1-D windows first: their memory is known before anything is allocated
-    first = sum(min(2 * _first_width(_marginal_sd(N, int(sizes[i]), u)) + 1, sizes[i] + 1)
-                for i in live)
+    first = window_counts(sizes, u)
     if first * _WINDOW_BYTES > max_bytes:
         refuse(first * _WINDOW_BYTES, f"1-D probability tables of {int(first):,} counts")
     windows, cut = {}, 0.0

@@ -49,7 +49,7 @@ from .setting import Cluster, Group, Setting
 from .result import Result
 
 __all__ = ["FORMAT", "DiskFullError", "FolderLockedError", "ResultFileError", "atomic_output",
-           "clean_temporaries", "digest", "equal", "export", "from_dataset", "load",
+           "check_file", "clean_temporaries", "digest", "equal", "export", "from_dataset", "load",
            "lock_folder", "open_dataset", "save", "table", "to_dataset", "unlock_folder",
            "write_text"]
 
@@ -513,24 +513,50 @@ def _sha256(f, n):
     return h.hexdigest()
 
 
-def _check_trailer(path):
+def _check_trailer(path, required=False):
     """Refuse a file whose checksum trailer does not match its bytes (see the module notes).
 
-    A file without a trailer (format 1, or a foreign file) is left to the NetCDF reader."""
+    A file without a trailer (format 1, or a foreign file) is left to the NetCDF reader,
+    unless ``required``."""
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
         size = f.tell()
-        if size < _TRAILER_LEN:
-            return
-        f.seek(size - _TRAILER_LEN)
-        m = _TRAILER.search(f.read())
+        m = None
+        if size >= _TRAILER_LEN:
+            f.seek(size - _TRAILER_LEN)
+            m = _TRAILER.search(f.read())
         if m is None:
+            if required:
+                raise ResultFileError(f"{path} has no checksum trailer: it is empty, cut "
+                                      "short or not written by this mimfast")
             return
         f.seek(0)
         sha = _sha256(f, size - _TRAILER_LEN)
     if sha != m.group(1).decode():
         raise ResultFileError(f"{path} fails its checksum: the file is corrupt (changed after "
                               "mimfast wrote it)")
+
+
+def check_file(path):
+    """Check a results file's checksum trailer without parsing the file.
+
+    Cheap next to :func:`load` (one pass of SHA-256 over the bytes); it finds any changed,
+    cut or missing byte of a file :func:`save` wrote.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist.
+    ResultFileError
+        When the file has no trailer (empty, cut short, or foreign) or fails its checksum.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such results file: {path}")
+    try:
+        _check_trailer(path, required=True)
+    except OSError as exc:
+        raise ResultFileError(f"cannot read {path} ({exc})") from None
 
 
 def open_dataset(path):

@@ -634,6 +634,66 @@ def choose_method(setting, method):
     most :data:`AUTO_GRID_POINTS` points and quadrature otherwise."""
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    if method != "auto":
-        return method
-    return "exact" if grid_points_estimate(setting) <= AUTO_GRID_POINTS else "quadrature"
+    if method == "auto":
+        method = "exact" if grid_points_estimate(setting) <= AUTO_GRID_POINTS else "quadrature"
+    if method == "quadrature":
+        check_quadrature(setting)
+    return method
+
+
+# Smallest rtol: the error estimate is a relative difference of sums of doubles, which rounding
+# alone puts near 2^-52; a smaller tolerance could never be met, only chased by node growth.
+MIN_RTOL = 2.0**-52
+# start-up cost of one class's rule sets (measured 3 to 14 ms on one core)
+SETUP_SECONDS_PER_CLASS = 0.01
+# set-ups estimated longer than this are announced (a warning with the estimate)
+SETUP_WARN_SECONDS = 60.0
+
+
+def quadrature_estimate(setting):
+    """Points, bytes and seconds of the start rule sets of every class, before anything is built.
+
+    Each class holds a base and a richer rule set (:func:`start_levels`); a point takes at
+    most ``n_cat + 4`` doubles while its set is built and kept (its row's counts, pool and
+    weight, its node offset and weight), an upper bound: small categories enumerated exactly
+    have fewer points.
+
+    Returns
+    -------
+    points : int
+    nbytes : int
+    seconds : float
+    """
+    from .grid import class_categories
+
+    points = nbytes = classes = 0
+    seen = {}
+    for k, h in setting.classes():
+        sizes, _ = class_categories(setting, k, h)
+        key = sizes.tobytes()
+        if key not in seen:
+            lv = start_levels(max(len(chain_order([int(v) for v in sizes])) - 1, 0))
+            n = math.prod(LEVELS[i] for i in lv) + math.prod(LEVELS[i + 1] for i in lv)
+            seen[key] = (n, n * 8 * (len(sizes) + 4))
+        points, nbytes, classes = points + seen[key][0], nbytes + seen[key][1], classes + 1
+    return points, nbytes, classes * SETUP_SECONDS_PER_CLASS
+
+
+def check_quadrature(setting):
+    """Refuse (ValueError) a quadrature whose start rule sets would need more memory than the
+    exact method may use (:data:`mimfast.grid.DEFAULT_MAX_BYTES`), and warn when setting them
+    up would take over a minute; both with the estimate of :func:`quadrature_estimate`."""
+    import warnings
+
+    from .grid import DEFAULT_MAX_BYTES, _size
+
+    points, nbytes, seconds = quadrature_estimate(setting)
+    n = sum(1 for _ in setting.classes())
+    if nbytes > DEFAULT_MAX_BYTES:
+        raise ValueError(
+            f"the quadrature rules of the {n:,} query classes would need about {_size(nbytes)} "
+            f"({points:.3g} points), more than the memory limit of {_size(DEFAULT_MAX_BYTES)}; "
+            "use fewer area groups per cluster (each adds a dimension to the rules)")
+    if seconds > SETUP_WARN_SECONDS:
+        warnings.warn(f"setting up the quadrature of {n:,} query classes takes about "
+                      f"{seconds / 60:.0f} min before the first step", UserWarning, stacklevel=3)

@@ -425,14 +425,18 @@ def save_figures(table, out, fit_table=None, dpi=130):
     out = Path(out)
     paths = []
     fit_table = fits(table) if fit_table is None else fit_table
+    from .io import atomic_output
+
+    def save(fig, name):  # atomically, like every file mimfast writes
+        paths.append(out / name)
+        with atomic_output(paths[-1]) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+
     if len(fit_table):
-        paths.append(out / "scaling.png")
-        scaling_figure(table, fit_table).savefig(paths[-1], dpi=dpi)
+        save(scaling_figure(table, fit_table), "scaling.png")
     ph = phases(table)
     if len(ph.drop_duplicates(["kappa_c", "kappa_s"])) >= 3:
-        paths.append(out / "phases.png")
-        phase_figure(table).savefig(paths[-1], dpi=dpi)
+        save(phase_figure(table), "phases.png")
         if ph["P"].nunique() >= 2:
-            paths.append(out / "gap.png")
-            gap_figure(table).savefig(paths[-1], dpi=dpi)
+            save(gap_figure(table), "gap.png")
     return paths

@@ -65,6 +65,8 @@ def _count(name, value, least):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     if value < least:
         raise ValueError(f"{name} must be at least {least}, got {value}")
+    if value > 2**53:  # step counts stay exact in doubles and far from int64 overflow
+        raise ValueError(f"{name} must be at most 2^53 = {2**53}, got {value}")
     return int(value)
 
 

@@ -5,15 +5,22 @@ A *sweep* is a list of tasks; each task is one :func:`mimfast.simulate` of
 :func:`sweep` runs the tasks that are not finished yet on an executor and writes, in the
 output folder:
 
-- ``results.csv``: one row per task (:data:`COLUMNS`), rewritten whole and atomically each
-  time a task finishes, so a row is there completely or not at all;
+- ``results.csv``: one row per task (:data:`COLUMNS`, then a checksum of the row),
+  rewritten whole and atomically each time a task finishes, so a row is there completely or
+  not at all;
 - ``runs/<task>.nc``: each finished run's results file (:func:`mimfast.io.save`, analysis
-  included), written before its row.
+  included), written and verified by its checksum before its row says ``done``.
 
-Re-running a sweep on the same folder skips the tasks whose row says ``done`` (and whose
-results file is there) and runs the others again, failed ones included: a killed sweep loses
-nothing that finished. A task that raises is recorded with ``status = "failed"`` and its
-error, and does not stop the others.
+Re-running a sweep on the same folder skips the tasks whose row says ``done`` and whose
+results file still passes its checksum, and runs the others again, failed ones included: a
+killed sweep loses nothing that finished. A row that fails its own checksum is reported and
+its task run again (a damaged row of no task of the sweep is dropped with a message). A task
+that raises is recorded with ``status = "failed"`` and its error, and does not stop the
+others; neither does a local worker process that dies (its task alone fails, and a new pool
+runs the rest).
+
+Every task is checked before any runs (setting, numbers, backend, threads, method and its
+memory): a sweep with a task that would be refused is refused whole, naming the tasks.
 
 The time unit across P
 ----------------------
@@ -30,23 +37,29 @@ as the cap. A run that ends before T_ε of every class is marked ``converged = F
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import inspect
+import io as _text
 import itertools
 import json
 import math
 import os
+import signal
 import sys
 import time
+from contextlib import closing
 from numbers import Integral, Real
 from pathlib import Path
 
 from ._extras import require, require_all
 
-__all__ = ["COLUMNS", "PRESETS", "TABLE", "expand", "preset", "read_table", "run_task",
-           "sweep", "task_id"]
+__all__ = ["COLUMNS", "PRESETS", "TABLE", "check_task", "check_tasks", "dask_key", "expand",
+           "preset", "read_table", "run_task", "sweep", "task_id"]
 
 TABLE, RUNS, LOCK = "results.csv", "runs", ".sweep.lock"
+# last column of the table file: a checksum of the row's other fields (not in the DataFrame)
+ROW_SUM = "row_sha256"
 ETA_P0 = 10**6
 
 # A task's parameters and their defaults: the paper's setting, then the run options.
@@ -235,6 +248,81 @@ def _measure(result, analysis):
     return row
 
 
+def _setting(task):
+    import mimfast as mf
+
+    pp = None if task["pp"] == "auto" else task["pp"]
+    return mf.Setting.paper(task["P"], task["kappa_c"], task["kappa_s"], gamma=task["gamma"],
+                            K=task["K"], z=task["z"], pp=pp)
+
+
+def check_task(task, threads=None):
+    """Refuse a task, before anything runs, that its run would refuse.
+
+    Checks the setting, the learning rate, ``steps`` and ``record_every`` (at most 2^53),
+    ``tail_tol``, ``epsilon``, the backend, ``threads``, ``rtol`` (down to what double
+    precision can reach, :data:`mimfast.quadrature.MIN_RTOL`) and the memory of the method
+    the run would use (:func:`mimfast.grid.check_grid_memory`,
+    :func:`mimfast.quadrature.check_quadrature`).
+
+    Raises
+    ------
+    ValueError, TypeError
+    """
+    import mimfast as mf
+
+    from .grid import check_grid_memory, check_tail_tol
+    from .simulate import _check_run
+
+    task = _complete(task)
+    setting = _setting(task)
+    _check_run(setting, effective_eta(task), task["steps"], task["record_every"], threads)
+    check_tail_tol(task["tail_tol"])
+    if not 0 < task["epsilon"] < 1:
+        raise ValueError(f"epsilon must lie in (0, 1), got {task['epsilon']}")
+    if task["backend"] not in mf.backends():
+        raise ValueError(f"backend {task['backend']!r} is not available here; available: "
+                         f"{', '.join(mf.backends())}")
+    method = task["method"] or "auto"
+    if "method" in _simulate_parameters():
+        from .quadrature import MIN_RTOL, choose_method
+
+        rtol = task["rtol"]
+        if rtol is not None and not MIN_RTOL <= rtol < 1:
+            raise ValueError(f"rtol must lie in [2^-52, 1), got {rtol!r}: below 2^-52 double "
+                             "precision cannot meet it")
+        method = choose_method(setting, method)
+    if method == "exact":
+        check_grid_memory(setting)
+
+
+def check_tasks(tasks, threads=None):
+    """Refuse (ValueError) a list of tasks if :func:`check_task` refuses any, naming them all
+    (grouped by the reason)."""
+    refused = {}
+    for task in tasks:
+        try:
+            check_task(task, threads)
+        except (ValueError, TypeError, OverflowError) as exc:
+            refused.setdefault(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError)
+                               else str(exc), []).append(task)
+    if not refused:
+        return
+    n = sum(len(v) for v in refused.values())
+    parts = []
+    for reason, bad in refused.items():
+        named = "; ".join(_name(t) for t in bad[:3]) + ("; ..." if len(bad) > 3 else "")
+        parts.append(f"{len(bad)} task(s) ({named}): {reason}")
+    raise ValueError(f"{n} of {len(tasks)} tasks would be refused, so none is run:\n  "
+                     + "\n  ".join(parts))
+
+
+def _name(task):
+    """A task for a message: its id and the parameters that differ from the defaults."""
+    given = ", ".join(f"{k}={v}" for k, v in task.items() if v != DEFAULTS[k])
+    return f"task {task_id(task)} ({given})"
+
+
 def run_task(task, out, threads=None):
     """Run one task: simulate, analyse, save ``out/runs/<task>.nc``; return its table row.
 
@@ -255,8 +343,6 @@ def run_task(task, out, threads=None):
     dict
         The row, keyed by :data:`COLUMNS`.
     """
-    import mimfast as mf
-
     from . import io
     from .analysis import analyze
 
@@ -265,9 +351,7 @@ def run_task(task, out, threads=None):
     key = task_id(task)
     row = {**task, "task": key, "status": "failed"}
     try:
-        pp = None if task["pp"] == "auto" else task["pp"]
-        setting = mf.Setting.paper(task["P"], task["kappa_c"], task["kappa_s"],
-                                   gamma=task["gamma"], K=task["K"], z=task["z"], pp=pp)
+        setting = _setting(task)
         row.update(delta=setting.delta, delta_actual=setting.delta_actual,
                    eta_used=effective_eta(task))
         result = _simulate(setting, task, threads)
@@ -276,6 +360,7 @@ def run_task(task, out, threads=None):
         rel = f"{RUNS}/{key}.nc"
         (Path(out) / RUNS).mkdir(parents=True, exist_ok=True)
         io.save(result, Path(out) / rel, analysis, attrs={"sweep_task": json.dumps(task)})
+        io.check_file(Path(out) / rel)  # done only once the file on disk verifies
         row.update(status="done", file=rel)
     except Exception as exc:  # noqa: BLE001 - recorded in the table; the sweep goes on
         row["error"] = f"{type(exc).__name__}: {exc}"
@@ -292,54 +377,101 @@ def _frame(rows):
     return df
 
 
+def _row_sum(fields):
+    """Checksum of a table row: SHA-256 of its fields as written (16 hex digits)."""
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
+
+
+def _read_rows(path):
+    """The table at ``path`` and its damaged rows: ``(DataFrame, [(line, task), ...])``.
+
+    A damaged row (wrong checksum, or cut short) is left out of the frame; ``task`` is what
+    its first field holds, which may be cut too.
+    """
+    pd = require("pandas", "the sweep results table", "sweep")
+
+    # floats must read back bit for bit: the default parser of pandas 3 does, older ones not
+    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+    if not path.is_file():
+        raise FileNotFoundError(f"no sweep results table: {path}")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            records = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path} is not a readable sweep results table ({exc})") from None
+    header = list(COLUMNS) + [ROW_SUM]
+    if not records or records[0] != header:
+        raise ValueError(f"{path} is not a sweep results table of this mimfast version "
+                         f"(columns differ)")
+    good, damaged = [], []
+    for line, record in enumerate(records[1:], start=2):
+        if not record:
+            continue
+        if len(record) == len(header) and record[-1] == _row_sum(record[:-1]):
+            good.append(record[:-1])
+        else:
+            damaged.append((line, record[0]))
+    text = _text.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([header[:-1]] + good)
+    text.seek(0)
+    try:
+        df = pd.read_csv(text, dtype={c: ("object" if t == "boolean" else t)
+                                      for c, t in COLUMNS.items()}, keep_default_na=False,
+                         na_values=[""], **exact)
+    except (ValueError, TypeError, pd.errors.ParserError) as exc:
+        raise ValueError(f"{path} is not a readable sweep results table ({exc})") from None
+    for col, dtype in COLUMNS.items():
+        if dtype == "boolean":
+            df[col] = df[col].map({"True": True, "False": False, None: None}).astype(dtype)
+    return df, damaged
+
+
 def read_table(out):
     """The results table of the sweep in folder ``out`` (:class:`pandas.DataFrame`).
+
+    Every row is checked against its checksum.
 
     Raises
     ------
     FileNotFoundError
         When the folder holds no results table.
     ValueError
-        When the file is not a sweep results table.
+        When the file is not a sweep results table, or a row fails its checksum (running the
+        sweep again redoes such rows).
     """
-    pd = require("pandas", "the sweep results table", "sweep")
-
     path = Path(out) / TABLE if Path(out).is_dir() else Path(out)
-    # floats must read back bit for bit: the default parser of pandas 3 does, older ones not
-    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
-    if not path.is_file():
-        raise FileNotFoundError(f"no sweep results table: {path}")
-    try:
-        df = pd.read_csv(path, dtype={c: ("object" if t == "boolean" else t)
-                                      for c, t in COLUMNS.items()}, keep_default_na=False,
-                         na_values=[""], **exact)
-    except (ValueError, TypeError, pd.errors.ParserError) as exc:
-        raise ValueError(f"{path} is not a readable sweep results table ({exc})") from None
-    if list(df.columns) != list(COLUMNS):
-        raise ValueError(f"{path} is not a sweep results table of this mimfast version "
-                         f"(columns differ)")
-    for col, dtype in COLUMNS.items():
-        if dtype == "boolean":
-            df[col] = df[col].map({"True": True, "False": False, None: None}).astype(dtype)
+    df, damaged = _read_rows(path)
+    if damaged:
+        raise ValueError(f"{path}: line(s) {', '.join(str(n) for n, _ in damaged)} fail their "
+                         "checksum (changed or cut short); run the sweep again to redo them")
     return df
 
 
 def _write_table(out, df):
-    """Write the table atomically (:func:`mimfast.io.atomic_output`)."""
+    """Write the table atomically (:func:`mimfast.io.atomic_output`), each row followed by its
+    checksum."""
     from .io import atomic_output
 
-    with atomic_output(Path(out) / TABLE) as tmp, open(tmp, "w", newline="") as f:
-        df.to_csv(f, index=False)
+    records = list(csv.reader(_text.StringIO(df.to_csv(index=False), newline="")))
+    with atomic_output(Path(out) / TABLE) as tmp, open(tmp, "w", newline="",
+                                                       encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(records[0] + [ROW_SUM])
+        w.writerows(r + [_row_sum(r)] for r in records[1:])
 
 
 def _lock(out):
-    """Hold an exclusive lock on the sweep folder (one sweep writes a table at a time)."""
+    """Hold an exclusive lock on the sweep folder (one sweep writes a table at a time).
+
+    Raises :class:`mimfast.io.FolderLockedError` (a RuntimeError) when another sweep holds it.
+    """
     from .io import FolderLockedError, lock_folder
 
     try:
         return lock_folder(out, LOCK)
     except FolderLockedError:
-        raise RuntimeError(f"another sweep is running in {out}") from None
+        raise FolderLockedError(f"another sweep is running in {out}; wait for it to finish "
+                                "or choose another output folder") from None
 
 
 def _cores():
@@ -351,10 +483,16 @@ def _cores():
 
 def _plan(executor, workers, threads, pending, scheduler):
     """Worker processes and kernel threads per task, so that tasks never oversubscribe."""
+    from .backends import check_threads
+
     for name, value in (("workers", workers), ("threads", threads)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, Integral)
                                   or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if threads is not None:
+        check_threads(threads)
+    if workers is not None and workers > MAX_WORKERS:
+        raise ValueError(f"workers must be at most {MAX_WORKERS}, got {workers}")
     if scheduler is not None:  # a remote cluster: its workers' cores are its own business
         return None, threads or 1
     cores = _cores()
@@ -364,47 +502,168 @@ def _plan(executor, workers, threads, pending, scheduler):
     return workers, threads or max(1, cores // workers)
 
 
+MAX_WORKERS = 4096
+
+
+def _worker(conn, out, threads):
+    """A local worker process: run the tasks the sweep sends until it sends None.
+
+    Ctrl-C is left to the sweep, which stops its workers itself; the worker exits once the
+    sweep ``parent`` is gone.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _watch_parent()
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        conn.send(run_task(task, out, threads))
+
+
 def _local_rows(pending, out, workers, threads):
-    """Rows as tasks finish on local worker processes (in this process for one worker)."""
+    """Rows as tasks finish on local worker processes (in this process for one worker).
+
+    Each worker runs one task at a time. A worker process that dies (killed, or crashed)
+    fails the task it was running, and only that one: a new worker takes its place for the
+    tasks still to run, and the other workers go on.
+    """
     if workers == 1:
         for task in pending:
             yield run_task(task, out, threads)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing.connection import wait
 
-    # spawn: forking a process whose OpenMP runtime has started threads can hang the child
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_watch_parent, initargs=(os.getpid(),))
+    ctx = _context()
+    todo = list(reversed(pending))  # popped from the end: task order
+    busy, started = {}, []  # busy: connection -> (process, task)
+
+    def start():
+        conn, child = ctx.Pipe()
+        with _no_sigint():  # the child starts with Ctrl-C blocked
+            process = ctx.Process(target=_worker, args=(child, str(out), threads),
+                                  name="mimfast-sweep-worker", daemon=True)
+            process.start()
+        child.close()
+        started.append(process)
+        give(conn, process)
+
+    def give(conn, process):
+        task = todo.pop() if todo else None
+        try:
+            conn.send(task)
+        except OSError:  # the worker died between two tasks: a new one takes this task
+            conn.close()
+            if task is not None:
+                todo.append(task)
+                start()
+            return
+        if task is None:
+            conn.close()
+        else:
+            busy[conn] = (process, task)
+
     finished = False
     try:
-        futures = {pool.submit(run_task, task, str(out), threads): task for task in pending}
-        for future in as_completed(futures):
-            yield _row_of(future, futures[future])
+        for _ in range(min(workers, len(todo))):
+            start()
+        while busy:
+            for conn in wait(list(busy)):
+                process, task = busy.pop(conn)
+                try:
+                    row = conn.recv()
+                except (EOFError, OSError):  # the worker died: its task alone fails
+                    conn.close()
+                    process.join()
+                    yield _lost(task, f"its worker process ended with exit code "
+                                      f"{process.exitcode}; the other tasks went on")
+                    if todo:
+                        start()
+                    continue
+                yield row
+                give(conn, process)
         finished = True
     finally:
-        if not finished:  # interrupted: stop the running tasks now, not when they end
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
+        for process in started:
+            if not finished and process.is_alive():  # interrupted: stop the running tasks now
                 process.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+            process.join()
 
 
-def _watch_parent(pid, every=0.5):
-    """Worker initializer: exit once the sweep's process ``pid`` is gone.
+class _no_sigint:
+    """Hold SIGINT back while worker processes start: they inherit the blocked signal (so a
+    Ctrl-C to the process group cannot print their start-up tracebacks), and a Ctrl-C that
+    came meanwhile reaches this process when the block ends."""
 
-    A sweep killed with SIGKILL cannot stop its workers, and a worker of a process pool
-    otherwise waits for work forever; its unfinished task is simply run again by the next
-    sweep. (Where a dead parent's children are not re-parented, e.g. on Windows, this does
-    nothing.)
+    def __enter__(self):
+        self.mask = None
+        if hasattr(signal, "pthread_sigmask"):
+            self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def __exit__(self, *exc):
+        if self.mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+
+
+# what a worker needs, imported once by the fork server rather than by every worker (xarray
+# imports dask and distributed, when present, as it writes a file)
+_PRELOAD = ["mimfast.sweeps", "mimfast.io", "mimfast.analysis", "xarray", "netCDF4", "pandas",
+            "dask.array", "distributed"]
+
+
+def _context():
+    """Start method of local workers: a fork server that has imported what a task needs (a
+    worker starts in milliseconds), or spawn where there is none. Never a plain fork: forking
+    a process whose OpenMP runtime has started threads can hang the child."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover
+        return multiprocessing.get_context("spawn")
+    import threading
+    from multiprocessing import forkserver
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    if threading.current_thread() is threading.main_thread():
+        # the server starts with Ctrl-C ignored (a process group's Ctrl-C would otherwise
+        # interrupt its imports), and so do the workers it forks; starting it takes
+        # milliseconds, so no Ctrl-C of the sweep is lost in practice
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            forkserver.ensure_running()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    return ctx
+
+
+def _watch_parent(every=0.5):
+    """Exit this worker once the sweep that started it is gone.
+
+    A sweep killed with SIGKILL cannot stop its workers, and a worker otherwise waits for
+    work (or finishes its task) for nothing; its unfinished task is simply run again by the
+    next sweep.
     """
+    import multiprocessing
     import threading
 
+    parent = multiprocessing.parent_process()
+    if parent is None:  # pragma: no cover - not started by multiprocessing
+        return
+
     def watch():
-        while os.getppid() == pid:
-            time.sleep(every)
+        parent.join()
         os._exit(1)
 
     threading.Thread(target=watch, name="mimfast-sweep-parent", daemon=True).start()
+
+
+def dask_key(task, out):
+    """The Dask key of a task: its id and the resolved output folder, so that sweeps into
+    different folders on one scheduler never share a task's result."""
+    where = str(Path(out).resolve())
+    return "mimfast-task-" + hashlib.sha256(f"{where}\0{task_id(task)}".encode()).hexdigest()[:32]
 
 
 def _dask_rows(pending, out, workers, threads, scheduler):
@@ -412,30 +671,50 @@ def _dask_rows(pending, out, workers, threads, scheduler):
     distributed = require("distributed", "the dask executor of a sweep", "sweep")
     Client, LocalCluster = distributed.Client, distributed.LocalCluster
     as_completed = distributed.as_completed
-    cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None)
-    client = Client(scheduler if cluster is None else cluster)
+    cluster = client = None
     try:
-        futures = {client.submit(run_task, task, str(Path(out).resolve()), threads,
-                                 key=f"mimfast-task-{task_id(task)}", pure=False): task
-                   for task in pending}
-        for future in as_completed(list(futures)):
-            yield _row_of(future, futures[future])
+        if scheduler is None:
+            with _no_sigint():
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
+                                       processes=True, host="127.0.0.1",
+                                       dashboard_address=None)
+        # not the default client: dask's settings of this process stay as they were
+        client = Client(scheduler if cluster is None else cluster, set_as_default=False)
+        where = str(Path(out).resolve())
+        futures = {client.submit(run_task, task, where, threads, key=dask_key(task, out),
+                                 pure=False): task for task in pending}
+        for future in as_completed(list(futures), loop=client.loop):
+            task = futures[future]
+            try:
+                yield future.result()
+            except Exception as exc:  # noqa: BLE001 - a lost worker fails its task only
+                what = ("the Dask scheduler was lost" if client.status != "running"
+                        else "its Dask worker was lost")
+                yield _lost(task, f"{what} ({type(exc).__name__}: {exc})")
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        _quiet_close(client, cluster)
 
 
-def _row_of(future, task):
-    """The row a finished future returned, or a failed row when its worker died."""
+def _quiet_close(client, cluster):
+    """Close a Dask client and cluster without the logs distributed writes on the way down."""
+    import logging
+
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
-        return future.result()
-    except Exception as exc:  # noqa: BLE001 - a lost worker fails its task only
-        return {**task, "task": task_id(task), "status": "failed",
-                "error": f"worker lost: {type(exc).__name__}: {exc}"}
+        for part in (client, cluster):
+            if part is not None:
+                try:
+                    part.close()
+                except Exception:  # noqa: BLE001, S110 - going down anyway
+                    pass
+    finally:
+        logger.setLevel(level)
+
+
+def _lost(task, why):
+    return {**task, "task": task_id(task), "status": "failed", "error": f"worker lost: {why}"}
 
 
 def sweep(out, grid=None, tasks=None, *, executor="local", scheduler=None, workers=None,
@@ -450,7 +729,7 @@ def sweep(out, grid=None, tasks=None, *, executor="local", scheduler=None, worke
         The tasks (see :func:`expand`); a task is ``Setting.paper`` parameters (``P``,
         ``kappa_c``, ``kappa_s``, ``gamma``, ``K``, ``z``, ``pp``) and run options (``eta``,
         ``eta_rule``, ``steps``, ``until``, ``record_every``, ``method``, ``backend``,
-        ``epsilon``, ``tail_tol``).
+        ``epsilon``, ``tail_tol``). Every task is checked first (:func:`check_tasks`).
     executor : {"local", "dask"}
         ``"local"``: worker processes on this machine (one worker: this process).
         ``"dask"``: a Dask ``LocalCluster`` of worker processes, or the cluster at
@@ -473,6 +752,13 @@ def sweep(out, grid=None, tasks=None, *, executor="local", scheduler=None, worke
     pandas.DataFrame
         The results table, one row per task in task order (rows of earlier tasks of the
         folder that are not in this sweep follow).
+
+    Raises
+    ------
+    ValueError
+        Bad options, or a task that would be refused (before anything runs).
+    mimfast.io.FolderLockedError
+        When another sweep is running in ``out``.
     """
     if scheduler is not None:
         executor = "dask"
@@ -485,15 +771,23 @@ def sweep(out, grid=None, tasks=None, *, executor="local", scheduler=None, worke
     todo = expand(grid, tasks)
     if not todo:
         raise ValueError("a sweep needs at least one task (grid or tasks)")
+    _plan(executor, workers, threads, len(todo), scheduler)  # the options, before the tasks
+    check_tasks(todo, threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lock = _lock(out)
     try:
+        _clean(out)
         rows = {}
-        if (out / TABLE).is_file():
-            for r in read_table(out).to_dict("records"):
-                rows[r["task"]] = {k: (None if _missing(v) else v) for k, v in r.items()}
         order = [task_id(t) for t in todo]
+        if (out / TABLE).is_file():
+            df, damaged = _read_rows(out / TABLE)
+            for r in df.to_dict("records"):
+                rows[r["task"]] = {k: (None if _missing(v) else v) for k, v in r.items()}
+            for line, key in damaged:
+                what = ("its task is run again" if key in set(order)
+                        else "it belongs to no task of this sweep and is dropped")
+                _say(f"line {line} of {out / TABLE} fails its checksum (task {key!r}); {what}")
         pending = [t for t, key in zip(todo, order) if not _finished(rows.get(key), out)]
         order += [key for key in rows if key not in set(order)]
 
@@ -508,21 +802,36 @@ def sweep(out, grid=None, tasks=None, *, executor="local", scheduler=None, worke
             if pending:
                 finished = (_local_rows(pending, out, workers, threads) if executor == "local"
                             else _dask_rows(pending, out, workers, threads, scheduler))
-                for row in finished:
-                    rows[row["task"]] = row
-                    write()
-                    bar.update(1)
-                    if callback is not None:
-                        callback(row)
+                with closing(finished):
+                    for row in finished:
+                        rows[row["task"]] = row
+                        write()
+                        bar.update(1)
+                        if callback is not None:
+                            callback(row)
             else:
                 write()
         finally:
             bar.close()
+            _clean(out)
         return read_table(out)
     finally:
         from .io import unlock_folder
 
         unlock_folder(lock)  # the lock file goes with the lock
+
+
+def _say(message):
+    print(f"mimfast sweep: {message}", file=sys.stderr)
+
+
+def _clean(out):
+    """Remove the temporary files killed writers left in the sweep's folders."""
+    from .io import clean_temporaries
+
+    for folder in (out, out / RUNS):
+        if folder.is_dir():
+            clean_temporaries(folder)
 
 
 def _missing(value):
@@ -533,8 +842,21 @@ def _missing(value):
 
 
 def _finished(row, out):
-    return (row is not None and row["status"] == "done" and row.get("file") is not None
-            and (Path(out) / row["file"]).is_file())
+    """Whether a row is done and its results file still passes its checksum (else it says
+    why the task runs again)."""
+    from .io import ResultFileError, check_file
+
+    if row is None or row["status"] != "done" or row.get("file") is None:
+        return False
+    try:
+        check_file(Path(out) / row["file"])
+    except FileNotFoundError:
+        _say(f"{row['file']} of task {row['task']} is missing; the task is run again")
+        return False
+    except ResultFileError as exc:
+        _say(f"{exc}; task {row['task']} is run again")
+        return False
+    return True
 
 
 def _decades(lo, hi, step=0.5):
