@@ -305,7 +305,7 @@ def test_report_and_summary_name_the_engine(tmp_path, capsys):
 def test_a_refused_run_leaves_no_folder_and_speaks_of_options(tmp_path, capsys):
     out = tmp_path / "big"
     assert main(["run", "--P", "1e15", "--method", "exact", "--steps", "2", "--no-plots",
-                 "--out", str(out)]) == 1
+                 "--out", str(out)]) == 2  # refused before anything starts
     err = capsys.readouterr().err
     assert "use --method quadrature" in err and 'method="quadrature"' not in err
     assert not out.exists()  # not even the lock file

@@ -826,7 +826,7 @@ def main(argv=None):
         _require_extras(args.command)
         return command(args)
     except UsageError as exc:
-        print(f"mimfast {args.command}: error: {exc}", file=sys.stderr)
+        print(f"mimfast {args.command}: error: {_in_options(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except InputError as exc:
         print(f"mimfast {args.command}: error: {exc}", file=sys.stderr)
@@ -838,10 +838,13 @@ def main(argv=None):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
     except (FloatingPointError, ValueError, ImportError, OSError) as exc:
-        # the engine's advice in the command's words
-        text = str(exc).replace('method="quadrature"', "--method quadrature")
-        print(f"mimfast {args.command}: error: {text}", file=sys.stderr)
+        print(f"mimfast {args.command}: error: {_in_options(exc)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _in_options(exc):
+    """An error's text with the engine's advice in the command's words."""
+    return str(exc).replace('method="quadrature"', "--method quadrature")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -91,8 +91,11 @@ class Result:
         self.tolerance_met = bool(tolerance_met)
         self.levels = {} if levels is None else {key: list(v) for key, v in levels.items()}
         self.is_flow = tau is not None
-        self.tau = (self.eta * self.steps if tau is None
-                    else np.asarray(tau, dtype=np.float64))
+        if tau is None:  # GD: flow time eta * step (inf where that overflows)
+            with np.errstate(over="ignore"):
+                self.tau = self.eta * self.steps
+        else:
+            self.tau = np.asarray(tau, dtype=np.float64)
         self.events = {}
 
     def _class(self, k, h):
