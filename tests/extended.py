@@ -85,12 +85,13 @@ def points(sizes, u, k_sd=12.0):
     return counts, prob
 
 
-def ld_sums(sizes, areas, z, A, B, b_self, u, k_sd=12.0):
-    """The §3 sums of one class in longdouble, point by point (module docstring)."""
+def ld_sums(sizes, areas, z, A, B, b_self, u, k_sd=12.0, at=None):
+    """The §3 sums of one class in longdouble, point by point (module docstring); ``at``
+    optionally gives the points and their probabilities instead of :func:`points`."""
     sizes = np.asarray(sizes, dtype=np.int64)
     areas = np.asarray(areas, dtype=np.int64)
     n = len(sizes)
-    U, p = points(sizes, u, k_sd)
+    U, p = points(sizes, u, k_sd) if at is None else at
     U = U.T.astype(LD)
     C = sizes.astype(LD)[:, None]
     z = np.asarray(z, dtype=LD)[:, None]
@@ -184,10 +185,18 @@ def mp_sums(sizes, areas, z, A, B, b_self, u, dps=60, k_sd=12.0):
         return out
 
 
-def reference_gradient(setting, state, sums=ld_sums, **kw):
+def grid_points(grid):
+    """The points of a count grid (:class:`mimfast.grid.ClassGrid`) and their probabilities,
+    as :func:`ld_sums` takes them: to check a kernel alone, without the grid's tail."""
+    rows = list(grid.rows())
+    return (np.concatenate([c for c, _ in rows]), np.concatenate([p for _, p in rows]).astype(LD))
+
+
+def reference_gradient(setting, state, sums=ld_sums, grids=None, **kw):
     """The gradient of ``setting`` at ``state`` from reference class sums ``sums``: per class
     (k, h), its sums as float64 (``class_sums[k, h]``), and the gradient assembled as
-    :func:`mimfast.model.evaluate` does (fp per cluster, pp, loss)."""
+    :func:`mimfast.model.evaluate` does (fp per cluster, pp, loss). With ``grids`` (count
+    grids of every class), over their points only (:func:`grid_points`)."""
     scale = setting.masked / setting.P
     pp = None if state.pp is None else np.zeros(state.pp.shape, dtype=LD)
     fp, per_class, loss = [], {}, LD(0)
@@ -201,6 +210,8 @@ def reference_gradient(setting, state, sums=ld_sums, **kw):
             z = setting.class_z(k, h)
             B = np.zeros(n) if state.pp is None else state.pp[h, 1:]
             b_self = 0.0 if state.pp is None else state.pp[h, 0]
+            if grids is not None:
+                kw["at"] = grid_points(grids[k, h])
             s = np.asarray(sums(sizes, areas, z, state.fp[k][h], B, b_self, setting.unmasked,
                                 **kw), dtype=LD)
             per_class[k, h] = s.astype(np.float64)

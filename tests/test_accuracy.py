@@ -94,3 +94,54 @@ def test_reference_matches_mpmath(setting, seed, h, fp_own):
     n = len(sizes)
     for part in (slice(2, 3 + 3 * n), slice(1, 2)):
         assert np.linalg.norm(got[part] - want[part]) <= 1e-15 * np.linalg.norm(want[part])
+
+
+@pytest.mark.parametrize("method", ["exact", "quadrature"])
+def test_dA_of_a_category_taking_nearly_all_attention(method):
+    """docs/model.md §3: with one unmasked key, a single-area category can take nearly all
+    attention; dA_g = z_g (e_g - gbar alpha_g) / n'_g is then formed from e_g (1 - alpha_g)
+    and gbar - e_g summed without e_g (written as above it was off by 1e-6 normwise here)."""
+    state = random_state(TINY, 199)
+    ref = reference_gradient(TINY, state)
+    g = mf.gradient(TINY, state, backend="numpy", method=method)
+    assert gradient_error(g, ref) <= TOL
+
+
+@pytest.mark.parametrize("method", ["exact", "quadrature"])
+@pytest.mark.parametrize("seed", [70, 297, 0])
+def test_wide_mixed_sign_logits(backend, method, seed):
+    """docs/model.md §3, conditioning: logits of mixed sign up to +-10.6 at P = 8 (the moment
+    method was off by a relative 10^7 here, or not finite, with the estimate 0)."""
+    state = random_state(TINY, seed)
+    ref = reference_gradient(TINY, state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = mf.gradient(TINY, state, backend=backend, method=method)
+    assert gradient_error(g, ref) <= TOL
+
+
+@pytest.mark.parametrize("seed, z", [(4, (0.37, 4.44, 3.12)), (16, (0.05, 3.68, 0.07))])
+def test_wide_mixed_sign_logits_at_P_300(backend, seed, z):
+    """The default engine on a 3-group setting at P = 300 with unequal z, |A| <= 8, |B| <= 3
+    (the moment method lost 1e-10 relative here, with no warning)."""
+    s = mf.Setting([C([G(1, 60, z=z[0]), G(4, 30, z=z[1]), G(30, 4, z=z[2])])], gamma=0.6,
+                   pp="exact")
+    state = random_state(s, seed, a=8.0, b=3.0)
+    ref = reference_gradient(s, state, k_sd=8.0)
+    assert gradient_error(mf.gradient(s, state, backend=backend, method="exact"), ref) <= TOL
+
+
+def test_own_area_not_smallest_still_counts_U_own_zero():
+    """docs/model.md §8: class (0, 2) has a smaller category (30 patches) than its own area
+    (199 other positions); its quadrature chain still starts with the own area, so U_own = 0,
+    which carries the loss at saturation (½ Pr(U_own = 0) = 2.47e-20; the rule alone gave
+    2.6e-46 with met=True), is counted apart. The exact engine is the reference here."""
+    state = mf.State.zeros(SECOND)
+    state.fp[0][2, 0] = 60.0
+    want = mf.gradient(SECOND, state, method="exact")
+    g = mf.gradient(SECOND, state, method="quadrature", strict=True)
+    assert g.patch_loss[0][2] == pytest.approx(want.patch_loss[0][2], rel=1e-12)
+    assert want.patch_loss[0][2] == pytest.approx(2.4715562700600e-20, rel=1e-12)
+    err = np.linalg.norm(g.fp[0][2] - want.fp[0][2]) / np.linalg.norm(want.fp[0][2])
+    assert err <= TOL
+    assert np.linalg.norm(g.pp[2] - want.pp[2]) <= TOL * np.linalg.norm(want.pp[2])
