@@ -115,7 +115,7 @@ py::array_t<double> eval_sums(const mimfast::ClassEval& e, Arr<double> z, Arr<do
         throw std::invalid_argument("wu0 and wm0 come together");
     const double* pu0 = wu0 ? data(*wu0, n, "wu0") : nullptr;
     const double* pm0 = wm0 ? data(*wm0, n, "wm0") : nullptr;
-    py::array_t<double> out(mimfast::n_sums(e.n_cat()));
+    py::array_t<double> out(mimfast::n_out(e.n_cat()));
     double* o = out.mutable_data();
     {
         py::gil_scoped_release release;

@@ -16,7 +16,8 @@ class ClassEval {
     virtual ~ClassEval() = default;
     // Number of key categories n (category 0: the query's own area).
     virtual int n_cat() const = 0;
-    // The n_sums(n) sums [mass, loss, dB_self, alpha[n], dA[n], dB[n]] into out, for latents
+    // The n_out(n) outputs [mass, loss, dB_self, alpha[n], dA[n], dB[n], rounding[3]] into
+    // out (kernel.hpp), for latents
     // z[n], key weights wu[n], wm[n] and wself, and optionally the weights of the points
     // without an unmasked own-area key (Inputs in kernel.hpp). The result must not depend on
     // `threads`.

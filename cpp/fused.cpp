@@ -29,11 +29,15 @@ namespace {
 double difference(int n, const double* a, const double* b) {
     double out = 0.0;
     const auto part = [&](std::initializer_list<std::pair<int, int>> ranges) {
-        double d = 0.0, r = 0.0;
+        double d = 0.0, r = 0.0, top = 0.0;  // scaled by the largest |a|: no squares underflow
+        for (const auto& [first, stop] : ranges)
+            for (int i = first; i < stop; ++i) top = std::max(top, std::fabs(a[i]));
+        if (top == 0) top = 1.0;
         for (const auto& [first, stop] : ranges)
             for (int i = first; i < stop; ++i) {
-                d += (a[i] - b[i]) * (a[i] - b[i]);
-                r += a[i] * a[i];
+                const double e = (a[i] - b[i]) / top, f = a[i] / top;
+                d += e * e;
+                r += f * f;
             }
         if (d > 0) out = std::max(out, r > 0 ? std::sqrt(d) / std::sqrt(r) : HUGE_VAL);
     };
@@ -41,6 +45,12 @@ double difference(int n, const double* a, const double* b) {
     part({{3, 3 + n}});                  // attention
     part({{1, 2}});                      // loss
     return out;
+}
+
+// The kernel's rounding estimate of sums `a` (the largest of its three parts).
+double rounding(int n, const double* a) {
+    const double* b = a + n_sums(n);
+    return std::max(b[0], std::max(b[1], b[2]));
 }
 
 }  // namespace
@@ -74,7 +84,7 @@ FusedLoop::FusedLoop(std::vector<FusedClass> classes, int64_t n_state)
     ploss_.assign(classes_.size(), 0.0);
     err_.assign(classes_.size(), 0.0);
     max_err_.assign(classes_.size(), 0.0);
-    sums_.assign(n_sums(static_cast<int>(widest)), 0.0);
+    sums_.assign(n_out(static_cast<int>(widest)), 0.0);
     check_.assign(sums_.size(), 0.0);
     wu_.assign(widest, 0.0);
     wm_.assign(widest, 0.0);
@@ -155,9 +165,11 @@ void FusedLoop::evaluate(int threads) {
         if (c.check) {
             c.check->sums(c.z.data(), wu_.data(), wm_.data(), wself, threads, check_.data(), pu0,
                           pm0, wself0);
-            err_[i] = difference(n, s, check_.data());
-            max_err_[i] = std::max(max_err_[i], err_[i]);
+            err_[i] = std::max(difference(n, s, check_.data()), rounding(n, s));
+        } else {
+            err_[i] = rounding(n, s);
         }
+        max_err_[i] = std::max(max_err_[i], err_[i]);
         for (int k = 0; k < n; ++k) {
             grad_[c.a_off + k] = c.coef * s[3 + n + k];
             att_[att_off_[i] + k] = s[3 + k];

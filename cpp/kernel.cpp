@@ -5,12 +5,13 @@
 // softmax denominator D(x). Every quantity of docs/model.md §3 is then a polynomial in x (degree <= 3)
 // times a power of i = 1 / D(x) (power <= 3). The hot loop therefore only accumulates the ten
 // moments  m[a][b] = sum_x w(x) x^a i^b  (b <= 3, a <= b), and each block turns its moments
-// into the sums of docs/model.md §3 with the polynomial coefficients of its row. With beta = 1 - alpha_own
-// and 1 - alpha_own - mu_own formed from the positive terms of D, no quantity is a difference
-// of nearly equal sums when attention saturates.
+// into the sums of docs/model.md §3 with the polynomial coefficients of its row. With 1 - alpha_c and
+// 1 - alpha_c - mu_c formed from the positive terms of D, and gbar - e_c summed without e_c,
+// no line is a difference of nearly equal sums when one category takes nearly all attention.
 #include "kernel.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <array>
 #include <stdexcept>
 #include <string>
@@ -132,7 +133,118 @@ Moments block_moments(const Grid& g, int64_t row, int64_t first, int64_t stop, d
     return block_moments_grid(g, row, first, stop, static_cast<int64_t>(x0), d0, d1);
 }
 
-void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
+// The sums of one block point by point (the lines of block_sums below at every point): the
+// fallback for a block whose moments are ill-conditioned. mag gets sum w (|t1| + |t2|) of
+// each line's terms.
+void point_sums(const Grid& g, const Inputs& in, int64_t row, int64_t first, int64_t stop,
+                double x0, const double* u, const double* a, const double* wu, const double* wm,
+                double wself, double* out, double* mag) {
+    const int n = g.n_cat;
+    const int ns = n_sums(n);
+    for (int s = 0; s < ns; ++s) out[s] = mag[s] = 0.0;
+    double U[MAX_CAT], un[MAX_CAT], ms[MAX_CAT], Y[MAX_CAT], X[MAX_CAT], e[MAX_CAT];
+    const double z02 = in.z[0] * in.z[0];
+    for (int64_t j = first; j < stop; ++j) {
+        double x, w;
+        if (g.node_x) {
+            x = g.node_x[j];
+            w = g.node_w[j];
+        } else {
+            x = static_cast<double>(j) - x0;
+            w = g.row_weight[row] * g.t_inner[j - g.off_inner] *
+                g.t_last[g.rest[row] - j - g.off_last];
+        }
+        for (int c = 0; c < n; ++c) {
+            U[c] = u[c] + a[c] * x;
+            un[c] = wu[c] * U[c];
+            ms[c] = wm[c] * (in.sizes[c] - U[c]);
+        }
+        for (int c = 0; c < n; ++c) {
+            double y = wself;
+            for (int k = 0; k < n; ++k)
+                if (k != c) y += un[k] + ms[k];
+            Y[c] = y;
+            X[c] = y + ms[c];
+        }
+        const double D = X[0] + un[0], iD = 1.0 / D;
+        const double beta = X[0] * iD, alpha0 = un[0] * iD;
+        e[0] = -z02 * alpha0 * beta;
+        double groups = 0.0;
+        for (int c = 1; c < n; ++c) {
+            const double s2 = in.s_a[c] * U[c] * (in.sizes[c] - U[c]) + in.s_b[c] * U[c] * U[c];
+            const double r = wu[c] * iD;
+            e[c] = in.z[c] * in.z[c] * s2 * r * r;
+            groups += e[c];
+        }
+        const double loss = 0.5 * (z02 * beta * beta + groups);
+        const double gbar = e[0] + groups;
+        out[0] += w;
+        mag[0] += w;
+        out[1] += w * loss;
+        mag[1] += w * loss;
+        out[2] += -w * gbar * wself * iD;
+        mag[2] += w * (std::fabs(e[0]) + groups) * wself * iD;
+        for (int c = 0; c < n; ++c) {
+            double rest = 0.0, rabs = 0.0;
+            for (int k = 0; k < n; ++k)
+                if (k != c) {
+                    rest += e[k];
+                    rabs += std::fabs(e[k]);
+                }
+            const double al = un[c] * iD, am = (un[c] + ms[c]) * iD;
+            out[3 + c] += w * al;
+            mag[3 + c] += w * al;
+            if (c == 0) {
+                const double v = 2.0 * in.z[0] * alpha0 * loss;
+                out[3 + n] -= w * v;
+                mag[3 + n] += w * std::fabs(v);
+            } else {
+                const double t1 = e[c] * X[c] * iD, t2 = rest * al;
+                out[3 + n + c] += w * in.z[c] * (t1 - t2) * in.inv_areas[c];
+                mag[3 + n + c] += w * in.z[c] * (std::fabs(t1) + rabs * al) * in.inv_areas[c];
+            }
+            const double t1 = e[c] * Y[c] * iD, t2 = rest * am;
+            out[3 + 2 * n + c] += w * (t1 - t2) * in.inv_sizes[c];
+            mag[3 + 2 * n + c] += w * (std::fabs(t1) + rabs * am) * in.inv_sizes[c];
+        }
+    }
+    for (int s = 0; s < ns; ++s) mag[s] *= 8.0 + 2.0 * n;
+}
+
+constexpr double EPS = 0x1p-53;
+// A block is summed again point by point when its combination's rounding estimate exceeds this
+// share of a part's norm (docs/model.md §3, conditioning).
+constexpr double BLOCK_SHARE = 0x1p-48;
+constexpr double D_COND = 0x1p10;  // largest (|d0| + |d1| h) / min D of a moment block
+constexpr double ILL = 0x1p5;
+
+// Bounds M[b][a] >= sum w |x|^a i^b from the moments: Cauchy-Schwarz for a = 1, h = max |x|
+// for a = 3 and for b = 1; then E over the block of |P(x)| i^b <= sum_a |p_a| M[b][a].
+struct AbsMoments {
+    double M[4][4];
+    AbsMoments(const Moments& mo, double h) {
+        M[1][0] = mo.m[0][1];
+        M[1][1] = h * M[1][0];
+        for (int b = 2; b < 4; ++b) {
+            M[b][0] = mo.m[0][b];
+            M[b][2] = mo.m[2][b];
+            M[b][1] = std::sqrt(M[b][0] * M[b][2]);
+            M[b][3] = h * M[b][2];
+        }
+    }
+    double operator()(const Poly& p, int b) const {
+        double s = 0.0;
+        for (int a = 0; a <= b; ++a) s += std::fabs(p[a]) * M[b][a];
+        return s;
+    }
+};
+
+// The sums of block b into out and, into mag, for each sum a magnitude whose EPS multiple
+// estimates its rounding: by moments, or point by point when `points` is set. Returns whether
+// the moments lose much more than point-by-point evaluation would: D is ill-conditioned on the
+// block, or a line's magnitude exceeds ILL times the magnitude of its terms' values.
+bool block_sums(const Grid& g, const Inputs& in, int64_t b, double* out, double* mag,
+                bool points) {
     const int n = g.n_cat;
     const int64_t row = g.blocks[3 * b], first = g.blocks[3 * b + 1], stop = g.blocks[3 * b + 2];
     // counts U_c(x) = u[c] + a[c] x and free keys V_c(x) = C_c - U_c(x); the inner count is
@@ -160,34 +272,58 @@ void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
     const double* wu = none_own ? in.wu0 : in.wu;
     const double* wm = none_own ? in.wm0 : in.wm;
     const double wself = none_own ? in.wself0 : in.wself;
-
-    // D = d0 + d1 x; Q = D - wu_0 U_0 - wm_0 V_0 = q0 + q1 x (Q / D = 1 - alpha_own - mu_own);
-    // R = Q + wm_0 V_0 = r0 + r1 x (R / D = beta = 1 - alpha_own)
-    double q0 = wself, q1 = 0.0;
-    for (int c = 1; c < n; ++c) {
-        q0 += wu[c] * u[c] + wm[c] * (in.sizes[c] - u[c]);
-        q1 += a[c] * (wu[c] - wm[c]);
+    if (points) {
+        point_sums(g, in, row, first, stop, x0, u, a, wu, wm, wself, out, mag);
+        return false;
     }
-    const double r0 = q0 + wm[0] * (in.sizes[0] - u[0]);
-    const double r1 = q1 - a[0] * wm[0];
-    const double d0 = r0 + wu[0] * u[0];
-    const double d1 = r1 + a[0] * wu[0];
-    const Moments mo = block_moments(g, row, first, stop, x0, d0, d1);
 
-    // numerators: alpha_c = Al_c i, mu_c = Mu_c i, sigma_c = Sg_c i^2, beta = R i
-    const double z0 = in.z[0], z02 = z0 * z0;
-    Poly Al[MAX_CAT], Mu[MAX_CAT], E[MAX_CAT];
-    const Poly R = affine(r0, r1);
-    Poly L = mul(R, R);
-    for (int c = 0; c < 4; ++c) L[c] *= z02;  // 2 loss = L i^2
+    // Al_c, Mu_c: the unmasked and masked keys' terms of D (alpha_c = Al_c i, mu_c = Mu_c i).
+    // D without the unmasked keys of c (X_c: X_c / D = 1 - alpha_c) and without all keys of c
+    // (Y_c: Y_c / D = 1 - alpha_c - mu_c) are summed from the other, positive terms, so that
+    // neither is a difference of nearly equal numbers when c takes nearly all attention.
+    Poly Al[MAX_CAT], Mu[MAX_CAT], X[MAX_CAT], Y[MAX_CAT], E[MAX_CAT], Rest[MAX_CAT];
     for (int c = 0; c < n; ++c) {
         Al[c] = affine(wu[c] * u[c], wu[c] * a[c]);
         Mu[c] = affine(wm[c] * (in.sizes[c] - u[c]), -wm[c] * a[c]);
     }
-    // e_c = E_c i^2: own -z0^2 alpha beta, group z_c^2 sigma_c
-    E[0] = mul(Al[0], R);
+    for (int c = 0; c < n; ++c) {
+        Y[c] = affine(wself, 0.0);
+        for (int k = 0; k < n; ++k)
+            if (k != c) Y[c] = axpy(1.0, axpy(1.0, Al[k], Mu[k]), Y[c]);
+        X[c] = axpy(1.0, Mu[c], Y[c]);
+    }
+    const Poly Dp = axpy(1.0, Al[0], X[0]);  // D = d0 + d1 x
+    const Moments mo = block_moments(g, row, first, stop, x0, Dp[0], Dp[1]);
+    // h = max |x|; D's conditioning over the block (D is affine: its least value is at an end)
+    double h = 0.0;
+    if (g.node_x)
+        for (int64_t j = first; j < stop; ++j) h = std::max(h, std::fabs(g.node_x[j]));
+    else
+        h = static_cast<double>(std::max(x0 - first, stop - 1 - x0));
+    const double dmin = std::min(Dp[0] - std::fabs(Dp[1]) * h, Dp[0] + std::fabs(Dp[1]) * h);
+    const double dcond = (std::fabs(Dp[0]) + std::fabs(Dp[1]) * h) / dmin;
+    const int ns = n_sums(n);
+    if (!(dmin > 0) || !(dcond <= D_COND)) {
+        for (int s = 0; s < ns; ++s) mag[s] = HUGE_VAL;
+        return true;
+    }
+    const double grow = 16.0 + 3.0 * dcond;  // combination, and i^b through D's rounding
+    const AbsMoments amo(mo, h);
+    const auto am = [&](const Poly& p, int bb) { return grow * amo(p, bb); };
+    double val = 0.0, big = 0.0;  // magnitudes of the lines' terms, and of their moment sums
+    const auto term = [&](const Poly& p, int bb, double f) {
+        val += std::fabs(f * mo(p, bb));
+        const double m = std::fabs(f) * am(p, bb);
+        big += m;
+        return m;
+    };
+
+    // e_c = E_c i^2: own -z0^2 alpha beta (beta = X_0 i), group z_c^2 sigma_c; 2 loss = L i^2
+    const double z0 = in.z[0], z02 = z0 * z0;
+    Poly L = mul(X[0], X[0]);
+    for (int k = 0; k < 4; ++k) L[k] *= z02;
+    E[0] = mul(Al[0], X[0]);
     for (int k = 0; k < 4; ++k) E[0][k] *= -z02;
-    Poly Gs{};  // the groups' part of gbar: Gs i^2
     for (int c = 1; c < n; ++c) {
         const Poly U = affine(u[c], a[c]);
         const Poly V = affine(in.sizes[c] - u[c], -a[c]);
@@ -195,25 +331,39 @@ void block_sums(const Grid& g, const Inputs& in, int64_t b, double* out) {
         const double k2 = in.z[c] * in.z[c] * wu[c] * wu[c];
         for (int k = 0; k < 4; ++k) E[c][k] = k2 * S2[k];
         L = axpy(1.0, E[c], L);
-        Gs = axpy(1.0, E[c], Gs);
     }
-    const Poly Gb = axpy(1.0, E[0], Gs);  // gbar = Gb i^2
+    Poly Gb{};  // gbar = Gb i^2; Rest_c = gbar - e_c, summed without e_c
+    for (int c = 0; c < n; ++c) {
+        Gb = axpy(1.0, E[c], Gb);
+        Rest[c] = Poly{};
+        for (int k = 0; k < n; ++k)
+            if (k != c) Rest[c] = axpy(1.0, E[k], Rest[c]);
+    }
     out[0] = mo.m[0][0];
     out[1] = 0.5 * mo(L, 2);
     out[2] = -wself * mo(Gb, 3);
+    mag[0] = grow * mo.m[0][0];
+    mag[1] = term(L, 2, 0.5);
+    mag[2] = term(Gb, 3, wself);
     for (int c = 0; c < n; ++c) {
         out[3 + c] = mo(Al[c], 1);
-        const double ga = mo(mul(Gb, Al[c]), 3);
-        // own: dA = -2 z alpha l = -z Al L i^3 (no cancellation); group: z (e - gbar alpha) / n'
-        out[3 + n + c] = (c == 0) ? -z0 * mo(mul(Al[0], L), 3)
-                                  : in.z[c] * (mo(E[c], 2) - ga) * in.inv_areas[c];
-        // own: e - gbar (alpha + mu) = e Q i - (gbar - e)(alpha + mu), nothing cancels as
-        // alpha_own nears 1; group: as written
-        out[3 + 2 * n + c] =
-            (c == 0) ? (mo(mul(E[0], affine(q0, q1)), 3) -
-                        mo(mul(Gs, axpy(1.0, Al[0], Mu[0])), 3)) * in.inv_sizes[0]
-                     : (mo(E[c], 2) - ga - mo(mul(Gb, Mu[c]), 3)) * in.inv_sizes[c];
+        mag[3 + c] = term(Al[c], 1, 1.0);
+        if (c == 0) {  // own: dA = -2 z alpha l = -z Al L i^3
+            const Poly p = mul(Al[0], L);
+            out[3 + n] = -z0 * mo(p, 3);
+            mag[3 + n] = term(p, 3, z0);
+        } else {  // group: z (e - gbar alpha) / n' = z (e (1 - alpha) - (gbar - e) alpha) / n'
+            const Poly p = mul(E[c], X[c]), q = mul(Rest[c], Al[c]);
+            const double f = in.z[c] * in.inv_areas[c];
+            out[3 + n + c] = f * (mo(p, 3) - mo(q, 3));
+            mag[3 + n + c] = term(p, 3, f) + term(q, 3, f);
+        }
+        // e - gbar (alpha + mu) = e (1 - alpha - mu) - (gbar - e)(alpha + mu)
+        const Poly p = mul(E[c], Y[c]), q = mul(Rest[c], axpy(1.0, Al[c], Mu[c]));
+        out[3 + 2 * n + c] = (mo(p, 3) - mo(q, 3)) * in.inv_sizes[c];
+        mag[3 + 2 * n + c] = term(p, 3, in.inv_sizes[c]) + term(q, 3, in.inv_sizes[c]);
     }
+    return !(big <= ILL * val);
 }
 
 }  // namespace
@@ -247,21 +397,79 @@ void validate(const Grid& g) {
 }
 
 void class_sums(const Grid& g, const Inputs& in, int threads, double* out) {
-    const int ns = n_sums(g.n_cat);
-    std::vector<double> part(static_cast<size_t>(g.n_blocks) * ns, 0.0);
+    const int n = g.n_cat;
+    const int ns = n_sums(n);
+    std::vector<double> part(static_cast<size_t>(g.n_blocks) * ns, 0.0), mag(part.size(), 0.0);
+    std::vector<char> ill(static_cast<size_t>(g.n_blocks), 0);
     // A thread earns its start-up and the risk of waiting on a descheduled peer only with
     // enough points; the result does not depend on the count (fixed blocks, fixed order).
     int64_t points = 0;
     for (int64_t b = 0; b < g.n_blocks; ++b) points += g.blocks[3 * b + 2] - g.blocks[3 * b + 1];
     threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, points / MIN_POINTS_PER_THREAD)));
+    (void)threads;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
 #endif
-    for (int64_t b = 0; b < g.n_blocks; ++b) block_sums(g, in, b, &part[b * ns]);
-    (void)threads;
-    std::fill(out, out + ns, 0.0);
     for (int64_t b = 0; b < g.n_blocks; ++b)
-        for (int s = 0; s < ns; ++s) out[s] += part[b * ns + s];
+        ill[b] = block_sums(g, in, b, &part[b * ns], &mag[b * ns], false);
+    // the three parts of a class's sums, as its error estimate reads them (fused.cpp)
+    const auto total = [&](double* o) {
+        std::fill(o, o + ns, 0.0);
+        for (int64_t b = 0; b < g.n_blocks; ++b)
+            for (int s = 0; s < ns; ++s) o[s] += part[b * ns + s];
+    };
+    total(out);
+    const int parts[3][2] = {{1, 2}, {3, 3 + n}, {2, 3 + 3 * n}};  // loss, attention, gradient
+    const auto in_part = [&](int p, int s) {
+        return p == 2 ? (s == 2 || s >= 3 + n) : (s >= parts[p][0] && s < parts[p][1]);
+    };
+    double norm[3];
+    const auto norms = [&]() {  // scaled, so that sums near the least double keep a norm
+        for (int p = 0; p < 3; ++p) {
+            double top = 0.0, s2 = 0.0;
+            for (int s = 0; s < ns; ++s)
+                if (in_part(p, s)) top = std::max(top, std::fabs(out[s]));
+            if (top > 0)
+                for (int s = 0; s < ns; ++s)
+                    if (in_part(p, s)) s2 += (out[s] / top) * (out[s] / top);
+            norm[p] = top * std::sqrt(s2);
+        }
+    };
+    norms();
+    const auto share = [&](int64_t b) {  // the block's rounding estimate relative to each part
+        double worst = 0.0;
+        for (int p = 0; p < 3; ++p) {
+            double m = 0.0;
+            for (int s = 0; s < ns; ++s)
+                if (in_part(p, s)) m += mag[b * ns + s];
+            const double r = EPS * m / norm[p];
+            worst = std::max(worst, m > 0 ? (std::isfinite(r) ? r : HUGE_VAL) : 0.0);
+        }
+        return worst;
+    };
+    std::vector<int64_t> redo;
+    for (int64_t b = 0; b < g.n_blocks; ++b)
+        if (ill[b] && !(share(b) <= BLOCK_SHARE)) redo.push_back(b);
+    if (!redo.empty()) {
+        const int64_t nr = static_cast<int64_t>(redo.size());
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && nr > 1)
+#endif
+        for (int64_t i = 0; i < nr; ++i)
+            block_sums(g, in, redo[i], &part[redo[i] * ns], &mag[redo[i] * ns], true);
+        total(out);
+        norms();
+    }
+    {  // the rounding estimate of each part relative to its norm
+        double* bound = out + ns;
+        for (int p = 0; p < 3; ++p) {
+            double m = 0.0;
+            for (int64_t b = 0; b < g.n_blocks; ++b)
+                for (int s = 0; s < ns; ++s)
+                    if (in_part(p, s)) m += mag[b * ns + s];
+            bound[p] = m > 0 ? (norm[p] > 0 ? EPS * m / norm[p] : HUGE_VAL) : 0.0;
+        }
+    }
 }
 
 bool openmp_enabled() {

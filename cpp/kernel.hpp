@@ -53,12 +53,17 @@ struct Inputs {
 
 // Number of sums: mass, loss, dB_self, alpha[n], dA[n], dB[n].
 inline int n_sums(int n_cat) { return 3 + 3 * n_cat; }
+// Number of outputs of class_sums: the sums, then the rounding estimates of the loss, the
+// attention and the gradient, each relative to its norm.
+inline int n_out(int n_cat) { return n_sums(n_cat) + 3; }
 
 // Throws std::invalid_argument when the grid's indices leave its tables.
 void validate(const Grid& grid);
 
-// Sums of docs/model.md §3 over the grid into out[n_sums(n_cat)]; each block is summed on its own and
+// Sums of docs/model.md §3 over the grid into out[n_out(n_cat)]; each block is summed on its own and
 // the block sums are added in block order, so the result is the same for any thread count.
+// A block is summed by moments, or point by point where its moments are ill-conditioned and
+// their rounding estimate exceeds 2^-48 of a part's norm (docs/model.md §3, conditioning).
 void class_sums(const Grid& grid, const Inputs& in, int threads, double* out);
 
 bool openmp_enabled();

@@ -16,7 +16,7 @@ import mimfast as mf
 from mimfast import _core, io
 from mimfast.backends.cpp_backend import prepared
 from mimfast.grid import build_grids
-from mimfast.model import StateLayout
+from mimfast.model import StateLayout, rounding
 from mimfast.quadrature import build_quadratures
 
 simulate_module = sys.modules["mimfast.simulate"]
@@ -315,7 +315,8 @@ def test_check_evaluators_give_the_error_estimate_and_stop_the_loop():
             inp = class_inputs(s, state, k, h, fine[k, h])
             a, b = (prepared(g[k, h]).sums(inp.z, inp.wu, inp.wm, inp.wself, 1)
                     for g in (fine, coarse))
-            assert error[i, j] == pytest.approx(relative_difference(a, b, len(inp.z)), rel=1e-9)
+            want = max(relative_difference(a, b, len(inp.z)), rounding(a, len(inp.z)))
+            assert error[i, j] == pytest.approx(want, rel=1e-9)
     np.testing.assert_array_equal(loop.max_error(), error.max(axis=0))
 
     # a tolerance below a class's estimate stops the loop before that step is used or recorded
@@ -333,14 +334,15 @@ def test_check_evaluators_give_the_error_estimate_and_stop_the_loop():
     assert finish(loop, steps, eta) == 0
     rec_steps, loss, *_, error = loop.records(0)
     np.testing.assert_array_equal(loss, plain.loss)
-    assert np.all(error[6:] == 0) and np.all(error[:6] > 0)
+    # the difference is 0: the estimate is the kernel's rounding alone
+    assert np.all(error[6:] < 1e-14) and np.all(error[:6] > 1e-14)
     with pytest.raises(ValueError, match="must have 3 categories"):
         loop.set_evaluators(0, prepared(build_grids(mf.Setting([mf.Cluster([mf.Group(1, 4)])],
                                                             masked=2))[0, 0]))
 
 
 QUAD_CASES = {
-    # rules grown on the way (the last also beyond the rounding of the sums), and not grown
+    # rules grown on the way (paper-1e5-grows), and not grown
     "paper-1e5": (mf.Setting.paper(10**5, 0.9, 0.3), 100.0, 1e-13),
     "paper-1e5-grows": (mf.Setting.paper(10**5, 0.9, 0.5), 100.0, 1e-15),
     "K2-frozen": (mf.Setting.paper(10**6, 0.9, 0.5, K=2, pp="frozen", gamma=0.3), 200.0, 1e-14),
@@ -363,7 +365,9 @@ def test_fused_quadrature_equals_python_loop_bit_for_bit(name, python_loop):
     assert [str(w.message) for w in fused_warned] == [str(w.message) for w in python_warned]
     start = build_quadratures(setting)
     grew = any(fused.levels[c] != start[c].levels for c in setting.classes())
-    assert grew == (name != "K2-frozen")  # refinements inside the C++ run, or none
+    # refinements inside the C++ run, or none (paper-1e5's own areas of 32 are enumerated:
+    # P(U_own = 0) is above quadrature.ATOM)
+    assert grew == (name == "paper-1e5-grows")
     assert fused.attention(0, 1, "own")[-1] > 0.99  # through the jump to saturation
 
 
@@ -372,7 +376,7 @@ def test_fused_quadrature_at_its_limits_warns_or_raises_like_python(python_loop,
     reports tolerance_met False, or raises ToleranceError at the same step (strict)."""
     monkeypatch.setattr(sys.modules["mimfast.quadrature"], "MAX_POINTS", 100)
     setting, eta, _ = QUAD_CASES["paper-1e5-grows"]
-    kw = {"method": "quadrature", "rtol": 1e-15, "threads": 1}
+    kw = {"method": "quadrature", "rtol": 1e-14, "threads": 1}
     runs, seen = [], []
     for run in (mf.simulate, python_loop):
         got = []  # what callbacks see: the estimate, whether it met rtol, the method
@@ -388,7 +392,7 @@ def test_fused_quadrature_at_its_limits_warns_or_raises_like_python(python_loop,
     np.testing.assert_array_equal(runs[0].error, runs[1].error)
     assert seen[0] == seen[1] and {m for *_, m in seen[0]} == {"quadrature"}
     assert {met for _, _, met, _ in seen[0]} == {True, False}
-    assert runs[0].error.max() > 1e-15
+    assert runs[0].error.max() > 1e-14
 
 
 def test_fused_quadrature_resumes_bit_for_bit():

@@ -76,7 +76,8 @@ def test_interrupted_run_round_trips_and_resumes_exactly(tmp_path):
 def test_equal_sees_one_bit(run):
     other = mf.Result(run.setting, run.backend, run.eta, run.steps, run.loss.copy(),
                       run._fp, run._fp_grad, run._attention, run._patch_loss, run._pp,
-                      run.state, run.dropped, run.last_step, run.record_every, run.tail_tol)
+                      run.state, run.dropped, run.last_step, run.record_every, run.tail_tol,
+                      run.method, run.error, run.tolerance_met, run.levels)
     assert io.equal(run, other)
     other.loss[-1] = np.nextafter(other.loss[-1], np.inf)
     assert not io.equal(run, other)

@@ -13,7 +13,8 @@ from functools import cache
 import numpy as np
 
 
-__all__ = ["State", "Gradient", "ClassInputs", "StateLayout", "sum_layout", "evaluate"]
+__all__ = ["State", "Gradient", "ClassInputs", "StateLayout", "sum_layout", "evaluate",
+           "rounding"]
 
 
 @dataclass(frozen=True)
@@ -37,18 +38,46 @@ class _Layout:
         return slice(3 + 2 * self.n, 3 + 3 * self.n)
 
     @property
+    def bound(self):
+        return slice(3 + 3 * self.n, 6 + 3 * self.n)
+
+    @property
     def size(self):
-        return 3 + 3 * self.n
+        return 6 + 3 * self.n
 
 
 @cache
 def sum_layout(n_cat):
     """Positions of the kernel's sums for ``n_cat`` key categories.
 
-    ``[mass, loss, dB_self, alpha[0..n), dA[0..n), dB[0..n)]``: total probability, E[l],
-    E[dl/dB_self], E[alpha_c], E[dl/dA_c] (per area), E[dl/dB_c] (per position).
+    ``[mass, loss, dB_self, alpha[0..n), dA[0..n), dB[0..n), bound[0..3)]``: total
+    probability, E[l], E[dl/dB_self], E[alpha_c], E[dl/dA_c] (per area), E[dl/dB_c] (per
+    position), and the kernel's estimate of its own rounding in the loss, the attention vector
+    and the gradient (dB_self, dA, dB), each relative to that part's norm (docs/model.md §3,
+    conditioning).
     """
     return _Layout(n_cat)
+
+
+def rounding_parts(sums, mag, n_cat):
+    """Rounding estimates of the loss, the attention and the gradient of ``sums``, each
+    relative to its norm, from ``mag``: per sum a magnitude whose multiple by 2^-53 bounds its
+    rounding (the C++ and numba kernels compute the same)."""
+    lay = sum_layout(n_cat)
+    idx = np.arange(3 + 3 * n_cat)
+    out = []
+    for part in ([lay.loss], idx[lay.alpha], np.r_[lay.dB_self, idx[lay.dA], idx[lay.dB]]):
+        m = float(np.sum(mag[part]))
+        top = float(np.max(np.abs(sums[part])))  # scaled: no squares underflow
+        norm = top * float(np.linalg.norm(sums[part] / top)) if top > 0 else 0.0
+        out.append(0.0 if m == 0 else 2.0**-53 * m / norm if norm > 0 else math.inf)
+    return out
+
+
+def rounding(sums, n_cat):
+    """The kernel's rounding estimate of ``sums``: the largest of its three parts'
+    (:func:`sum_layout`), relative to their norms."""
+    return float(max(np.asarray(sums)[sum_layout(n_cat).bound]))
 
 
 @dataclass
@@ -192,10 +221,11 @@ class Gradient:
     dropped : float
         Largest probability mass left out of a class grid.
     error : float
-        Quadrature only (docs/model.md §8): the largest estimated relative error of a class
-        (:func:`mimfast.quadrature.sums_error`); 0 for the exact grid.
+        The largest estimated relative error of a class: the kernel's rounding estimate
+        (:func:`rounding`), and for the quadrature its rule's error estimate too
+        (docs/model.md §8).
     met : bool
-        Whether every class met the quadrature tolerance.
+        Whether every class's estimate met the tolerance.
     method : {"exact", "quadrature"}
         How the expectations were computed.
     """
@@ -300,7 +330,7 @@ def evaluate(setting, grids, state, kernel, threads=None, rtol=1e-13):
     threads : int, optional
         Threads for compiled kernels.
     rtol : float
-        Quadrature only: target of each class's error estimate.
+        Target of each class's error estimate.
 
     Returns
     -------
@@ -325,6 +355,8 @@ def evaluate(setting, grids, state, kernel, threads=None, rtol=1e-13):
                 error, met, method = max(error, err), met and ok, "quadrature"
             else:
                 sums = np.asarray(kernel(grid, inputs, threads))
+                err = rounding(sums, grid.n_cat)
+                error, met = max(error, err), met and err <= rtol
             lay = sum_layout(grid.n_cat)
             fp[k][h] = pi * scale * sums[lay.dA]
             attention[k][h] = sums[lay.alpha]

@@ -34,7 +34,7 @@ from functools import cache
 import numpy as np
 
 from .grid import BLOCK, KeyCategories, category_constants, log_binom_pmf, log_hg_pmf
-from .model import sum_layout
+from .model import rounding, sum_layout
 
 __all__ = [
     "AUTO_GRID_POINTS",
@@ -243,10 +243,19 @@ class ClassPoints(KeyCategories):
 
 
 
-def chain_order(sizes):
-    """Live categories in chain order (smallest first; the last one takes the rest)."""
+def chain_order(sizes, unmasked=None):
+    """Live categories in chain order, smallest first (the last one takes the rest), but with
+    the own area (category 0) first when its ``unmasked`` keys can all be masked.
+
+    The own area then comes first so that its count is drawn from the class's exact law, where
+    the point U_own = 0 is enumerated or counted apart with its exact probability
+    (:func:`own_atom`, docs/model.md §8); below a Gauss node of another category it could not
+    be. Without ``unmasked``, smallest first.
+    """
     live = [i for i in range(len(sizes)) if sizes[i] > 0]
-    return sorted(live, key=lambda i: (int(sizes[i]), i))
+    own_first = (unmasked is not None and sizes[0] > 0
+                 and int(unmasked) <= sum(int(v) for v in sizes) - int(sizes[0]))
+    return sorted(live, key=lambda i: (not (own_first and i == 0), int(sizes[i]), i))
 
 
 # U_own = 0 becomes a point of its own when its probability is at most this (docs/model.md §8)
@@ -262,10 +271,15 @@ def own_atom(K, Kc, N, Nc):
     polynomial fit around the mean, cannot see that one point. Counting it apart while the rule
     also integrates it changes the result by P(U_own = 0) relative, below rounding.
     """
+    p0 = own_zero(K, Kc, N)
+    return p0 if p0 <= ATOM else 0.0
+
+
+def own_zero(K, Kc, N):
+    """P(U_own = 0) under HG(K + Kc, K, N) (integer counts)."""
     if N > Kc:  # every draw cannot avoid the own area
         return 0.0
-    p0 = math.exp(float(log_hg_pmf([0], K, K + Kc, N)[0]))
-    return p0 if p0 <= ATOM else 0.0
+    return math.exp(float(log_hg_pmf([0], K, K + Kc, N)[0]))
 
 
 def continued_pmf(K, N, Nc):
@@ -338,7 +352,7 @@ def build_points(sizes, areas, unmasked, nodes):
     sizes = np.asarray(sizes, dtype=np.int64)
     areas = np.asarray(areas, dtype=np.int64)
     size_int = [int(v) for v in sizes]
-    order = chain_order(size_int)
+    order = chain_order(size_int, unmasked)
     n_cat = len(size_int)
     N_all = sum(size_int)
     u = int(unmasked)
@@ -377,7 +391,10 @@ def build_points(sizes, areas, unmasked, nodes):
                 gN.append(fN[parent] - x)
                 gNc.append(fNc[parent] - kc_left)
         for w, cnt, N, Nc in exact:
-            xs, mean, off, ws, enum = hg_rule(K, Kc, N, Nc, n)
+            # the own area with P(U_own = 0) above ATOM is enumerated: no Gauss rule sees that
+            # point, which carries the loss once attention saturates (docs/model.md §8)
+            m = n if d != 0 or own_zero(K, Kc, N) <= ATOM else min(K, N) + 1
+            xs, mean, off, ws, enum = hg_rule(K, Kc, N, Nc, max(n, m))
             p0 = own_atom(K, Kc, N, Nc) if d == 0 and not enum else 0.0
             if p0:  # U_own = 0 as a point of its own; the Gauss rule takes the rest
                 ws = ws * (1.0 - p0)
@@ -470,9 +487,11 @@ def sums_error(a, b, n_cat):
     out = 0.0
     for part in _error_parts(n_cat):
         d = r = 0.0
+        top = max(abs(y) for y in b[part].tolist()) or 1.0  # no squares underflow
         for x, y in zip(a[part].tolist(), b[part].tolist()):
-            d += (y - x) * (y - x)
-            r += y * y
+            e, f = (y - x) / top, y / top
+            d += e * e
+            r += f * f
         if d > 0:
             out = max(out, math.sqrt(d) / math.sqrt(r) if r > 0 else math.inf)
     return out
@@ -494,7 +513,7 @@ class ClassQuadrature:
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.areas = np.asarray(areas, dtype=np.int64)
         self.unmasked = int(unmasked)
-        self.dims = chain_order([int(v) for v in self.sizes])[:-1]
+        self.dims = chain_order([int(v) for v in self.sizes], self.unmasked)[:-1]
         self.levels = list(levels) if levels is not None else start_levels(len(self.dims))
         if len(self.levels) != len(self.dims):
             raise ValueError(f"need {len(self.dims)} start levels, got {len(self.levels)}")
@@ -539,19 +558,23 @@ class ClassQuadrature:
         sums : numpy.ndarray
             The richer rule's sums.
         error : float
-            Their estimated error (the base-to-rich difference).
+            Their estimated error: the base-to-rich difference, or the kernel's rounding
+            estimate of the richer rule's sums when larger.
         ok : bool
-            False when the tolerance could not be met (node counts at their limit).
+            False when the tolerance could not be met (node counts at their limit, or the
+            kernel's rounding above it).
         """
         n = len(self.sizes)
         while True:
             rich = sums(self.rich())
-            err = sums_error(sums(self.base()), rich, n)
-            if err <= rtol:
-                return rich, err, True
+            diff = sums_error(sums(self.base()), rich, n)
+            rnd = rounding(rich, n)  # the kernel's rounding, which more nodes cannot remove
+            err = max(diff, rnd)
+            if diff <= rtol:
+                return rich, err, rnd <= rtol
             grown = self._grow(sums, rich, rtol)
             if grown is None:  # no dimension moves the sums by rtol: the rest is rounding
-                return rich, err, True
+                return rich, err, rnd <= rtol
             if not grown:
                 return rich, err, False
 

@@ -247,8 +247,8 @@ def _tolerance(met, error, rtol, strict, where, first=True):
     estimate ``error``."""
     if met:
         return
-    msg = (f"{where}the quadrature's error estimate {error:.3g} stays above rtol={rtol:g} "
-           "with the most nodes allowed")
+    msg = (f"{where}the error estimate {error:.3g} stays above rtol={rtol:g} (with the most "
+           "quadrature nodes allowed, or from the kernel's rounding)")
     if strict:
         raise ToleranceError(msg)
     if first:

@@ -26,6 +26,34 @@ def mul(p, q):
 def add(p, q, s):  # p + s q
     return (p[0] + s * q[0], p[1] + s * q[1], p[2] + s * q[2], p[3] + s * q[3])
 
+EPS = 2.0**-53
+BLOCK_SHARE = 2.0**-48  # cpp/kernel.cpp: when a block is summed again point by point
+D_COND = 2.0**10
+ILL = 2.0**5
+
+
+@njit
+def abs_moments(m, h):
+    """Bounds M[b][a] >= sum w |x|^a i^b from the moments (cpp/kernel.cpp, AbsMoments)."""
+    M1 = (m[1], h * m[1], 0.0, 0.0)
+    M2 = (m[3], np.sqrt(m[3] * m[5]), m[5], h * m[5])
+    M3 = (m[6], np.sqrt(m[6] * m[8]), m[8], h * m[8])
+    return (M1, M2, M3)
+
+
+@njit
+def abs_moment(am, p, b):
+    M = am[b - 1]
+    s = 0.0
+    for a in range(b + 1):
+        s += abs(p[a]) * M[a]
+    return s
+
+
+@njit
+def tup(r):  # a row of 4 coefficients as a polynomial
+    return (r[0], r[1], r[2], r[3])
+
 @njit
 def moment(m, p, b):
     """E[P(x) i^b] from the moments (m00, m01, m11, m02, m12, m22, m03, m13, m23, m33)."""
@@ -87,10 +115,14 @@ def count(counts, rest, row, c, ci, cl, x0):
 @njit
 def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
                C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre, node_x,
-               node_w, out):
+               node_w, out, mag, by_points):
     """docs/model.md §3 sums of one block: of a count grid, or of a point set when
     ``node_x`` is non-empty (float counts, inner count ``centre[row] + node_x[k]``). With
-    ``alt``, a block without unmasked own-area keys takes the weights wu0, wm0, wself0."""
+    ``alt``, a block without unmasked own-area keys takes the weights wu0, wm0, wself0.
+
+    By moments, or point by point with ``by_points``; ``mag`` gets each sum's rounding
+    magnitude and the result says whether the moments were ill-conditioned
+    (``cpp/kernel.cpp``, block_sums)."""
     n = C.shape[0]
     row, first, stop = blocks[b, 0], blocks[b, 1], blocks[b, 2]
     points = node_x.shape[0] > 0
@@ -98,72 +130,274 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
     u0, a0 = count(counts, rest, row, 0, ci, cl, x0)
     if alt and u0 == 0.0 and a0 == 0.0:
         wu, wm, wself = wu0, wm0, wself0
-    q0, q1 = wself, 0.0  # Q = D - alpha_own, mu_own terms: Q / D = 1 - alpha_own - mu_own
-    for c in range(1, n):
-        u, a = count(counts, rest, row, c, ci, cl, x0)
-        q0 += wu[c] * u + wm[c] * (C[c] - u)
-        q1 += a * (wu[c] - wm[c])
-    r0 = q0 + wm[0] * (C[0] - u0)
-    r1 = q1 - a0 * wm[0]
-    if points:
-        m = point_moments(first, stop, r0 + wu[0] * u0, r1 + a0 * wu[0], node_x, node_w)
-    else:
-        m = moments(first, stop, int(x0), r0 + wu[0] * u0, r1 + a0 * wu[0],
-                    row_weight[row], rest[row], t_in, off_in, t_last, off_last)
-
+    # Al_c, Mu_c (rows of al, mu): the unmasked and masked keys' terms of D. D without the
+    # unmasked keys of c (X_c = D (1 - alpha_c)) and without all keys of c
+    # (Y_c = D (1 - alpha_c - mu_c)) are summed from the other, positive terms; E_c i^2 = e_c,
+    # rest_c = gbar - e_c summed without e_c (cpp/kernel.cpp, block_sums)
+    uu = np.empty(n)
+    aa = np.empty(n)
+    for c in range(n):
+        uu[c], aa[c] = count(counts, rest, row, c, ci, cl, x0)
+    if by_points:
+        point_sums(first, stop, x0, row, uu, aa, points, row_weight, rest, t_in, off_in, t_last,
+                   off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag)
+        return False
     zero = (0.0, 0.0, 0.0, 0.0)
-    R = (r0, r1, 0.0, 0.0)
+    al = np.empty((n, 4))
+    mu = np.empty((n, 4))
+    for c in range(n):
+        u, a = count(counts, rest, row, c, ci, cl, x0)
+        al[c] = (wu[c] * u, wu[c] * a, 0.0, 0.0)
+        mu[c] = (wm[c] * (C[c] - u), -wm[c] * a, 0.0, 0.0)
+    xs = np.empty((n, 4))
+    ys = np.empty((n, 4))
+    for c in range(n):
+        Y = (wself, 0.0, 0.0, 0.0)
+        for k in range(n):
+            if k != c:
+                Y = add(Y, add(tup(al[k]), tup(mu[k]), 1.0), 1.0)
+        ys[c] = Y
+        xs[c] = add(Y, tup(mu[c]), 1.0)
+    X0, Al0 = tup(xs[0]), tup(al[0])
+    D = add(X0, Al0, 1.0)
+    if points:
+        m = point_moments(first, stop, D[0], D[1], node_x, node_w)
+        h = 0.0
+        for j in range(first, stop):
+            h = max(h, abs(node_x[j]))
+    else:
+        m = moments(first, stop, int(x0), D[0], D[1],
+                    row_weight[row], rest[row], t_in, off_in, t_last, off_last)
+        h = float(max(x0 - first, stop - 1 - x0))
+    dmin = min(D[0] - abs(D[1]) * h, D[0] + abs(D[1]) * h)
+    if not dmin > 0 or not (abs(D[0]) + abs(D[1]) * h) <= D_COND * dmin:
+        mag[:] = np.inf
+        return True
+    grow = 16.0 + 3.0 * (abs(D[0]) + abs(D[1]) * h) / dmin
+    am = abs_moments(m, h)
+    val, big = 0.0, 0.0
     z02 = z[0] * z[0]
-    Al0 = (wu[0] * u0, wu[0] * a0, 0.0, 0.0)
-    L = add(zero, mul(R, R), z02)  # 2 loss = L i^2
-    E0 = add(zero, mul(Al0, R), -z02)  # e_own = E0 i^2
-    Gs = zero  # the groups' part of gbar
+    L = add(zero, mul(X0, X0), z02)  # 2 loss = L i^2
+    es = np.empty((n, 4))
+    es[0] = add(zero, mul(Al0, X0), -z02)  # e_own
     for c in range(1, n):
         u, a = count(counts, rest, row, c, ci, cl, x0)
         U, V = (u, a, 0.0, 0.0), (C[c] - u, -a, 0.0, 0.0)
         S2 = add(add(zero, mul(U, V), sa[c]), mul(U, U), sb[c])
-        Ec = add(zero, S2, z[c] * z[c] * wu[c] * wu[c])
-        L = add(L, Ec, 1.0)
-        Gs = add(Gs, Ec, 1.0)
-    Gb = add(Gs, E0, 1.0)  # gbar = Gb i^2
-    out[0] = m[0]
-    out[1] = 0.5 * moment(m, L, 2)
-    out[2] = -wself * moment(m, Gb, 3)
+        es[c] = add(zero, S2, z[c] * z[c] * wu[c] * wu[c])
+        L = add(L, tup(es[c]), 1.0)
+    Gb = zero  # gbar = Gb i^2
     for c in range(n):
-        u, a = count(counts, rest, row, c, ci, cl, x0)
-        Al = (wu[c] * u, wu[c] * a, 0.0, 0.0)
-        Mu = (wm[c] * (C[c] - u), -wm[c] * a, 0.0, 0.0)
-        if c == 0:
-            Ec = E0
-        else:
-            U, V = (u, a, 0.0, 0.0), (C[c] - u, -a, 0.0, 0.0)
-            S2 = add(add(zero, mul(U, V), sa[c]), mul(U, U), sb[c])
-            Ec = add(zero, S2, z[c] * z[c] * wu[c] * wu[c])
-        ga = moment(m, mul(Gb, Al), 3)
+        Gb = add(Gb, tup(es[c]), 1.0)
+    out[0] = m[0]
+    mag[0] = grow * m[0]
+    out[1] = 0.5 * moment(m, L, 2)
+    mag[1] = 0.5 * grow * abs_moment(am, L, 2)
+    val += abs(out[1])
+    out[2] = -wself * moment(m, Gb, 3)
+    mag[2] = wself * grow * abs_moment(am, Gb, 3)
+    val += abs(out[2])
+    big += mag[1] + mag[2]
+    for c in range(n):
+        Rest = zero
+        for k in range(n):
+            if k != c:
+                Rest = add(Rest, tup(es[k]), 1.0)
+        Al, Ec = tup(al[c]), tup(es[c])
         out[3 + c] = moment(m, Al, 1)
-        if c == 0:
-            out[3 + n] = -z[0] * moment(m, mul(Al0, L), 3)
+        mag[3 + c] = grow * abs_moment(am, Al, 1)
+        val += abs(out[3 + c])
+        if c == 0:  # -2 z alpha l
+            p = mul(Al0, L)
+            f = z[0]
+            tp, tq = moment(m, p, 3), 0.0
+            mp, mq = abs_moment(am, p, 3), 0.0
+            out[3 + n] = -f * tp
+        else:  # z (e (1 - alpha) - (gbar - e) alpha) / n'
+            p, q = mul(Ec, tup(xs[c])), mul(Rest, Al)
+            f = z[c] * ia[c]
+            tp, tq = moment(m, p, 3), moment(m, q, 3)
+            mp, mq = abs_moment(am, p, 3), abs_moment(am, q, 3)
+            out[3 + n + c] = f * (tp - tq)
+        mag[3 + n + c] = abs(f) * grow * (mp + mq)
+        val += abs(f) * (abs(tp) + abs(tq))
+        # e (1 - alpha - mu) - (gbar - e)(alpha + mu)
+        p, q = mul(Ec, tup(ys[c])), mul(Rest, add(Al, tup(mu[c]), 1.0))
+        tp, tq = moment(m, p, 3), moment(m, q, 3)
+        out[3 + 2 * n + c] = (tp - tq) * isz[c]
+        mag[3 + 2 * n + c] = isz[c] * grow * (abs_moment(am, p, 3) + abs_moment(am, q, 3))
+        val += isz[c] * (abs(tp) + abs(tq))
+        big += mag[3 + c] + mag[3 + n + c] + mag[3 + 2 * n + c]
+    return not big <= ILL * val
+
+
+@numba.njit(cache=CACHE, error_model="numpy")
+def point_sums(first, stop, x0, row, u, a, points, row_weight, rest, t_in, off_in, t_last,
+               off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag):
+    """The sums of one block point by point (cpp/kernel.cpp, point_sums)."""
+    n = C.shape[0]
+    out[:] = 0.0
+    mag[:] = 0.0
+    un = np.empty(n)
+    ms = np.empty(n)
+    Y = np.empty(n)
+    X = np.empty(n)
+    e = np.empty(n)
+    U = np.empty(n)
+    z02 = z[0] * z[0]
+    for j in range(first, stop):
+        if points:
+            x, w = node_x[j], node_w[j]
         else:
-            out[3 + n + c] = z[c] * (moment(m, Ec, 2) - ga) * ia[c]
-        if c == 0:  # e Q i - (gbar - e)(alpha + mu): nothing cancels as alpha_own nears 1
-            out[3 + 2 * n] = (moment(m, mul(E0, (q0, q1, 0.0, 0.0)), 3)
-                              - moment(m, mul(Gs, add(Al, Mu, 1.0)), 3)) * isz[0]
-        else:
-            out[3 + 2 * n + c] = (moment(m, Ec, 2) - ga - moment(m, mul(Gb, Mu), 3)) * isz[c]
+            x = float(j) - x0
+            w = row_weight[row] * t_in[j - off_in] * t_last[int(rest[row]) - j - off_last]
+        for c in range(n):
+            U[c] = u[c] + a[c] * x
+            un[c] = wu[c] * U[c]
+            ms[c] = wm[c] * (C[c] - U[c])
+        for c in range(n):
+            y = wself
+            for k in range(n):
+                if k != c:
+                    y += un[k] + ms[k]
+            Y[c] = y
+            X[c] = y + ms[c]
+        D = X[0] + un[0]
+        iD = 1.0 / D
+        beta, alpha0 = X[0] * iD, un[0] * iD
+        e[0] = -z02 * alpha0 * beta
+        groups = 0.0
+        for c in range(1, n):
+            s2 = sa[c] * U[c] * (C[c] - U[c]) + sb[c] * U[c] * U[c]
+            r = wu[c] * iD
+            e[c] = z[c] * z[c] * s2 * r * r
+            groups += e[c]
+        loss = 0.5 * (z02 * beta * beta + groups)
+        gbar = e[0] + groups
+        out[0] += w
+        mag[0] += w
+        out[1] += w * loss
+        mag[1] += w * loss
+        out[2] += -w * gbar * wself * iD
+        mag[2] += w * (abs(e[0]) + groups) * wself * iD
+        for c in range(n):
+            rst, rabs = 0.0, 0.0
+            for k in range(n):
+                if k != c:
+                    rst += e[k]
+                    rabs += abs(e[k])
+            al = un[c] * iD
+            amu = (un[c] + ms[c]) * iD
+            out[3 + c] += w * al
+            mag[3 + c] += w * al
+            if c == 0:
+                v = 2.0 * z[0] * alpha0 * loss
+                out[3 + n] -= w * v
+                mag[3 + n] += w * abs(v)
+            else:
+                t1, t2 = e[c] * X[c] * iD, rst * al
+                out[3 + n + c] += w * z[c] * (t1 - t2) * ia[c]
+                mag[3 + n + c] += w * z[c] * (abs(t1) + rabs * al) * ia[c]
+            t1, t2 = e[c] * Y[c] * iD, rst * amu
+            out[3 + 2 * n + c] += w * (t1 - t2) * isz[c]
+            mag[3 + 2 * n + c] += w * (abs(t1) + rabs * amu) * isz[c]
+    for s in range(out.shape[0]):
+        mag[s] *= 8.0 + 2.0 * n
+
+
+@njit
+def _part_norms(out, n):
+    """Norms of the loss, attention and gradient parts of a sum vector."""
+    norm = np.zeros(3)
+    norm[0] = abs(out[1])
+    norm[1] = _scaled_norm(out[3:3 + n])
+    grad = np.empty(1 + 2 * n)
+    grad[0] = out[2]
+    grad[1:] = out[3 + n:3 + 3 * n]
+    norm[2] = _scaled_norm(grad)
+    return norm
+
+
+@njit
+def _scaled_norm(v):
+    """The 2-norm, scaled so that values near the least double keep a norm."""
+    top = 0.0
+    for x in v:
+        top = max(top, abs(x))
+    if top == 0:
+        return 0.0
+    s = 0.0
+    for x in v:
+        s += (x / top) ** 2
+    return top * np.sqrt(s)
+
+
+@njit
+def _part_mags(mag, n):
+    m = np.zeros(3)
+    m[0] = mag[1]
+    for c in range(n):
+        m[1] += mag[3 + c]
+    m[2] = mag[2]
+    for s in range(3 + n, 3 + 3 * n):
+        m[2] += mag[s]
+    return m
+
+
+@njit
+def _share(mag, norm, n):
+    """A block's rounding estimate relative to each part's norm, the largest."""
+    m = _part_mags(mag, n)
+    worst = 0.0
+    for p in range(3):
+        if m[p] > 0:
+            r = EPS * m[p] / norm[p] if norm[p] > 0 else np.inf
+            worst = max(worst, r if np.isfinite(r) else np.inf)
+    return worst
+
 
 @numba.njit(cache=CACHE, parallel=True)
 def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
              C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre, node_x,
              node_w):
+    """The sums of every block, by moments, and again point by point for the blocks that
+    are ill-conditioned and whose rounding estimate exceeds BLOCK_SHARE of a part's norm
+    (cpp/kernel.cpp, class_sums); the last three entries are each part's rounding estimate
+    relative to its norm (loss, attention, gradient)."""
     n_blocks = blocks.shape[0]
-    ns = 3 + 3 * C.shape[0]
+    n = C.shape[0]
+    ns = 3 + 3 * n
     part = np.zeros((n_blocks, ns))
+    mag = np.zeros((n_blocks, ns))
+    ill = np.zeros(n_blocks, dtype=np.bool_)
     for b in numba.prange(n_blocks):
-        block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
-                   blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre,
-                   node_x, node_w, part[b])
-    out = np.zeros(ns)
+        ill[b] = block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
+                            blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt,
+                            centre, node_x, node_w, part[b], mag[b], False)
+    out = np.zeros(ns + 3)
     for b in range(n_blocks):
         for s in range(ns):
             out[s] += part[b, s]
+    norm = _part_norms(out, n)
+    redo = np.zeros(n_blocks, dtype=np.bool_)
+    for b in range(n_blocks):
+        redo[b] = ill[b] and not _share(mag[b], norm, n) <= BLOCK_SHARE
+    if redo.any():
+        for b in numba.prange(n_blocks):
+            if redo[b]:
+                block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
+                           blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt,
+                           centre, node_x, node_w, part[b], mag[b], True)
+        out[:] = 0.0
+        for b in range(n_blocks):
+            for s in range(ns):
+                out[s] += part[b, s]
+        norm = _part_norms(out, n)
+    total = np.zeros(ns)
+    for b in range(n_blocks):
+        for s in range(ns):
+            total[s] += mag[b, s]
+    m = _part_mags(total, n)
+    for p in range(3):
+        out[ns + p] = 0.0 if m[p] == 0 else EPS * m[p] / norm[p] if norm[p] > 0 else np.inf
     return out

@@ -12,20 +12,19 @@ At a grid point with unmasked counts U (category 0 is the query's own area, 1.. 
     D       = w_self + sum_c (U_c wu_c + (C_c - U_c) wm_c)
     alpha_c = U_c wu_c / D                   attention on the unmasked keys of c
     mu_c    = (C_c - U_c) wm_c / D           attention on the masked keys of c
-    beta    = 1 - alpha_0                    (formed as (D - U_0 wu_0) / D from positive terms)
-    rho     = 1 - alpha_0 - mu_0             (likewise)
+    1 - alpha_c, 1 - alpha_c - mu_c          (formed from the other, positive terms of D)
     sigma_c = E[S2_c | U_c] (wu_c / D)^2,    E[S2 | r] = s_a r (C - r) + s_b r^2   (c >= 1)
-    e_0     = -z_0^2 alpha_0 beta,  e_c = z_c^2 sigma_c
-    loss    = 1/2 (z_0^2 beta^2 + sum_{c>=1} z_c^2 sigma_c)
-    gbar    = sum_c e_c
-    dA_0    = -2 z_0 alpha_0 loss,  dA_c = z_c (e_c - gbar alpha_c) / areas_c
+    e_0     = -z_0^2 alpha_0 (1 - alpha_0),  e_c = z_c^2 sigma_c
+    rest_c  = sum_{k != c} e_k               (gbar - e_c, without e_c)
+    loss    = 1/2 (z_0^2 (1 - alpha_0)^2 + rest_0)
+    gbar    = e_0 + rest_0
+    dA_0    = -2 z_0 alpha_0 loss
+    dA_c    = z_c (e_c (1 - alpha_c) - rest_c alpha_c) / areas_c
     dB_self = -gbar w_self / D
-    dB_c    = (e_c - gbar (alpha_c + mu_c)) / C_c
-    dB_0    = (e_0 rho - (gbar - e_0)(alpha_0 + mu_0)) / C_0
+    dB_c    = (e_c (1 - alpha_c - mu_c) - rest_c (alpha_c + mu_c)) / C_c
 
 (1 / areas_c and 1 / C_c are 0 for an empty category.) These are docs/model.md §3's formulas
-with alpha_own - 1 written as -beta and dB_own rearranged, so that nothing cancels when
-attention nears 1. Each quantity
+rearranged so that nothing cancels when one category takes nearly all attention. Each quantity
 is weighted by the point's probability and summed.
 """
 
@@ -33,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model import sum_layout
+from ..model import rounding_parts, sum_layout
 
 NAME = "numpy"
 
@@ -47,6 +46,7 @@ def kernel(grid, inputs, threads=None):
     """Expectations of docs/model.md §3 over one class grid (see the module docstring)."""
     lay = sum_layout(grid.n_cat)
     out = np.zeros(lay.size)
+    mag = np.zeros(lay.size)  # sum of |terms| of each line: its rounding is EPS (8 + 2n) mag
     C = grid.fsizes[:, None]
     z = inputs.z[:, None]
     for counts, prob in grid.rows():
@@ -58,24 +58,37 @@ def kernel(grid, inputs, threads=None):
             wm = np.where(none_own, inputs.wm0[:, None], wm)
             wself = np.where(none_own, inputs.wself0, wself)
         unmasked, masked = U * wu, (C - U) * wm
-        others = wself + np.sum(unmasked[1:] + masked[1:], axis=0)
-        D = others + masked[0] + unmasked[0]
+        n = len(unmasked)
+        # D without the unmasked keys of c (not_a * D) and without all keys of c (not_am * D),
+        # summed from the other terms, all positive
+        not_am = np.array([wself + sum(unmasked[k] + masked[k] for k in range(n) if k != c)
+                           for c in range(n)])
+        not_a = not_am + masked
+        D = not_a[0] + unmasked[0]
         alpha, mu = unmasked / D, masked / D
-        beta, rho = (others + masked[0]) / D, others / D
+        not_a, not_am = not_a / D, not_am / D
         sigma = (grid.s_a[:, None] * U * (C - U) + grid.s_b[:, None] * U**2) * (wu / D) ** 2
         e = z**2 * sigma
-        e[0] = -z[0] ** 2 * alpha[0] * beta
-        groups = np.sum(e[1:], axis=0)
-        loss = 0.5 * (z[0] ** 2 * beta**2 + groups)
-        gbar = e[0] + groups
-        dA = z * (e - gbar * alpha) * grid.inv_areas[:, None]
+        e[0] = -z[0] ** 2 * alpha[0] * not_a[0]
+        rest = np.array([sum(e[k] for k in range(n) if k != c) for c in range(n)])
+        rabs = np.array([sum(abs(e[k]) for k in range(n) if k != c) for c in range(n)])
+        loss = 0.5 * (z[0] ** 2 * not_a[0] ** 2 + rest[0])
+        gbar = e[0] + rest[0]
+        dA = z * (e * not_a - rest * alpha) * grid.inv_areas[:, None]
         dA[0] = -2 * z[0] * alpha[0] * loss
-        dB = (e - gbar * (alpha + mu)) * grid.inv_sizes[:, None]
-        dB[0] = (e[0] * rho - groups * (alpha[0] + mu[0])) * grid.inv_sizes[0]
+        dB = (e * not_am - rest * (alpha + mu)) * grid.inv_sizes[:, None]
         out[lay.mass] += prob.sum()
         out[lay.loss] += prob @ loss
         out[lay.dB_self] += prob @ (-gbar * wself / D)
         out[lay.alpha] += alpha @ prob
         out[lay.dA] += dA @ prob
         out[lay.dB] += dB @ prob
+        mag[lay.loss] += prob @ loss
+        mag[lay.dB_self] += prob @ ((abs(e[0]) + rest[0]) * wself / D)
+        mag[lay.alpha] += alpha @ prob
+        mA = z * (abs(e * not_a) + rabs * alpha) * grid.inv_areas[:, None]
+        mA[0] = 2 * z[0] * alpha[0] * loss
+        mag[lay.dA] += mA @ prob
+        mag[lay.dB] += ((abs(e * not_am) + rabs * (alpha + mu)) * grid.inv_sizes[:, None]) @ prob
+    out[lay.bound] = rounding_parts(out, (8 + 2 * grid.n_cat) * mag, grid.n_cat)
     return out
