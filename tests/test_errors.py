@@ -174,6 +174,26 @@ def test_quadrature_memory_is_estimated_and_refused_at_once():
 
 
 def test_long_quadrature_setup_is_announced():
-    s = mf.Setting.paper(10**9, 0.9, 0.3, K=10**4)
-    with pytest.warns(UserWarning, match="quadrature of 20,000 query classes takes about"):
+    s = mf.Setting.paper(10**9, 0.9, 0.3, K=10**5)
+    with pytest.warns(UserWarning, match="quadrature of 200,000 query classes takes about"):
         mf.quadrature.check_quadrature(s)
+
+
+def test_classes_alike_share_their_rules_and_a_long_setup_shows_progress(monkeypatch, capsys):
+    from mimfast import quadrature
+
+    s = mf.Setting.paper(10**6, 0.9, 0.3, K=5)
+    monkeypatch.setattr(quadrature, "SETUP_PROGRESS_SECONDS", 0.0)  # every class reports
+    quads = quadrature.build_quadratures(s)
+    err = capsys.readouterr().err
+    assert "quadrature set up for 10 of 10 query classes" in err
+    local = [quads[k, 1] for k in range(5)]
+    assert all(q.rich() is local[0].rich() and q.base() is local[0].base() for q in local)
+    assert quads[0, 0].rich() is not local[0].rich()
+    # a class that grows its rules gets its own richer sets; the others keep theirs
+    before = local[1].rich()
+    local[0].levels = [i + 1 for i in local[0].levels]
+    assert local[0].base() is before and local[1].rich() is before
+    monkeypatch.setattr(quadrature, "SETUP_PROGRESS_SECONDS", 1e9)
+    quadrature.build_quadratures(s)
+    assert capsys.readouterr().err == ""

@@ -28,6 +28,7 @@ neither rule costs 6^d or 9^d points before a dimension has shown that it needs 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from functools import cache
 
@@ -507,9 +508,13 @@ class ClassQuadrature:
     levels : sequence of int, optional
         Start index into :data:`LEVELS` of each free dimension (default
         :func:`start_levels`).
+    shared : mapping, optional
+        Point sets already built for classes with the same categories (read only, so classes
+        share them; :func:`build_quadratures` passes one per setting).
     """
 
-    def __init__(self, sizes, areas, unmasked, levels=None):
+    def __init__(self, sizes, areas, unmasked, levels=None, shared=None):
+        self._shared = {} if shared is None else shared
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.areas = np.asarray(areas, dtype=np.int64)
         self.unmasked = int(unmasked)
@@ -527,8 +532,14 @@ class ClassQuadrature:
         """The (cached) point set with :data:`LEVELS` index ``levels[d]`` per dimension."""
         key = tuple(levels)
         if key not in self._cache:
-            self._cache[key] = build_points(self.sizes, self.areas, self.unmasked,
-                                            [LEVELS[i] for i in key])
+            # point sets are read only: classes with the same categories share them
+            common = (self.sizes.tobytes(), self.areas.tobytes(), self.unmasked, key)
+            points = self._shared.get(common)
+            if points is None:
+                points = build_points(self.sizes, self.areas, self.unmasked,
+                                      [LEVELS[i] for i in key])
+                self._shared[common] = points
+            self._cache[key] = points
         return self._cache[key]
 
     def base(self):
@@ -617,12 +628,36 @@ def build_quadratures(setting, levels=None):
     """
     from .grid import class_categories
 
-    out = {}
-    for k, h in setting.classes():
+    out, shared = {}, weakref.WeakValueDictionary()
+    classes = setting.classes()
+    report = _SetupProgress(len(classes), quadrature_estimate(setting)[2])
+    for i, (k, h) in enumerate(classes):
         sizes, areas = class_categories(setting, k, h)
         start = None if levels is None else levels.get((k, h))
-        out[k, h] = ClassQuadrature(sizes, areas, setting.unmasked, start)
+        q = out[k, h] = ClassQuadrature(sizes, areas, setting.unmasked, start, shared)
+        q.base(), q.rich()  # built now, where a long set-up can show its progress
+        report(i + 1)
     return out
+
+
+class _SetupProgress:
+    """Says on stderr how far a set-up estimated at over :data:`SETUP_PROGRESS_SECONDS` has
+    come, at most once every that many seconds."""
+
+    def __init__(self, total, estimate):
+        import time
+
+        self.clock, self.total = time.monotonic, total
+        self.on = estimate > SETUP_PROGRESS_SECONDS
+        self.next = self.clock() + SETUP_PROGRESS_SECONDS
+
+    def __call__(self, done):
+        if self.on and (self.clock() >= self.next or done == self.total):
+            import sys
+
+            print(f"mimfast: quadrature set up for {done:,} of {self.total:,} query classes",
+                  file=sys.stderr, flush=True)
+            self.next = self.clock() + SETUP_PROGRESS_SECONDS
 
 
 def grid_points_estimate(setting):
@@ -667,8 +702,12 @@ def choose_method(setting, method):
 # Smallest rtol: the error estimate is a relative difference of sums of doubles, which rounding
 # alone puts near 2^-52; a smaller tolerance could never be met, only chased by node growth.
 MIN_RTOL = 2.0**-52
-# start-up cost of one class's rule sets (measured 3 to 14 ms on one core)
-SETUP_SECONDS_PER_CLASS = 0.01
+# start-up cost of one distinct class's rule sets (measured 3 to 14 ms on one core; classes
+# with the same categories share them) and of each further class (its evaluator, ~0.4 ms)
+SETUP_SECONDS_PER_RULES = 0.01
+SETUP_SECONDS_PER_CLASS = 5e-4
+# set-ups estimated longer than this report their progress on stderr, this often
+SETUP_PROGRESS_SECONDS = 10.0
 # set-ups estimated longer than this are announced (a warning with the estimate)
 SETUP_WARN_SECONDS = 60.0
 
@@ -676,7 +715,8 @@ SETUP_WARN_SECONDS = 60.0
 def quadrature_estimate(setting):
     """Points, bytes and seconds of the start rule sets of every class, before anything is built.
 
-    Each class holds a base and a richer rule set (:func:`start_levels`); a point takes at
+    Each distinct class (its categories' sizes and areas) holds a base and a richer rule set
+    (:func:`start_levels`), which classes with the same categories share; a point takes at
     most ``n_cat + 4`` doubles while its set is built and kept (its row's counts, pool and
     weight, its node offset and weight), an upper bound: small categories enumerated exactly
     have fewer points.
@@ -690,16 +730,18 @@ def quadrature_estimate(setting):
     from .grid import class_categories
 
     points = nbytes = classes = 0
-    seen = {}
+    seen = set()
     for k, h in setting.classes():
-        sizes, _ = class_categories(setting, k, h)
-        key = sizes.tobytes()
+        sizes, areas = class_categories(setting, k, h)
+        classes += 1
+        key = (sizes.tobytes(), areas.tobytes())
         if key not in seen:
+            seen.add(key)
             lv = start_levels(max(len(chain_order([int(v) for v in sizes])) - 1, 0))
             n = math.prod(LEVELS[i] for i in lv) + math.prod(LEVELS[i + 1] for i in lv)
-            seen[key] = (n, n * 8 * (len(sizes) + 4))
-        points, nbytes, classes = points + seen[key][0], nbytes + seen[key][1], classes + 1
-    return points, nbytes, classes * SETUP_SECONDS_PER_CLASS
+            points, nbytes = points + n, nbytes + n * 8 * (len(sizes) + 4)
+    return (points, nbytes,
+            len(seen) * SETUP_SECONDS_PER_RULES + classes * SETUP_SECONDS_PER_CLASS)
 
 
 def check_quadrature(setting):
