@@ -4,14 +4,22 @@ that keeps GD and flow apart, fits in flow time, and one rule for the number of 
 import numpy as np
 import pandas as pd
 import pytest
+from test_analysis import TWO_PHASES, known_result, paper
 
 import mimfast as mf
 from mimfast import io, scaling
 from mimfast.analysis import analyze
 from mimfast.cli import main
-from mimfast.sweeps import (PRESETS, _measure, check_tasks, expand, preset, read_table, sweep,
-                            task_id)
-from test_analysis import TWO_PHASES, known_result, paper
+from mimfast.sweeps import (
+    PRESETS,
+    _measure,
+    check_tasks,
+    expand,
+    preset,
+    read_table,
+    sweep,
+    task_id,
+)
 
 GRID = {"P": [10**4, 10**7, 10**12], "kappa_c": [0.9, 0.6], "kappa_s": 0.3, "flow": True}
 

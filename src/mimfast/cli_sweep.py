@@ -127,9 +127,7 @@ def add_parser(sub, number, count):
 def run(args, usage_error):
     """Run the ``mimfast sweep`` command; returns the exit code."""
     from . import io, scaling
-    from .sweeps import preset, sweep
-
-    from .sweeps import FLOW_ONLY, GD_ONLY
+    from .sweeps import FLOW_ONLY, GD_ONLY, preset, sweep
 
     given = vars(args)
     grid = preset(given["preset"]) if "preset" in given else {}

@@ -134,10 +134,7 @@ def _is_flow(regime):
 
 
 def _missing(value):
-    try:
-        return bool(value != value) or value is require("pandas", "fits", "sweep").NA
-    except TypeError:
-        return True
+    return bool(require("pandas", "the fits of a sweep", "sweep").isna(value))
 
 
 def _label(regime):
@@ -383,8 +380,8 @@ def report(table, fit_table=None):
             lines.append(f"phase verdicts untrusted (GD steps too large to follow the gradient "
                          f"flow; left out of the phase counts below): {untrusted}")
     if len(fit_table):
-        lines += ["", "fits, power law y = c * P^b or log law y = a + b ln P "
-                      "(95% interval of b):"]
+        lines += ["", ("fits, power law y = c * P^b or log law y = a + b ln P "
+                      "(95% interval of b):")]
         for regime, rows in fit_table.groupby("regime", sort=False):
             lines.append(f"  {regime}")
             for r in rows.itertuples():
