@@ -190,3 +190,19 @@ def test_saved_analysis_keeps_each_claims_source_and_trust(tmp_path):
     ds = io.open_dataset(tmp_path / "r.nc")
     assert list(ds["claim_source"].values) == [c.source for c in a.claims]
     assert list(ds["claim_trusted"].values) == [1] * len(a.claims)
+
+
+@pytest.mark.parametrize(("name", "phases"), [("paper-positive", 2), ("paper-negative", 1)])
+def test_run_preset_flow_at_a_quadrillion_patches(tmp_path, capsys, name, phases):
+    # the presets' own learning rate would make these runs untrusted; the flow is not
+    assert main(["run", "--preset", name, "--P", "1e15", "--flow", "--no-plots", "--threads",
+                 "1", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "untrusted" not in text and "FAILS" not in text
+    assert "[holds] §5 / Lemma 5.3 / App. F: local areas learn in two phases iff Delta > 0" \
+        in text
+    summary = analyze(io.load(tmp_path / "result.nc"))
+    local = summary.classes[1]
+    assert local.phases == phases and local.convergence_tau is not None
+    if phases == 2:  # decoupled at the switch, the own FP still O(1)
+        assert local.fp_global_at_switch < -7 and 0 < local.fp_own_at_switch < 0.5
