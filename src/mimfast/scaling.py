@@ -223,14 +223,15 @@ def _trusted(table):
 
 
 def phases(table):
-    """The measured phases of a local query per task: P, κ_c, κ_s, Δ and ``phases``
+    """The measured phases of a local query per task: P, κ_c, κ_s, Δ, ``switch_tau`` (its
+    switch in flow time) and ``phases``
     (1: own feature leads from the start, 2: after a switch that followed the decoupling of
     its global FP correlation, NA: never in the run); tasks whose phase verdict is untrusted
     (column ``trusted``: GD steps too large to follow the flow) are left out."""
     done = table[(table["status"] == "done") & _trusted(table)]
-    out = done[["P", "kappa_c", "kappa_s", "delta", "local_phases", "local_switch"]]
-    return out.rename(columns={"local_phases": "phases", "local_switch": "switch"}).reset_index(
-        drop=True)
+    out = done[["P", "kappa_c", "kappa_s", "delta", "local_phases", "local_switch_tau"]]
+    return out.rename(columns={"local_phases": "phases",
+                               "local_switch_tau": "switch_tau"}).reset_index(drop=True)
 
 
 def boundary_agreement(table, margin=0.05):
@@ -295,8 +296,8 @@ def critical_gap(table):
     The theorem puts the change at Δ = 0 as P grows; at finite P it sits where the measured
     runs bracket it. Within the bracket, ``delta_c`` places it where the initial gradient
     ratio of a local query (column ``local_grad_ratio0``) crosses 1, interpolating log ratio
-    linearly in Δ between the two bracketing runs: a local query has two phases exactly when
-    its global-decoupling gradient leads at Q = 0 (:func:`mimfast.analysis.phase_switch`).
+    linearly in Δ between the two bracketing runs: in every run measured (docs/scaling.md) a
+    local query has two phases exactly when its global-decoupling gradient leads at Q = 0.
 
     Returns
     -------
