@@ -60,8 +60,10 @@ def test_table_rows_and_failure(local_table):
         eta = 100.0 * (row.P / 1e6) ** (1 - row.kappa_s)
         direct = mf.simulate(s, eta, 250, record_every=5)
         assert io.equal(result, direct)
-        switch = mf.analysis.phase_switch(direct, 0, 1)
-        assert row.local_switch == switch and row.local_phases == 1 + (switch > 0)
+        local = mf.analysis.analyze(direct).classes[1]
+        assert row.local_switch == local.phase_switch
+        assert row.local_phases == local.phases  # the analysis' verdict, one rule
+        assert row.local_switch_tau == pytest.approx(eta * local.phase_switch, rel=1e-15)
         assert none(row.local_T_eps) == mf.analysis.convergence_time(direct, 0, 1)
         assert none(row.global_T_eps) == mf.analysis.convergence_time(direct, 0, 0)
         assert row.last_step == 250 and row.eta_used == eta
@@ -301,8 +303,8 @@ def test_fit_power_against_scipy():
 def test_fits_per_regime(local_table):
     _, table = local_table
     f = scaling.fits(table)
-    assert set(f["regime"]) == {"kappa_c=0.9 kappa_s=0.3 (Delta=+0.50)",
-                                "kappa_c=0.6 kappa_s=0.3 (Delta=-0.10)"}
+    assert set(f["regime"]) == {"kappa_c=0.9 kappa_s=0.3 (Delta=+0.50), GD",
+                                "kappa_c=0.6 kappa_s=0.3 (Delta=-0.10), GD"}
     neg = f[(f["kappa_c"] == 0.6) & (f["quantity"] == "local_switch")].iloc[0]
     assert neg["n"] == 0 and neg["note"] == "left out of 3: 3 zero or not reached"  # one phase
     pos = table[(table["kappa_c"] == 0.9) & (table["status"] == "done")]
@@ -310,7 +312,7 @@ def test_fits_per_regime(local_table):
     ref = np.polyfit(np.log10(pos["P"].to_numpy(float)),
                      np.log10(pos["global_loss_gap"].to_numpy(float)), 1)[0]
     assert gap["exponent"] == pytest.approx(ref, rel=1e-12)
-    assert "power-law fits" in scaling.report(table, f)
+    assert "fits, power law y = c * P^b" in scaling.report(table, f)
     # a time of a few steps is not resolved by the steps: it stays out of the fit
     short = table.copy()
     short.loc[(short["kappa_c"] == 0.9) & (short["P"] == 10000), "local_switch"] = 3
@@ -328,7 +330,7 @@ def test_cli_sweep(tmp_path, capsys):
     table = read_table(out)
     assert list(table["P"]) == [1000, 3162, 10000] and (table["status"] == "done").all()
     assert (out / "fits.csv").is_file() and (out / "scaling.png").is_file()
-    assert "power-law fits" in capsys.readouterr().out
+    assert "fits, power law y = c * P^b" in capsys.readouterr().out
     assert main(argv + ["--z", "1", "30", "--eta", "1e308", "--eta-rule", "fixed",
                         "--no-plots"]) == 1
     assert "3 of 9 tasks failed" in capsys.readouterr().err  # the 3 rows before are kept

@@ -636,11 +636,11 @@ def _check_flow(opts, given, resume):
 def _flow_end(opts):
     """``(tau, stop_at)`` of a flow run: ``--flow`` without TAU runs until T_eps."""
     if opts["flow"] == math.inf:
-        return UNTIL_T_EPS, opts.get("stop_at") or "T_eps"
+        from .flow import UNTIL_EVENT
+
+        return UNTIL_EVENT, opts.get("stop_at") or "T_eps"
     return opts["flow"], opts.get("stop_at")
 
-
-UNTIL_T_EPS = 1e300  # the flow time of `--flow` without TAU: the run ends at its stop_at event
 
 
 def _finish(result, opts, out, attrs, save_and_stop):

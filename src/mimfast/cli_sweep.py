@@ -23,14 +23,16 @@ a task that would be refused (every task is checked before any runs) or OUT in u
 sweep; 130 interrupted (finished tasks are kept; run the command again to continue).
 
 examples:
-  mimfast sweep --preset paper-scaling --out runs/scaling
+  mimfast sweep --preset paper-scaling-flow --out runs/scaling
+  mimfast sweep --P 4:18:2 --kappa-c 0.9 0.6 --kappa-s 0.3 --flow --out s0
   mimfast sweep --P 3:6:0.5 --kappa-c 0.9 0.6 --kappa-s 0.3 --until --steps 4000 --out s1
   mimfast sweep --preset paper-phases --executor dask --workers 2 --out runs/phases
   mimfast sweep --preset paper-phases --scheduler tcp://10.0.0.5:8786 --out /shared/phases
 """
 
-_PARAMS = ("P", "kappa_c", "kappa_s", "gamma", "K", "z", "pp", "eta", "eta_rule", "steps",
-           "until", "record_every", "method", "rtol", "backend", "epsilon", "tail_tol")
+_PARAMS = ("P", "kappa_c", "kappa_s", "gamma", "K", "z", "pp", "flow_rtol", "eta", "eta_rule",
+           "steps", "until", "record_every", "method", "rtol", "backend", "epsilon",
+           "tail_tol")
 
 
 # a decade range gives at most this many P values
@@ -98,6 +100,11 @@ def add_parser(sub, number, count):
                    help="scaled (default): eta * (P/10^6)^(1 - kappa_s); fixed: eta")
     g.add_argument("--until", action=argparse.BooleanOptionalAction,
                    help="stop each run at T_eps of every class (--steps is the cap)")
+    g.add_argument("--flow", type=number, nargs="*", metavar="TAU",
+                   help="integrate the gradient flow instead of GD: to T_eps of every class, "
+                        "or to each flow time TAU given (GD options then do not apply)")
+    g.add_argument("--flow-rtol", type=number, nargs="+", dest="flow_rtol",
+                   help="with --flow: local error tolerance of each step (default 1e-10)")
     g.add_argument("--pp", choices=["auto", "exact", "frozen"], nargs="+")
     g.add_argument("--method", nargs="+", choices=["exact", "quadrature", "auto"],
                    help="simulation method (default: the engine's default)")
@@ -120,10 +127,27 @@ def add_parser(sub, number, count):
 def run(args, usage_error):
     """Run the ``mimfast sweep`` command; returns the exit code."""
     from . import io, scaling
-    from .sweeps import preset, sweep
+    from .sweeps import FLOW_ONLY, GD_ONLY, preset, sweep
 
     given = vars(args)
     grid = preset(given["preset"]) if "preset" in given else {}
+    if "flow" in given:  # a GD preset's step options give way to the flow
+        clash = [k for k in GD_ONLY if k in given]
+        if clash:
+            raise usage_error("--flow integrates the gradient flow; drop the GD options "
+                              + ", ".join("--" + k.replace("_", "-") for k in clash))
+        grid = {k: v for k, v in grid.items() if k not in GD_ONLY}
+        grid["flow"] = True
+        if given["flow"]:
+            grid["tau"] = given["flow"]
+    elif grid.get("flow"):  # a flow preset: GD options do not apply
+        clash = [k for k in GD_ONLY if k in given]
+        if clash:
+            raise usage_error(f"preset {given['preset']} integrates the gradient flow; drop "
+                              "the GD options " + ", ".join("--" + k.replace("_", "-")
+                                                            for k in clash))
+    elif any(k in given for k in FLOW_ONLY):
+        raise usage_error("--flow-rtol applies to a gradient-flow sweep: add --flow")
     for key in _PARAMS:
         if key in given:
             value = given[key]

@@ -28,6 +28,9 @@ __all__ = ["flow", "EVENTS", "DP54"]
 #: FP correlation stops falling (``global_min``).
 EVENTS = ("switch", "T_eps", "global_min")
 STOP_AT = ("switch", "T_eps")
+#: A flow time no run reaches: ``flow(setting, UNTIL_EVENT, stop_at=...)`` ends at the event
+#: (``mimfast run --flow`` without TAU, a sweep's flow task without ``tau``).
+UNTIL_EVENT = 1e300
 
 
 class DP54:

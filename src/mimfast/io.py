@@ -13,7 +13,7 @@ Layout (dimension names)::
     query_group   h, the group of the query (padded to the largest cluster with NaN)
     key           "own", "group0", "group1", ...: the key categories of a query
     pp_key        "self", "own", "group0", ...: the PP key categories (exact PP only)
-    claim         the claims of Theorem 4.1 checked by the analysis
+    claim         the claims of the paper checked by the analysis (with source, trusted)
 
 Checksums, so that a corrupted file is refused, never read as a different result:
 
@@ -457,9 +457,16 @@ def _analysis_dataset(analysis, K, G):
     holds = [-1 if c.holds is None else int(c.holds) for c in analysis.claims]
     variables["claim_holds"] = xr.Variable(
         ("claim",), np.array(holds, dtype=np.int8),
-        {"long_name": "claim of Theorem 4.1 holds (1), fails (0), not applicable (-1)"})
+        {"long_name": "claim of the paper holds (1), fails (0), not applicable (-1)"})
     variables["claim_detail"] = xr.Variable(("claim",), [c.detail for c in analysis.claims])
     variables["claim_statement"] = xr.Variable(("claim",), [c.statement for c in analysis.claims])
+    variables["claim_source"] = xr.Variable(
+        ("claim",), [c.source for c in analysis.claims],
+        {"long_name": "where the paper makes the claim"})
+    variables["claim_trusted"] = xr.Variable(
+        ("claim",), np.array([c.trusted for c in analysis.claims], dtype=np.int8),
+        {"long_name": "1, or 0 when the run's GD steps were too large to follow the gradient "
+                      "flow (the claim is untrusted)"})
     attrs = {"analysis_epsilon": analysis.epsilon, "analysis_summary": analysis.table()}
     if analysis.delta is not None:
         attrs["information_gap"] = analysis.delta

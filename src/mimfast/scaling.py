@@ -1,10 +1,12 @@
 """How a sweep's measurements scale with P, and the measured phase diagram (docs/scaling.md).
 
-Works on the results table of :func:`mimfast.sweeps.sweep`. :func:`fits` fits power laws
-y ≈ c · P^b by least squares on log y against log P, with a t-interval for the exponent b,
-per *regime* (all task parameters but P) and per quantity: the phase-switch time of a local
-query, T_eps of each class (in steps and in gradient-flow time η · steps), the magnitude of a
-local query's minimum global FP correlation, and the final loss gap of each class
+Works on the results table of :func:`mimfast.sweeps.sweep`. :func:`fits` fits, per *regime*
+(all task parameters but P; GD and gradient-flow tasks are never one regime) and per
+quantity, a power law y ≈ c · P^b (least squares on log y against log P) or, for the FP
+correlations, which grow like a logarithm of P, a log law y ≈ a + b ln P, each with a
+t-interval for b: the phase-switch time of a local query, T_eps of each class (in flow time
+τ, and for GD also in steps), R(0), the global and own FP correlations of a local query at
+its switch, its lowest global FP correlation, and the final loss gap of each class
 (docs/model.md §5). :func:`phases` and :func:`boundary` give the measured number of learning
 phases of a local query over the (κ_c, κ_s) plane, to compare with the sign of the
 information gap Δ = (1 − κ_s) − 2(1 − κ_c) (docs/model.md §4).
@@ -23,27 +25,55 @@ __all__ = ["QUANTITIES", "REGIME", "boundary", "boundary_agreement", "critical_g
            "scaling_figure"]
 
 # the task parameters that, with P, define a run: a regime is one value of all but P
-REGIME = ("kappa_c", "kappa_s", "gamma", "K", "z", "pp", "eta", "eta_rule", "steps", "until",
-          "record_every", "method", "rtol", "backend", "epsilon", "tail_tol")
+REGIME = ("kappa_c", "kappa_s", "gamma", "K", "z", "pp", "flow", "tau", "flow_rtol", "eta",
+          "eta_rule", "steps", "until", "record_every", "method", "rtol", "backend", "epsilon",
+          "tail_tol")
 
-# times shorter than this many steps are not resolved by the steps and stay out of fits
+# times shorter than this many GD steps are not resolved by the steps and stay out of fits
 MIN_STEPS = 10
 
-# quantity -> (table column, description, in gradient-flow time)
+# quantity -> (table column, description, law, the column of its time in GD steps): law
+# "power" fits y = c P^b, "log" fits y = a + b ln P. A quantity with a step column is left out
+# of a GD fit where that time is under min_steps; "steps" quantities are GD's only (the
+# accepted steps of a flow run are not a time).
 QUANTITIES = {
-    "local_switch": ("local_switch", "phase switch of a local query (steps)", False),
-    "local_switch_time": ("local_switch", "phase switch of a local query (eta * steps)", True),
-    "local_T_eps": ("local_T_eps", "T_eps of a local query (steps)", False),
-    "local_T_eps_time": ("local_T_eps", "T_eps of a local query (eta * steps)", True),
-    "global_T_eps": ("global_T_eps", "T_eps of a global query (steps)", False),
-    "global_T_eps_time": ("global_T_eps", "T_eps of a global query (eta * steps)", True),
+    "local_switch": ("local_switch", "phase switch of a local query (GD steps)", "power",
+                     "local_switch"),
+    "local_switch_tau": ("local_switch_tau", "phase switch of a local query (flow time)",
+                         "power", "local_switch"),
+    "local_T_eps": ("local_T_eps", "T_eps of a local query (GD steps)", "power",
+                    "local_T_eps"),
+    "local_T_eps_tau": ("local_T_eps_tau", "T_eps of a local query (flow time)", "power",
+                        "local_T_eps"),
+    "global_T_eps": ("global_T_eps", "T_eps of a global query (GD steps)", "power",
+                     "global_T_eps"),
+    "global_T_eps_tau": ("global_T_eps_tau", "T_eps of a global query (flow time)", "power",
+                         "global_T_eps"),
+    "local_fp_global_at_switch": ("local_fp_global_at_switch",
+                                  "A_global of a local query at its switch", "log", None),
+    "local_fp_own_at_switch": ("local_fp_own_at_switch",
+                               "A_own of a local query at its switch", "log", None),
     "local_fp_global_min": ("local_fp_global_min",
-                            "|minimum global FP correlation| of a local query", False),
+                            "lowest A_global of a local query in the run", "log", None),
     "local_grad_ratio0": ("local_grad_ratio0",
-                          "|dL/dA_global| / |dL/dA_own| of a local query at Q = 0", False),
-    "local_loss_gap": ("local_loss_gap", "final loss gap of a local query", False),
-    "global_loss_gap": ("global_loss_gap", "final loss gap of a global query", False),
+                          "R(0) = |dL/dA_global| / |dL/dA_own| of a local query at Q = 0",
+                          "power", None),
+    "local_loss_gap": ("local_loss_gap", "final loss gap of a local query", "power", None),
+    "global_loss_gap": ("global_loss_gap", "final loss gap of a global query", "power", None),
 }
+
+
+def fit_log(P, y, level=0.95):
+    """Least-squares fit of y = a + b ln P: the law of a quantity that grows like a logarithm
+    of P (an FP correlation). Returns ``exponent`` b (the slope per unit of ln P), ``low``,
+    ``high``, ``prefactor`` a, ``n`` and ``r2``, as :func:`fit_power` (whose log-log fit it
+    is on y itself)."""
+    v = np.asarray(y, dtype=float)
+    if not np.all(np.isfinite(v)):
+        raise ValueError("fit_log needs finite values")
+    out = _fit_line(np.log(np.asarray(P, dtype=float)), v, level)
+    out["prefactor"] = out.pop("intercept")
+    return out
 
 
 def fit_power(P, y, level=0.95):
@@ -62,17 +92,24 @@ def fit_power(P, y, level=0.95):
         ``exponent`` b, its interval ``low`` and ``high`` (NaN for two points),
         ``prefactor`` 10^a, ``n``, and ``r2``.
     """
-    x, v = np.log10(np.asarray(P, dtype=float)), np.asarray(y, dtype=float)
+    v = np.asarray(y, dtype=float)
     if np.any(v <= 0) or not np.all(np.isfinite(v)):
         raise ValueError("fit_power needs positive, finite values")
+    out = _fit_line(np.log10(np.asarray(P, dtype=float)), np.log10(v), level)
+    out["prefactor"] = float(10 ** out.pop("intercept"))
+    return out
+
+
+def _fit_line(x, y, level):
+    """Least squares y = intercept + exponent x, with the Student-t interval of the slope."""
     if len(np.unique(x)) < 2:
-        raise ValueError("fit_power needs at least two distinct P")
-    ly = np.log10(v)
+        raise ValueError("a fit needs at least two distinct P")
     n = len(x)
-    (b, a), res, *_ = np.polyfit(x, ly, 1, full=True)
-    sxx = float(np.sum((x - x.mean()) ** 2))
-    sse = float(res[0]) if len(res) else 0.0
-    sst = float(np.sum((ly - ly.mean()) ** 2))
+    with np.errstate(over="ignore", invalid="ignore"):  # values of a diverged run: inf, nan
+        (b, a), res, *_ = np.polyfit(x, y, 1, full=True)
+        sxx = float(np.sum((x - x.mean()) ** 2))
+        sse = float(res[0]) if len(res) else 0.0
+        sst = float(np.sum((y - y.mean()) ** 2))
     low = high = math.nan
     if n > 2:
         t = require("scipy.stats", "confidence intervals of the fits", "sweep").t
@@ -80,7 +117,7 @@ def fit_power(P, y, level=0.95):
         half = t.ppf(0.5 + level / 2, n - 2) * math.sqrt(sse / (n - 2) / sxx)
         low, high = b - half, b + half
     return {"exponent": float(b), "low": float(low), "high": float(high),
-            "prefactor": float(10**a), "n": n, "r2": 1 - sse / sst if sst > 0 else 1.0}
+            "intercept": float(a), "n": n, "r2": 1 - sse / sst if sst > 0 else 1.0}
 
 
 def _regimes(table):
@@ -90,9 +127,21 @@ def _regimes(table):
         yield dict(zip(keys, values)), rows.sort_values("P")
 
 
+def _is_flow(regime):
+    """Whether a regime's tasks integrate the gradient flow (not GD)."""
+    flow = regime.get("flow", False)
+    return flow is not None and not _missing(flow) and bool(flow)
+
+
+def _missing(value):
+    return bool(require("pandas", "the fits of a sweep", "sweep").isna(value))
+
+
 def _label(regime):
     delta = (1 - regime["kappa_s"]) - 2 * (1 - regime["kappa_c"])
-    return f"kappa_c={regime['kappa_c']:g} kappa_s={regime['kappa_s']:g} (Delta={delta:+.2f})"
+    rule = "flow" if _is_flow(regime) else "GD"
+    return (f"kappa_c={regime['kappa_c']:g} kappa_s={regime['kappa_s']:g} (Delta={delta:+.2f}), "
+            + rule)
 
 
 def fits(table, level=0.95, quantities=None, min_steps=MIN_STEPS):
@@ -129,42 +178,60 @@ def fits(table, level=0.95, quantities=None, min_steps=MIN_STEPS):
     for regime, rows in _regimes(table):
         if rows["P"].nunique() < 3:  # too few for an interval
             continue
+        flow = _is_flow(regime)
         for name in quantities or QUANTITIES:
-            column, text, flow = QUANTITIES[name]
+            column, text, law, step_column = QUANTITIES[name]
+            if flow and column == step_column:  # a flow run's accepted steps are no time
+                continue
             y = rows[column].astype("float64").to_numpy()
-            steps = column.endswith(("_switch", "_T_eps"))
-            short = (y < min_steps) & (y > 0) if steps else np.zeros(len(y), dtype=bool)
-            if flow:
-                y = y * rows["eta_used"].to_numpy(dtype=float)
-            if name == "local_fp_global_min":
-                y = -y
-            ok = np.isfinite(y) & (y > 0) & ~short
+            short = np.zeros(len(y), dtype=bool)
+            if step_column is not None and not flow:
+                steps = rows[step_column].astype("float64").to_numpy()
+                short = (steps < min_steps) & (steps > 0)
+            ok = np.isfinite(y) & ~short & ((y > 0) if law == "power" else True)
+            if name.endswith("_at_switch"):  # a switch at Q = 0 has no phase I to measure
+                ok &= rows["local_switch_tau"].astype("float64").to_numpy() > 0
             P = rows["P"].to_numpy(dtype=float)[ok]
             row = {"regime": _label(regime), "kappa_c": regime["kappa_c"],
                    "kappa_s": regime["kappa_s"],
                    "delta": (1 - regime["kappa_s"]) - 2 * (1 - regime["kappa_c"]),
-                   "quantity": name, "description": text, "n": int(ok.sum()),
+                   "quantity": name, "description": text, "law": law, "n": int(ok.sum()),
                    "P_min": P.min() if len(P) else math.nan,
                    "P_max": P.max() if len(P) else math.nan}
             notes = [f"{int(short.sum())} under {min_steps} steps"] if short.any() else []
             left = len(y) - int(ok.sum()) - int(short.sum())
             notes += [f"{left} zero or not reached"] if left else []
-            row["note"] = f"left out of {len(y)}: " + ", ".join(notes) if notes else ""
+            notes = [f"left out of {len(y)}: " + ", ".join(notes)] if notes else []
+            if name == "local_fp_global_min" and "local_fp_global_falling" in rows:
+                falling = int(rows["local_fp_global_falling"].astype("boolean")
+                              .fillna(False).to_numpy(dtype=bool)[ok].sum())
+                notes += [f"{falling} still falling at the end (no minimum yet)"] if falling else []
+            row["note"] = "; ".join(notes)
             if len(np.unique(P)) >= 2:
-                row.update(fit_power(P, y[ok], level))
+                row.update((fit_power if law == "power" else fit_log)(P, y[ok], level))
             out.append(row)
-    cols = ["regime", "kappa_c", "kappa_s", "delta", "quantity", "description", "n", "P_min",
-            "P_max", "exponent", "low", "high", "prefactor", "r2", "note"]
+    cols = ["regime", "kappa_c", "kappa_s", "delta", "quantity", "description", "law", "n",
+            "P_min", "P_max", "exponent", "low", "high", "prefactor", "r2", "note"]
     return pd.DataFrame(out, columns=cols)
 
 
+def _trusted(table):
+    """Rows whose phase verdict is trusted (their steps followed the gradient flow)."""
+    if "trusted" not in table:
+        return np.ones(len(table), dtype=bool)
+    return table["trusted"].astype("boolean").fillna(True).to_numpy(dtype=bool)
+
+
 def phases(table):
-    """The measured phases of a local query per task: P, κ_c, κ_s, Δ and ``phases``
-    (1: own feature leads from the start, 2: after a switch, NA: never in the run)."""
-    done = table[table["status"] == "done"]
-    out = done[["P", "kappa_c", "kappa_s", "delta", "local_phases", "local_switch"]]
-    return out.rename(columns={"local_phases": "phases", "local_switch": "switch"}).reset_index(
-        drop=True)
+    """The measured phases of a local query per task: P, κ_c, κ_s, Δ, ``switch_tau`` (its
+    switch in flow time) and ``phases``
+    (1: own feature leads from the start, 2: after a switch that followed the decoupling of
+    its global FP correlation, NA: never in the run); tasks whose phase verdict is untrusted
+    (column ``trusted``: GD steps too large to follow the flow) are left out."""
+    done = table[(table["status"] == "done") & _trusted(table)]
+    out = done[["P", "kappa_c", "kappa_s", "delta", "local_phases", "local_switch_tau"]]
+    return out.rename(columns={"local_phases": "phases",
+                               "local_switch_tau": "switch_tau"}).reset_index(drop=True)
 
 
 def boundary_agreement(table, margin=0.05):
@@ -229,8 +296,8 @@ def critical_gap(table):
     The theorem puts the change at Δ = 0 as P grows; at finite P it sits where the measured
     runs bracket it. Within the bracket, ``delta_c`` places it where the initial gradient
     ratio of a local query (column ``local_grad_ratio0``) crosses 1, interpolating log ratio
-    linearly in Δ between the two bracketing runs: a local query has two phases exactly when
-    its global-decoupling gradient leads at Q = 0 (:func:`mimfast.analysis.phase_switch`).
+    linearly in Δ between the two bracketing runs: in every run measured (docs/scaling.md) a
+    local query has two phases exactly when its global-decoupling gradient leads at Q = 0.
 
     Returns
     -------
@@ -241,7 +308,8 @@ def critical_gap(table):
     """
     pd = require("pandas", "the fits of a sweep", "sweep")
 
-    done = table[(table["status"] == "done") & table["local_phases"].notna()]
+    done = table[(table["status"] == "done") & table["local_phases"].notna()
+                 & _trusted(table)]
     rows = []
     for P, g in done.groupby("P"):
         lo, hi = _bracket(g["delta_actual"], g["local_phases"])
@@ -271,7 +339,7 @@ def gap_figure(table):
     measured change is ``delta_c`` of :func:`critical_gap` (else the bracket's midpoint); with
     one γ, a dotted line marks Δ = ln(1 / (1 − γ)) / ln P, where the initial gradient ratio
     (1 − γ) P^Δ of a local query at large P equals 1."""
-    done = table[table["status"] == "done"]
+    done = table[(table["status"] == "done") & _trusted(table)]
     fig, (ax,) = _figure(1, width=6.4, height=3.8)
     for value, marker, color, name in ((1, "o", "C0", "one phase"), (2, "^", "C3", "two phases")):
         sel = done[done["local_phases"] == value]
@@ -308,19 +376,25 @@ def report(table, fit_table=None):
     if len(done):
         lines.append(f"not converged (T_eps not reached in every class): "
                      f"{int((~done['converged'].astype(bool)).sum())}")
+        untrusted = int((~_trusted(done)).sum())
+        if untrusted:
+            lines.append(f"phase verdicts untrusted (GD steps too large to follow the gradient "
+                         f"flow; left out of the phase counts below): {untrusted}")
     if len(fit_table):
-        lines += ["", "power-law fits y = c * P^b (95% interval of b):"]
+        lines += ["", ("fits, power law y = c * P^b or log law y = a + b ln P "
+                      "(95% interval of b):")]
         for regime, rows in fit_table.groupby("regime", sort=False):
             lines.append(f"  {regime}")
             for r in rows.itertuples():
                 if r.n < 2 or math.isnan(r.exponent):
                     fit, span = "no fit", ""
                 else:
-                    fit = f"b = {r.exponent:+.3f} [{_fmt(r.low, '+.3f')}, {_fmt(r.high, '+.3f')}]"
+                    fit = (f"b = {r.exponent:+.3f} [{_fmt(r.low, '+.3f')}, "
+                           f"{_fmt(r.high, '+.3f')}]" + (" per ln P" if r.law == "log" else ""))
                     span = f"P {r.P_min:.0e}..{r.P_max:.0e}, n={r.n}, r2={r.r2:.3f}"
                 note = "; ".join(x for x in (span, r.note) if x)
                 lines.append(f"    {r.description}")
-                lines.append(f"        {fit:<30} {note}")
+                lines.append(f"        {fit:<38} {note}")
     agreement = boundary_agreement(table)
     if agreement:
         lines += ["", "phases of a local query vs the sign of Delta (|Delta| >= 0.05):"]
@@ -350,29 +424,32 @@ def scaling_figure(table, fit_table=None):
     """Log-log panels of the fitted quantities against P, one color per regime, with the
     fitted lines; open markers are runs that did not reach T_eps."""
     fit_table = fits(table) if fit_table is None else fit_table
-    panels = ["local_grad_ratio0", "local_switch", "local_T_eps", "global_T_eps",
-              "local_fp_global_min", "local_loss_gap", "global_loss_gap", "local_T_eps_time"]
+    panels = ["local_grad_ratio0", "local_switch_tau", "local_T_eps_tau", "global_T_eps_tau",
+              "local_fp_global_at_switch", "local_fp_global_min", "local_loss_gap",
+              "global_loss_gap"]
     fig, axes = _figure(4, 2)
     fitted = set(fit_table["regime"])
     regimes = [(r, rows) for r, rows in _regimes(table) if _label(r) in fitted]
     for i, (regime, rows) in enumerate(regimes):
         label = _label(regime)
         for ax, name in zip(axes, panels):
-            column, text, flow = QUANTITIES[name]
+            column, text, law, _ = QUANTITIES[name]
             y = rows[column].astype("float64").to_numpy()
-            y = -y if name == "local_fp_global_min" else y
-            y = y * rows["eta_used"].to_numpy(dtype=float) if flow else y
             P = rows["P"].to_numpy(dtype=float)
             conv = rows["converged"].astype("boolean").fillna(False).to_numpy(dtype=bool)
-            ok = np.isfinite(y) & (y > 0)
-            ax.loglog(P[ok & conv], y[ok & conv], "o", color=f"C{i}", ms=4)
-            ax.loglog(P[ok & ~conv], y[ok & ~conv], "o", mfc="none", color=f"C{i}", ms=4)
+            ok = np.isfinite(y) & ((y > 0) if law == "power" else True)
+            ax.set_xscale("log")
+            ax.set_yscale("log" if law == "power" else "linear")
+            ax.plot(P[ok & conv], y[ok & conv], "o", color=f"C{i}", ms=4)
+            ax.plot(P[ok & ~conv], y[ok & ~conv], "o", mfc="none", color=f"C{i}", ms=4)
             f = fit_table[(fit_table["regime"] == label) & (fit_table["quantity"] == name)]
             if len(f) and np.isfinite(f["exponent"].iloc[0]):
                 r = f.iloc[0]
-                x = np.array([r.P_min, r.P_max])
-                ax.loglog(x, r.prefactor * x**r.exponent, "-", color=f"C{i}", lw=1,
-                          label=f"{label}: b = {r.exponent:+.2f}")
+                x = np.geomspace(r.P_min, r.P_max, 20)
+                line = (r.prefactor * x**r.exponent if law == "power"
+                        else r.prefactor + r.exponent * np.log(x))
+                ax.plot(x, line, "-", color=f"C{i}", lw=1,
+                        label=f"{label}: b = {r.exponent:+.2f}")
             ax.set_title(text, fontsize=9)
             ax.set_xlabel("P")
     for ax in axes:

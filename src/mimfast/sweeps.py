@@ -1,7 +1,9 @@
 """Scaling studies: many runs of the paper's setting, one results table (docs/scaling.md).
 
-A *sweep* is a list of tasks; each task is one :func:`mimfast.simulate` of
-``Setting.paper(P, kappa_c, kappa_s, gamma, K, z)`` plus its analysis (docs/model.md §4–5).
+A *sweep* is a list of tasks; each task is one :func:`mimfast.simulate` (GD) or, with
+``flow = True``, one :func:`mimfast.flow` (the gradient flow) of
+``Setting.paper(P, kappa_c, kappa_s, gamma, K, z)`` plus its analysis (docs/model.md §4–5,
+§9).
 :func:`sweep` runs the tasks that are not finished yet on an executor and writes, in the
 output folder:
 
@@ -24,11 +26,19 @@ memory): a sweep with a task that would be refused is refused whole, naming the 
 
 The time unit across P
 ----------------------
+The table gives every time in flow time τ (columns ``*_tau``): the located event time of a
+gradient-flow task, η · step for GD. A gradient-flow task runs to ``tau``, or with ``tau``
+None (the default) until T_eps of every class, with local error tolerance ``flow_rtol``; the
+GD options (:data:`GD_ONLY`) do not apply to it and are empty in its row, as the flow's
+(:data:`FLOW_ONLY`) are in a GD task's, so GD and flow tasks never share an id.
+
 With ``eta_rule = "scaled"`` (the default) a task runs at η = eta · (P / 10^6)^(1 − κ_s):
 the own-feature gradient of a local query shrinks like c_l / P = P^−(1−κ_s) (docs/model.md
 §4), so this rule keeps the pace of own-feature learning, per step, the same at every P and
-makes step counts comparable across P. ``eta_rule = "fixed"`` runs at η = eta. The tables give
-times in steps and η; gradient-flow time is η · steps.
+makes step counts comparable across P. At large P, though, such a step moves an FP
+correlation by more than 1 before the switch (from P = 10^7 for κ_c = 0.9, κ_s = 0.3; from
+10^8 one step crosses the whole first phase), and the analysis marks the run's phase verdict
+untrusted (column ``trusted``). ``eta_rule = "fixed"`` runs at η = eta.
 
 The step budget is ``steps`` GD updates, or with ``until = True`` the run stops at the first
 recorded step where every class has own-area attention at least 1 − ε (T_ε), with ``steps``
@@ -63,34 +73,52 @@ ROW_SUM = "row_sha256"
 ETA_P0 = 10**6
 
 # A task's parameters and their defaults: the paper's setting, then the run options.
+# ``flow``: integrate the gradient flow (:func:`mimfast.flow`) to ``tau``, or with ``tau`` None
+# to T_eps of every class, at the integrator's tolerance ``flow_rtol``; else GD.
 DEFAULTS = {
     "P": None, "kappa_c": None, "kappa_s": None, "gamma": 0.5, "K": 1, "z": 1.0,
-    "pp": "auto", "eta": 100.0, "eta_rule": "scaled", "steps": 2000, "until": False,
-    "record_every": 1, "method": None, "rtol": None, "backend": "cpp", "epsilon": 0.05,
-    "tail_tol": 1e-15,
+    "pp": "auto", "flow": False, "tau": None, "flow_rtol": 1e-10, "eta": 100.0,
+    "eta_rule": "scaled", "steps": 2000, "until": False, "record_every": 1, "method": None,
+    "rtol": None, "backend": "cpp", "epsilon": 0.05, "tail_tol": 1e-15,
 }
+#: The options of one stepping rule only: a task of the other rule has them empty (None),
+#: so they neither enter its identity nor its row.
+GD_ONLY = ("eta", "eta_rule", "steps", "until", "record_every")
+FLOW_ONLY = ("tau", "flow_rtol")
 _TYPES = {
     "P": Integral, "K": Integral, "steps": Integral, "record_every": Integral,
     "kappa_c": Real, "kappa_s": Real, "gamma": Real, "z": Real, "eta": Real, "epsilon": Real,
-    "tail_tol": Real, "until": bool, "pp": str, "eta_rule": str, "backend": str,
-    "method": (str, type(None)), "rtol": (Real, type(None)),
+    "tail_tol": Real, "until": bool, "flow": bool, "pp": str, "eta_rule": str, "backend": str,
+    "method": (str, type(None)), "rtol": (Real, type(None)), "tau": (Real, type(None)),
+    "flow_rtol": Real,
 }
 _CHOICES = {"pp": ("auto", "exact", "frozen"), "eta_rule": ("fixed", "scaled"),
             "method": (None, "exact", "quadrature", "auto")}
 
+
+def _dtype(types):
+    """The table column type of a parameter of type(s) ``types``."""
+    first = types[0] if isinstance(types, tuple) else types
+    return {Integral: "Int64", bool: "boolean", Real: "float64"}.get(first, "string")
+
+
 # The results table: column -> dtype (pandas nullable types, so a missing value stays empty
-# and a table reads back equal to the one written).
-_PER_CLASS = {"switch": "Int64", "phases": "Int64", "T_eps": "Int64", "attention": "float64",
-              "loss_gap": "float64", "irreducible": "float64"}
+# and a table reads back equal to the one written). Times are given twice: in recorded steps
+# (``switch``, ``T_eps``; for a flow run the index of an accepted step) and in flow time τ
+# (``*_tau``: η · step for GD, the located event time for the flow).
+_PER_CLASS = {"switch": "Int64", "switch_tau": "float64", "phases": "Int64", "T_eps": "Int64",
+              "T_eps_tau": "float64", "attention": "float64", "loss_gap": "float64",
+              "irreducible": "float64"}
 COLUMNS = {
     "task": "string", "status": "string",
-    **{k: ("Int64" if _TYPES[k] is Integral else "boolean" if _TYPES[k] is bool
-           else "float64" if Real in (_TYPES[k] if isinstance(_TYPES[k], tuple) else
-                                      (_TYPES[k],)) else "string") for k in DEFAULTS},
+    **{k: _dtype(_TYPES[k]) for k in DEFAULTS},
     "delta": "float64", "delta_actual": "float64", "eta_used": "float64",
-    "method_used": "string", "last_step": "Int64", "converged": "boolean",
+    "method_used": "string", "last_step": "Int64", "last_tau": "float64",
+    "evaluations": "Int64", "converged": "boolean", "trusted": "boolean",
     **{f"{c}_{q}": t for c in ("global", "local") for q, t in _PER_CLASS.items()},
     "local_fp_global_min": "float64", "local_fp_global_min_step": "Int64",
+    "local_fp_global_min_tau": "float64", "local_fp_global_falling": "boolean",
+    "local_fp_global_at_switch": "float64", "local_fp_own_at_switch": "float64",
     "local_grad_ratio0": "float64",
     "pp_fp_ratio": "float64", "dropped": "float64", "error_estimate": "float64",
     "wall_s": "float64", "file": "string", "error": "string",
@@ -104,15 +132,27 @@ def task_id(task):
 
 
 def _complete(task):
-    """The task with defaults filled in and every parameter checked (ValueError/TypeError)."""
+    """The task with defaults filled in and every parameter checked (ValueError/TypeError);
+    the options of the other stepping rule (:data:`GD_ONLY`, :data:`FLOW_ONLY`) are None."""
     if not isinstance(task, dict):
         raise TypeError(f"a task is a dict of parameters, got {type(task).__name__}")
     unknown = sorted(set(task) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown task parameter(s) {', '.join(unknown)}; "
                          f"known: {', '.join(DEFAULTS)}")
+    flow = task.get("flow", DEFAULTS["flow"])
+    other = FLOW_ONLY if flow is False else GD_ONLY
+    clash = [k for k in other if task.get(k) is not None]
+    if flow is True and clash:
+        raise ValueError(f"a gradient-flow task (flow=True) takes no GD option: drop "
+                         f"{', '.join(clash)}")
+    if flow is False and clash:
+        raise ValueError(f"{', '.join(clash)} apply to a gradient-flow task: add flow=True")
     out = {**DEFAULTS, **task}
     for key, value in out.items():
+        if key in other:
+            out[key] = None
+            continue
         if value is None and key in ("P", "kappa_c", "kappa_s"):
             raise ValueError(f"a task needs {key}")
         types = _TYPES[key]
@@ -123,7 +163,7 @@ def _complete(task):
                              + ", ".join(map(repr, _CHOICES[key])))
         if types is Integral:
             out[key] = int(value)
-        elif types is Real or (value is not None and key == "rtol"):
+        elif types is Real or (value is not None and key in ("rtol", "tau")):
             out[key] = float(value)
             if not math.isfinite(out[key]):
                 raise ValueError(f"task parameter {key} = {value!r} is not finite")
@@ -165,7 +205,10 @@ def expand(grid=None, tasks=None):
 
 
 def effective_eta(task):
-    """The learning rate of a task: eta, times (P / 10^6)^(1 - kappa_s) for the scaled rule."""
+    """The learning rate of a task: eta, times (P / 10^6)^(1 - kappa_s) for the scaled rule
+    (None for a gradient-flow task)."""
+    if task["flow"]:
+        return None
     if task["eta_rule"] == "fixed":
         return task["eta"]
     return task["eta"] * (task["P"] / ETA_P0) ** (1 - task["kappa_s"])
@@ -179,9 +222,29 @@ class _Converged(Exception):
         self.result = result
 
 
+def _flow_end(task):
+    """``(tau, stop_at)`` of a gradient-flow task: to ``tau``, or with ``tau`` None to T_eps of
+    every class (as ``mimfast run --flow`` without TAU)."""
+    from .flow import UNTIL_EVENT
+
+    return (UNTIL_EVENT, "T_eps") if task["tau"] is None else (task["tau"], None)
+
+
+def _flow(setting, task, threads):
+    import mimfast as mf
+
+    tau, stop_at = _flow_end(task)
+    kwargs = {} if task["rtol"] is None else {"quad_rtol": task["rtol"]}
+    return mf.flow(setting, tau, rtol=task["flow_rtol"], stop_at=stop_at,
+                   backend=task["backend"], threads=threads, tail_tol=task["tail_tol"],
+                   method=task["method"] or "auto", epsilon=task["epsilon"], **kwargs)
+
+
 def _simulate(setting, task, threads):
     import mimfast as mf
 
+    if task["flow"]:
+        return _flow(setting, task, threads)
     kwargs = {"backend": task["backend"], "threads": threads, "tail_tol": task["tail_tol"]}
     if task["method"] not in (None, "exact") or "method" in _simulate_parameters():
         if "method" not in _simulate_parameters():
@@ -212,35 +275,51 @@ def _simulate_parameters():
     return inspect.signature(mf.simulate).parameters
 
 
+def _worst(values, pick=max):
+    """``pick`` of the clusters' values, None when some cluster has none."""
+    return None if None in values else pick(values)
+
+
 def _measure(result, analysis):
-    """The table columns measured on a finished run (per class: worst over the clusters)."""
+    """The table columns measured on a finished run, from its analysis (per class: the worst
+    over the clusters). The number of phases is the analysis' verdict
+    (:attr:`mimfast.analysis.ClassSummary.phases`: a switch after Q = 0 counts as a second
+    phase only after the global FP correlation decoupled), so the table and the report of a
+    run always agree."""
     from .analysis import pp_fp_sizes
 
     row = {}
     for h, name in enumerate(("global", "local")):
         rows = [c for c in analysis.classes if c.h == h]
-        switch = [c.phase_switch for c in rows]
-        t_eps = [c.convergence_time for c in rows]
-        row[f"{name}_switch"] = None if None in switch else max(switch)
-        row[f"{name}_phases"] = (None if row[f"{name}_switch"] is None
-                                 else 1 + (row[f"{name}_switch"] > 0))
-        row[f"{name}_T_eps"] = None if None in t_eps else max(t_eps)
+        row[f"{name}_switch"] = _worst([c.phase_switch for c in rows])
+        row[f"{name}_switch_tau"] = _worst([c.switch_tau for c in rows])
+        row[f"{name}_phases"] = _worst([c.phases for c in rows])
+        row[f"{name}_T_eps"] = _worst([c.convergence_time for c in rows])
+        row[f"{name}_T_eps_tau"] = _worst([c.convergence_tau for c in rows])
         row[f"{name}_attention"] = min(c.attention for c in rows)
         row[f"{name}_loss_gap"] = max(c.loss_gap for c in rows)
         # the scale below which a quadrature run's loss gap is not resolved (scaling.fits)
         row[f"{name}_irreducible"] = max(c.irreducible for c in rows)
-    # the information gap at work (docs/model.md §4): |dL/dA_global| / |dL/dA_own| of a local
-    # query at Q = 0, which the analysis puts at P^Delta
-    row["local_grad_ratio0"] = max(
-        abs(result.fp_grad(k, 1, 0)[0]) / abs(result.fp_grad(k, 1, "own")[0])
-        for k in range(result.setting.K))
-    low = min((c for c in analysis.classes if c.h == 1), key=lambda c: c.global_fp_min)
+    local = [c for c in analysis.classes if c.h == 1]
+    # R(0) of docs/model.md §4: |dL/dA_global| / |dL/dA_own| of a local query at Q = 0
+    row["local_grad_ratio0"] = _worst([c.grad_ratio0 for c in local])
+    low = min(local, key=lambda c: c.global_fp_min)
     row["local_fp_global_min"] = low.global_fp_min
     row["local_fp_global_min_step"] = low.global_fp_min_step
+    row["local_fp_global_min_tau"] = low.global_fp_min_tau
+    # no minimum yet: the correlation still falls at the end of the run
+    row["local_fp_global_falling"] = bool(low.global_fp_min_step == analysis.last_step > 0)
+    late = max(local, key=lambda c: -1 if c.switch_tau is None else c.switch_tau)
+    row["local_fp_global_at_switch"] = late.fp_global_at_switch
+    row["local_fp_own_at_switch"] = late.fp_own_at_switch
+    row["trusted"] = not analysis.warning  # GD steps small enough to follow the flow
     pp, fp = pp_fp_sizes(result)
     row["pp_fp_ratio"] = pp / fp if fp else math.nan
     row["converged"] = row["global_T_eps"] is not None and row["local_T_eps"] is not None
     row["last_step"] = result.last_step
+    row["last_tau"] = (float(result.tau[-1]) if result.is_flow
+                       else result.eta * result.last_step)
+    row["evaluations"] = getattr(result, "evaluations", None)
     row["method_used"] = getattr(result, "method", "exact")
     row["dropped"] = result.dropped
     error = getattr(result, "error", None)
@@ -276,7 +355,16 @@ def check_task(task, threads=None):
 
     task = _complete(task)
     setting = _setting(task)
-    _check_run(setting, effective_eta(task), task["steps"], task["record_every"], threads)
+    if task["flow"]:
+        from .backends import check_threads
+        from .flow import _check_flow
+
+        _check_flow(setting, _flow_end(task)[0], task["flow_rtol"], _flow_end(task)[1],
+                    task["epsilon"], 1)
+        if threads is not None:
+            check_threads(threads)
+    else:
+        _check_run(setting, effective_eta(task), task["steps"], task["record_every"], threads)
     check_tail_tol(task["tail_tol"])
     if not 0 < task["epsilon"] < 1:
         raise ValueError(f"epsilon must lie in (0, 1), got {task['epsilon']}")
@@ -319,7 +407,8 @@ def check_tasks(tasks, threads=None):
 
 def _name(task):
     """A task for a message: its id and the parameters that differ from the defaults."""
-    given = ", ".join(f"{k}={v}" for k, v in task.items() if v != DEFAULTS[k])
+    given = ", ".join(f"{k}={v}" for k, v in task.items()
+                      if v != DEFAULTS[k] and (v is not None or k not in GD_ONLY + FLOW_ONLY))
     return f"task {task_id(task)} ({given})"
 
 
@@ -727,9 +816,11 @@ def sweep(out, grid=None, tasks=None, *, executor="local", scheduler=None, worke
         Output folder: ``results.csv`` and ``runs/`` (see the module documentation).
     grid, tasks
         The tasks (see :func:`expand`); a task is ``Setting.paper`` parameters (``P``,
-        ``kappa_c``, ``kappa_s``, ``gamma``, ``K``, ``z``, ``pp``) and run options (``eta``,
-        ``eta_rule``, ``steps``, ``until``, ``record_every``, ``method``, ``backend``,
-        ``epsilon``, ``tail_tol``). Every task is checked first (:func:`check_tasks`).
+        ``kappa_c``, ``kappa_s``, ``gamma``, ``K``, ``z``, ``pp``) and run options: ``flow``
+        (the gradient flow instead of GD) with ``tau`` and ``flow_rtol``, or GD's ``eta``,
+        ``eta_rule``, ``steps``, ``until``, ``record_every``; then ``method``, ``rtol``,
+        ``backend``, ``epsilon``, ``tail_tol``. Every task is checked first
+        (:func:`check_tasks`).
     executor : {"local", "dask"}
         ``"local"``: worker processes on this machine (one worker: this process).
         ``"dask"``: a Dask ``LocalCluster`` of worker processes, or the cluster at
@@ -866,24 +957,37 @@ def _decades(lo, hi, step=0.5):
 
 
 # Presets (docs/scaling.md): both regimes of the paper across P, and the phase diagram.
-# A fixed step budget at the scaled learning rate, so that final values are taken at one time:
-# T_eps of a local query is about 600 steps at every P for kappa_s = 0.3 (2000 steps), and
-# about 2500 for kappa_s = 0.2 (4000 steps in the phase grid). rtol 1e-13, the quadrature's
-# own default: it is met at every step of every task, for the CPU time of 1e-10 within this
-# machine's noise (docs/scaling.md).
+# The "-flow" presets integrate the gradient flow to T_eps of every class: every time is a
+# located flow time and every phase verdict rests on steps that follow the flow, at any P.
+# The GD presets take a fixed step budget at the scaled learning rate, so that final values
+# are taken at one time: T_eps of a local query is about 600 steps at every P for
+# kappa_s = 0.3 (2000 steps), and about 2500 for kappa_s = 0.2 (4000 steps in the phase
+# grid); from P = 1e7 (kappa_c = 0.9) a step moves a correlation by more than 1 before the
+# switch, and the analysis marks their phase claims untrusted (column ``trusted``). rtol 1e-13, the quadrature's own default: it is met at every
+# step of every task, for the CPU time of 1e-10 within this machine's noise (docs/scaling.md).
 _RUN = {"eta": 100.0, "eta_rule": "scaled", "until": False, "method": "auto", "rtol": 1e-13}
+_FLOW = {"flow": True, "method": "auto", "rtol": 1e-13}
+_KAPPA = {"kappa_s": [0.2, 0.3, 0.4, 0.5],
+          "kappa_c": [0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]}
 PRESETS = {
     "paper-scaling": {
         "grid": {"kappa_c": [0.9, 0.6], "kappa_s": 0.3, "P": _decades(3, 18), "steps": 2000,
                  **_RUN},
-        "help": "P = 10^3 ... 10^18 in half-decades, kappa_s = 0.3, kappa_c = 0.9 "
+        "help": "GD, P = 10^3 ... 10^18 in half-decades, kappa_s = 0.3, kappa_c = 0.9 "
                 "(Delta = +0.5) and 0.6 (Delta = -0.1), 2000 steps",
     },
+    "paper-scaling-flow": {
+        "grid": {"kappa_c": [0.9, 0.6], "kappa_s": 0.3, "P": _decades(3, 18, 1), **_FLOW},
+        "help": "gradient flow to T_eps, P = 10^3 ... 10^18 in decades, kappa_s = 0.3, "
+                "kappa_c = 0.9 (Delta = +0.5) and 0.6 (Delta = -0.1)",
+    },
     "paper-phases": {
-        "grid": {"P": [10**6, 10**12], "kappa_s": [0.2, 0.3, 0.4, 0.5],
-                 "kappa_c": [0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95], "steps": 4000,
-                 **_RUN},
-        "help": "kappa_c x kappa_s grid at P = 10^6 and 10^12, 4000 steps",
+        "grid": {"P": [10**6, 10**12], **_KAPPA, "steps": 4000, **_RUN},
+        "help": "GD, kappa_c x kappa_s grid at P = 10^6 and 10^12, 4000 steps",
+    },
+    "paper-phases-flow": {
+        "grid": {"P": [10**6, 10**12], **_KAPPA, **_FLOW},
+        "help": "gradient flow to T_eps, kappa_c x kappa_s grid at P = 10^6 and 10^12",
     },
 }
 
