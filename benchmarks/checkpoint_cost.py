@@ -15,15 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
-START, END = "<!-- checkpoint-cost: start -->", "<!-- checkpoint-cost: end -->"
 
 
 def run_once(steps, P, extra):
@@ -69,13 +65,9 @@ def main():
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        text = DOC.read_text()
-        if START not in text or END not in text:
-            sys.exit(f"{DOC} has no {START} ... {END} section")
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END),
-                      lambda _: f"{START}\n{table}\n{END}", text, flags=re.S)
-        DOC.write_text(text)
-        print(f"rewrote the table in {DOC}", file=sys.stderr)
+        from doc_tables import rewrite  # a script beside this one (not a benchmark)
+
+        rewrite("docs/performance.md", "checkpoint-cost", table)
 
 
 if __name__ == "__main__":
