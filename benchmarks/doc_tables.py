@@ -34,6 +34,7 @@ PRINTED = {
     "dispatch": ("docs/performance.md",
                  "python benchmarks/dispatch_table.py --rounds 6 --exps 6,7,8,9"),
     "phase-one": ("docs/theorem.md", "python benchmarks/phase_one.py"),
+    "preset-eta": ("docs/theorem.md", "python benchmarks/preset_eta.py"),
     "full-trajectory": ("docs/theorem.md", "python benchmarks/full_trajectory.py --P 1e8,1e9"),
 }
 
