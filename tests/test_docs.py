@@ -39,3 +39,19 @@ def test_printed_example_matches_a_fresh_run(name):
 def test_timing_lines_are_left_out_and_nothing_else():
     assert doc_examples.comparable("1000 steps in 5.5 s wall\nA_own 3.2 s\n") == ["A_own 3.2 s"]
     assert doc_examples.comparable("took 3 s\nstep 3\n") == ["step 3"]
+
+
+def test_every_measured_section_has_the_script_that_rewrites_it():
+    import re
+
+    writers = {"performance-table": "docs/performance.md", "checkpoint-cost": "docs/performance.md"}
+    writers.update({name: page for name, (page, _) in doc_tables.PRINTED.items()})
+    writers.update({f"example {name}": page for name, (page, _) in doc_examples.EXAMPLES.items()})
+    found = {}
+    for page in ["README.md", *(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]:
+        for name in re.findall(r"^<!-- (.+?): start -->$", (ROOT / page).read_text(), re.M):
+            found[name] = page
+    assert found == writers
+    for name, (page, command) in doc_tables.PRINTED.items():
+        script = command.split()[1]
+        assert (ROOT / script).is_file(), f"{name}: {script} is missing"
