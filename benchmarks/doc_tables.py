@@ -47,7 +47,7 @@ def markers(name):
 def section(text, name):
     """What lies between the markers of ``name`` in ``text`` (ValueError when absent)."""
     start, end = markers(name)
-    found = re.search(re.escape(start) + "\n(.*?)\n?" + re.escape(end), text, flags=re.S)
+    found = re.search(re.escape(start) + "\n(.*?)\n?" + re.escape(end), text, flags=re.DOTALL)
     if found is None:
         raise ValueError(f"no {start} ... {end} section")
     return found.group(1)
@@ -66,7 +66,7 @@ def rewrite(doc, name, body):
     except ValueError as e:
         sys.exit(f"{path}: {e}")
     text = re.sub(re.escape(start) + ".*?" + re.escape(end),
-                  lambda _: f"{start}\n{body.rstrip()}\n{end}", text, flags=re.S)
+                  lambda _: f"{start}\n{body.rstrip()}\n{end}", text, flags=re.DOTALL)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         f.write(text)

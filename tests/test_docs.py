@@ -49,9 +49,18 @@ def test_every_measured_section_has_the_script_that_rewrites_it():
     writers.update({f"example {name}": page for name, (page, _) in doc_examples.EXAMPLES.items()})
     found = {}
     for page in ["README.md", *(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]:
-        for name in re.findall(r"^<!-- (.+?): start -->$", (ROOT / page).read_text(), re.M):
+        for name in re.findall(r"^<!-- (.+?): start -->$", (ROOT / page).read_text(), re.MULTILINE):
             found[name] = page
     assert found == writers
     for name, (page, command) in doc_tables.PRINTED.items():
         script = command.split()[1]
         assert (ROOT / script).is_file(), f"{name}: {script} is missing"
+
+
+def test_grid_sizes_quoted_in_readme_are_todays():
+    import mimfast as mf
+    from mimfast.grid import build_grids
+
+    points = sum(g.points for g in build_grids(mf.Setting.paper(10**6, 0.9, 0.3)).values())
+    readme = (ROOT / "README.md").read_text()
+    assert points == 215_048 and "215,048" in readme
