@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -99,18 +98,6 @@ def roofline(threads):
             for line in out.splitlines()}
 
 
-def cpu_model():
-    """`` (model name)`` of the first CPU where /proc/cpuinfo says it, else nothing."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f" ({line.split(':', 1)[1].strip()})"
-    except OSError:
-        pass
-    return ""
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="P up to 10^6 only")
@@ -152,9 +139,9 @@ def main():
     cold, warm = numba_compile(cache)
     cached, _ = numba_compile(cache)
 
-    out = [f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.machine()}{cpu_model()}, "
-           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
-           f"threads={args.threads}; mimfast {mf.__version__}",
+    from doc_tables import machine, rewrite  # scripts beside this one (not benchmarks)
+
+    out = [f"{machine()}, threads={args.threads}; mimfast {mf.__version__}",
            "",
            "| P | grid points per step | grid build (s) | cpp s/step | cpp ns/point | "
            "numba s/step | numba/cpp | numpy s/step | numpy/cpp | peak RSS, cpp run (MiB) |",
@@ -192,8 +179,6 @@ def main():
     table = "\n".join(out)
     print(table)
     if not args.no_write:
-        from doc_tables import rewrite  # a script beside this one (not a benchmark)
-
         rewrite("docs/performance.md", "performance-table", table)
 
 
