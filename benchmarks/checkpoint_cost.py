@@ -13,8 +13,6 @@ which is why a rule by steps costs a long run more and more; the default rule is
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -53,11 +51,10 @@ def main():
         for name, extra in configs.items():
             best[name] = min(best[name], run_once(args.steps, args.P, extra))
     base = best["none (--checkpoint-seconds 0)"]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    lines = [f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.machine()}, "
-             f"{os.cpu_count()} cores, load average {load:.1f}; command: `mimfast run --P "
-             f"{args.P} --steps {args.steps:,} --no-plots --threads 1` plus the options below; "
-             f"best of {args.rounds}",
+    from doc_tables import machine, rewrite  # scripts beside this one (not benchmarks)
+
+    lines = [f"{machine()}; command: `mimfast run --P {args.P} --steps {args.steps:,} "
+             f"--no-plots --threads 1` plus the options below; best of {args.rounds}",
              "",
              "| checkpoints | wall time (s) | / none |",
              "|---|---|---|"]
@@ -65,8 +62,6 @@ def main():
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        from doc_tables import rewrite  # a script beside this one (not a benchmark)
-
         rewrite("docs/performance.md", "checkpoint-cost", table)
 
 
