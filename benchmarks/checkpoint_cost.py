@@ -13,17 +13,11 @@ which is why a rule by steps costs a long run more and more; the default rule is
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
-START, END = "<!-- checkpoint-cost: start -->", "<!-- checkpoint-cost: end -->"
 
 
 def run_once(steps, P, extra):
@@ -57,11 +51,10 @@ def main():
         for name, extra in configs.items():
             best[name] = min(best[name], run_once(args.steps, args.P, extra))
     base = best["none (--checkpoint-seconds 0)"]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    lines = [f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.machine()}, "
-             f"{os.cpu_count()} cores, load average {load:.1f}; command: `mimfast run --P "
-             f"{args.P} --steps {args.steps:,} --no-plots --threads 1` plus the options below; "
-             f"best of {args.rounds}",
+    from doc_tables import machine, rewrite  # scripts beside this one (not benchmarks)
+
+    lines = [f"{machine()}; command: `mimfast run --P {args.P} --steps {args.steps:,} "
+             f"--no-plots --threads 1` plus the options below; best of {args.rounds}",
              "",
              "| checkpoints | wall time (s) | / none |",
              "|---|---|---|"]
@@ -69,13 +62,7 @@ def main():
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        text = DOC.read_text()
-        if START not in text or END not in text:
-            sys.exit(f"{DOC} has no {START} ... {END} section")
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END),
-                      lambda _: f"{START}\n{table}\n{END}", text, flags=re.S)
-        DOC.write_text(text)
-        print(f"rewrote the table in {DOC}", file=sys.stderr)
+        rewrite("docs/performance.md", "checkpoint-cost", table)
 
 
 if __name__ == "__main__":

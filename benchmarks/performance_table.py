@@ -1,7 +1,7 @@
-"""Measure the table of docs/performance.md (run from the repository root, on a quiet machine).
+"""Measure the main table of docs/performance.md and rewrite it there.
 
-    python benchmarks/performance_table.py            # full table, ~5 minutes on 2 cores
-    python benchmarks/performance_table.py --quick    # P up to 10^6
+    python benchmarks/performance_table.py                       # full table, ~5 minutes on 2 cores
+    python benchmarks/performance_table.py --quick --no-write    # P up to 10^6, printed only
 
 Every number in one run of this script comes from the same machine state, so ratios between
 backends (and with the minimal loop of benchmarks/roofline.cpp) are what to read.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -58,6 +57,9 @@ def measure_one(P, backends, threads):
     for b in backends:
         kernel = get_kernel(b)
         row[b] = best_time(lambda k=kernel: evaluate(s, grids, state, k, threads))
+    if P >= 10**8 and threads > 1:
+        kernel = get_kernel("cpp")
+        row["cpp_1"] = best_time(lambda: evaluate(s, grids, state, kernel, 1))
     return row
 
 
@@ -100,6 +102,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="P up to 10^6 only")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--no-write", action="store_true", help="print the table only")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--rss", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--backends", default="cpp,numba,numpy", help=argparse.SUPPRESS)
@@ -136,29 +139,47 @@ def main():
     cold, warm = numba_compile(cache)
     cached, _ = numba_compile(cache)
 
-    print(f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.machine()}, "
-          f"{os.cpu_count()} cores, threads={args.threads}; mimfast {mf.__version__}")
-    print()
-    print("| P | grid points per step | grid build (s) | cpp s/step | cpp ns/point | "
-          "numba s/step | numba/cpp | numpy s/step | numpy/cpp | peak RSS, cpp run (MiB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    from doc_tables import machine, rewrite  # scripts beside this one (not benchmarks)
+
+    out = [f"{machine()}, threads={args.threads}; mimfast {mf.__version__}",
+           "",
+           "| P | grid points per step | grid build (s) | cpp s/step | cpp ns/point | "
+           "numba s/step | numba/cpp | numpy s/step | numpy/cpp | peak RSS, cpp run (MiB) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         npy = f"{r['numpy']:.3g} | {r['numpy'] / r['cpp']:.0f}x" if "numpy" in r else "– | –"
-        print(f"| 10^{len(str(r['P'])) - 1} | {r['points']:,} | {r['grid_s']:.3f} | "
-              f"{r['cpp']:.3g} | {r['cpp'] / r['points'] * 1e9:.2f} | {r['numba']:.3g} | "
-              f"{r['numba'] / r['cpp']:.2f} | {npy} | {r['rss_mib']:.0f} |")
-    print()
-    print(f"1,000 GD steps at P = 10^{exps[-1]} (simulate, cpp): {t_1000:.1f} s")
-    print(f"numba: first gradient in a fresh process {cold:.2f} s with an empty cache "
-          f"(compilation), {cached:.2f} s with the cache filled; the same call once compiled "
-          f"{warm * 1e3:.2f} ms (grid construction included)")
+        out.append(f"| 10^{len(str(r['P'])) - 1} | {r['points']:,} | {r['grid_s']:.3f} | "
+                   f"{r['cpp']:.3g} | {r['cpp'] / r['points'] * 1e9:.2f} | {r['numba']:.3g} | "
+                   f"{r['numba'] / r['cpp']:.2f} | {npy} | {r['rss_mib']:.0f} |")
+    out += ["",
+            f"1,000 GD steps at P = 10^{exps[-1]} (simulate, cpp): {t_1000:.1f} s",
+            "",
+            f"numba: first gradient in a fresh process {cold:.2f} s with an empty cache "
+            f"(compilation), {cached:.2f} s with the cache filled; the same call once compiled "
+            f"{warm * 1e3:.2f} ms (grid construction included)"]
     if roof:
         big = rows[-1]
-        kernel_ns = big["cpp"] / big["points"] * 1e9
-        print(f"minimal loops of benchmarks/roofline.cpp (paper grid of ~1.5e7 points): "
-              f"direct model formulas {roof['direct']:.2f} ns/point, bare moment sums "
-              f"{roof['moments']:.2f} ns/point; mimfast cpp at P = {big['P']:.0e}: "
-              f"{kernel_ns:.2f} ns/point")
+        out += ["",
+                f"minimal loops of benchmarks/roofline.cpp (paper grid of ~1.5e7 points): "
+                f"direct model formulas {roof['direct']:.2f} ns/point, bare moment sums "
+                f"{roof['moments']:.2f} ns/point; mimfast cpp at P = 10^{exps[-1]}: "
+                f"{big['cpp'] / big['points'] * 1e9:.2f} ns/point"]
+    scaling = [r for r in rows if "cpp_1" in r]
+    if scaling:
+        out += ["",
+                f"Thread scaling of one cpp gradient (the same timing, 1 and {args.threads} "
+                f"threads):",
+                "",
+                f"| P | 1 thread | {args.threads} threads | speed-up |",
+                "|---|---|---|---|"]
+        out += [f"| 10^{len(str(r['P'])) - 1} | {r['cpp_1'] * 1e3:.2f} ms "
+                f"({r['cpp_1'] / r['points'] * 1e9:.2f} ns/point) | {r['cpp'] * 1e3:.2f} ms "
+                f"({r['cpp'] / r['points'] * 1e9:.2f} ns/point) | {r['cpp_1'] / r['cpp']:.2f}x |"
+                for r in scaling]
+    table = "\n".join(out)
+    print(table)
+    if not args.no_write:
+        rewrite("docs/performance.md", "performance-table", table)
 
 
 if __name__ == "__main__":
