@@ -64,3 +64,32 @@ class PointCost:
             lambda: common.gradient(self.setting, self.grids, self.state, self.kernel)
         )
         return 1e9 * seconds / self.points
+
+
+class IllConditioned:
+    """One gradient at a state whose wide mixed-sign logits make many moment blocks
+    ill-conditioned (docs/model.md §3, conditioning): the cost of the point-by-point fallback,
+    against the same setting at a mild state."""
+
+    params = [["cpp", "numba"], ["mild", "wide"]]
+    param_names = ["backend", "state"]
+
+    def setup(self, backend, state):
+        import numpy as np
+
+        import mimfast as mf
+
+        self.kernel = common.kernel(backend)
+        G, C = mf.Group, mf.Cluster
+        self.setting = mf.Setting([C([G(1, 600, z=0.37), G(4, 300, z=4.44), G(30, 40, z=3.12)])],
+                                  gamma=0.6, pp="exact")
+        self.grids = common.grids(self.setting)
+        rng = np.random.default_rng(common.SEED)
+        a, b = (8.0, 3.0) if state == "wide" else (0.5, 0.1)
+        self.state = mf.State.zeros(self.setting)
+        self.state.fp[0][:] = rng.uniform(-a, a, self.state.fp[0].shape)
+        self.state.pp[:] = rng.uniform(-b, b, self.state.pp.shape)
+        common.warm(self.setting, self.grids, self.state, self.kernel)
+
+    def time_gradient(self, backend, state):
+        common.gradient(self.setting, self.grids, self.state, self.kernel)

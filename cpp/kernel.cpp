@@ -308,12 +308,22 @@ bool block_sums(const Grid& g, const Inputs& in, int64_t b, double* out, double*
         return true;
     }
     const double grow = 16.0 + 3.0 * dcond;  // combination, and i^b through D's rounding
-    const AbsMoments amo(mo, h);
-    const auto am = [&](const Poly& p, int bb) { return grow * amo(p, bb); };
+    // Fast path: when every affine factor (counts, the terms of D and their partial sums)
+    // varies by at most 1/8 of its centre value over the block, a product of up to three of
+    // them varies by less than a factor 2.2, so the moments are as well conditioned as the
+    // points and a line's magnitude is 2 grow times its terms' values.
+    bool fast = true;
+    const auto flat = [&](double f0, double f1) { return std::fabs(f1) * h <= 0.125 * std::fabs(f0); };
+    for (int c = 0; c < n && fast; ++c)
+        fast = flat(u[c], a[c]) && flat(in.sizes[c] - u[c], a[c]) && flat(X[c][0], X[c][1]) &&
+               flat(Y[c][0], Y[c][1]);
+    const AbsMoments amo(mo, fast ? 0.0 : h);
     double val = 0.0, big = 0.0;  // magnitudes of the lines' terms, and of their moment sums
     const auto term = [&](const Poly& p, int bb, double f) {
-        val += std::fabs(f * mo(p, bb));
-        const double m = std::fabs(f) * am(p, bb);
+        const double v = std::fabs(f * mo(p, bb));
+        if (fast) return 2.0 * grow * v;
+        val += v;
+        const double m = std::fabs(f) * grow * amo(p, bb);
         big += m;
         return m;
     };
@@ -342,7 +352,7 @@ bool block_sums(const Grid& g, const Inputs& in, int64_t b, double* out, double*
     out[0] = mo.m[0][0];
     out[1] = 0.5 * mo(L, 2);
     out[2] = -wself * mo(Gb, 3);
-    mag[0] = grow * mo.m[0][0];
+    mag[0] = grow * mo.m[0][0];  // (not in any part)
     mag[1] = term(L, 2, 0.5);
     mag[2] = term(Gb, 3, wself);
     for (int c = 0; c < n; ++c) {
@@ -363,7 +373,7 @@ bool block_sums(const Grid& g, const Inputs& in, int64_t b, double* out, double*
         out[3 + 2 * n + c] = (mo(p, 3) - mo(q, 3)) * in.inv_sizes[c];
         mag[3 + 2 * n + c] = term(p, 3, in.inv_sizes[c]) + term(q, 3, in.inv_sizes[c]);
     }
-    return !(big <= ILL * val);
+    return !fast && !(big <= ILL * val);
 }
 
 }  // namespace
@@ -396,79 +406,86 @@ void validate(const Grid& g) {
     }
 }
 
+// The magnitudes of a block's sums gathered by part: loss, attention, gradient (dB_self, dA, dB),
+// as the error estimate reads them (fused.cpp).
+void part_sums(const double* v, int n, double* p) {
+    p[0] = v[1];
+    p[1] = 0.0;
+    for (int c = 0; c < n; ++c) p[1] += v[3 + c];
+    p[2] = v[2];
+    for (int s = 3 + n; s < 3 + 3 * n; ++s) p[2] += v[s];
+}
+
+// The 2-norm of each part of the sums, scaled so that sums near the least double keep one.
+void part_norms(const double* v, int n, double* norm) {
+    const auto scaled = [](const double* x, int k, double top, double s2) {
+        for (int i = 0; i < k; ++i) top = std::max(top, std::fabs(x[i]));
+        if (top == 0) return 0.0;
+        s2 = s2 / top / top;  // the extra entry (dB_self), if any, came in scaled by 1
+        for (int i = 0; i < k; ++i) s2 += (x[i] / top) * (x[i] / top);
+        return top * std::sqrt(s2);
+    };
+    norm[0] = std::fabs(v[1]);
+    norm[1] = scaled(v + 3, n, 0.0, 0.0);
+    const double top = std::fabs(v[2]);
+    norm[2] = scaled(v + 3 + n, 2 * n, top, v[2] * v[2]);
+}
+
 void class_sums(const Grid& g, const Inputs& in, int threads, double* out) {
     const int n = g.n_cat;
     const int ns = n_sums(n);
-    std::vector<double> part(static_cast<size_t>(g.n_blocks) * ns, 0.0), mag(part.size(), 0.0);
-    std::vector<char> ill(static_cast<size_t>(g.n_blocks), 0);
+    const int stride = ns + 4;  // a block's sums, its magnitudes by part, and whether ill
+    std::vector<double> part(static_cast<size_t>(g.n_blocks) * stride, 0.0);
     // A thread earns its start-up and the risk of waiting on a descheduled peer only with
     // enough points; the result does not depend on the count (fixed blocks, fixed order).
     int64_t points = 0;
     for (int64_t b = 0; b < g.n_blocks; ++b) points += g.blocks[3 * b + 2] - g.blocks[3 * b + 1];
     threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, points / MIN_POINTS_PER_THREAD)));
     (void)threads;
+    const auto run = [&](int64_t b, bool by_points) {
+        double mag[3 + 3 * MAX_CAT];
+        double* o = &part[b * stride];
+        const bool ill = block_sums(g, in, b, o, mag, by_points);
+        part_sums(mag, n, o + ns);
+        o[ns + 3] = ill ? 1.0 : 0.0;
+    };
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
 #endif
-    for (int64_t b = 0; b < g.n_blocks; ++b)
-        ill[b] = block_sums(g, in, b, &part[b * ns], &mag[b * ns], false);
-    // the three parts of a class's sums, as its error estimate reads them (fused.cpp)
-    const auto total = [&](double* o) {
-        std::fill(o, o + ns, 0.0);
+    for (int64_t b = 0; b < g.n_blocks; ++b) run(b, false);
+    const auto total = [&]() {
+        std::fill(out, out + ns + 3, 0.0);
         for (int64_t b = 0; b < g.n_blocks; ++b)
-            for (int s = 0; s < ns; ++s) o[s] += part[b * ns + s];
+            for (int s = 0; s < ns + 3; ++s) out[s] += part[b * stride + s];
     };
-    total(out);
-    const int parts[3][2] = {{1, 2}, {3, 3 + n}, {2, 3 + 3 * n}};  // loss, attention, gradient
-    const auto in_part = [&](int p, int s) {
-        return p == 2 ? (s == 2 || s >= 3 + n) : (s >= parts[p][0] && s < parts[p][1]);
-    };
+    total();
     double norm[3];
-    const auto norms = [&]() {  // scaled, so that sums near the least double keep a norm
-        for (int p = 0; p < 3; ++p) {
-            double top = 0.0, s2 = 0.0;
-            for (int s = 0; s < ns; ++s)
-                if (in_part(p, s)) top = std::max(top, std::fabs(out[s]));
-            if (top > 0)
-                for (int s = 0; s < ns; ++s)
-                    if (in_part(p, s)) s2 += (out[s] / top) * (out[s] / top);
-            norm[p] = top * std::sqrt(s2);
-        }
-    };
-    norms();
-    const auto share = [&](int64_t b) {  // the block's rounding estimate relative to each part
-        double worst = 0.0;
-        for (int p = 0; p < 3; ++p) {
-            double m = 0.0;
-            for (int s = 0; s < ns; ++s)
-                if (in_part(p, s)) m += mag[b * ns + s];
-            const double r = EPS * m / norm[p];
-            worst = std::max(worst, m > 0 ? (std::isfinite(r) ? r : HUGE_VAL) : 0.0);
-        }
-        return worst;
-    };
+    part_norms(out, n, norm);
+    // blocks summed again point by point: ill-conditioned, and their rounding estimate above
+    // BLOCK_SHARE of a part's norm
     std::vector<int64_t> redo;
-    for (int64_t b = 0; b < g.n_blocks; ++b)
-        if (ill[b] && !(share(b) <= BLOCK_SHARE)) redo.push_back(b);
+    for (int64_t b = 0; b < g.n_blocks; ++b) {
+        const double* o = &part[b * stride];
+        if (o[ns + 3] == 0.0) continue;
+        for (int p = 0; p < 3; ++p)
+            if (o[ns + p] > 0 && !(EPS * o[ns + p] <= BLOCK_SHARE * norm[p])) {
+                redo.push_back(b);
+                break;
+            }
+    }
     if (!redo.empty()) {
         const int64_t nr = static_cast<int64_t>(redo.size());
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && nr > 1)
 #endif
-        for (int64_t i = 0; i < nr; ++i)
-            block_sums(g, in, redo[i], &part[redo[i] * ns], &mag[redo[i] * ns], true);
-        total(out);
-        norms();
+        for (int64_t i = 0; i < nr; ++i) run(redo[i], true);
+        total();
+        part_norms(out, n, norm);
     }
-    {  // the rounding estimate of each part relative to its norm
-        double* bound = out + ns;
-        for (int p = 0; p < 3; ++p) {
-            double m = 0.0;
-            for (int64_t b = 0; b < g.n_blocks; ++b)
-                for (int s = 0; s < ns; ++s)
-                    if (in_part(p, s)) m += mag[b * ns + s];
-            bound[p] = m > 0 ? (norm[p] > 0 ? EPS * m / norm[p] : HUGE_VAL) : 0.0;
-        }
+    // the rounding estimate of each part relative to its norm
+    for (int p = 0; p < 3; ++p) {
+        const double m = out[ns + p];
+        out[ns + p] = m > 0 ? (norm[p] > 0 ? EPS * m / norm[p] : HUGE_VAL) : 0.0;
     }
 }
 

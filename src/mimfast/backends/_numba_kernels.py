@@ -51,6 +51,24 @@ def abs_moment(am, p, b):
 
 
 @njit
+def flat(f0, f1, h):
+    return abs(f1) * h <= 0.125 * abs(f0)
+
+
+@njit
+def term(m, am, p, b, f, grow, fast, acc):
+    """The magnitude of one term f E[P i^b] of a line (cpp/kernel.cpp, block_sums); acc
+    gathers its value's and its moments' magnitudes."""
+    v = abs(f * moment(m, p, b))
+    if fast:
+        return 2.0 * grow * v
+    acc[0] += v
+    mg = abs(f) * grow * abs_moment(am, p, b)
+    acc[1] += mg
+    return mg
+
+
+@njit
 def tup(r):  # a row of 4 coefficients as a polynomial
     return (r[0], r[1], r[2], r[3])
 
@@ -174,8 +192,13 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
         mag[:] = np.inf
         return True
     grow = 16.0 + 3.0 * (abs(D[0]) + abs(D[1]) * h) / dmin
-    am = abs_moments(m, h)
-    val, big = 0.0, 0.0
+    # fast path (cpp/kernel.cpp): every affine factor varies by at most 1/8 over the block
+    fast = True
+    for c in range(n):
+        fast = (fast and flat(uu[c], aa[c], h) and flat(C[c] - uu[c], aa[c], h)
+                and flat(xs[c, 0], xs[c, 1], h) and flat(ys[c, 0], ys[c, 1], h))
+    am = abs_moments(m, 0.0 if fast else h)
+    acc = np.zeros(2)  # magnitudes of the lines' terms' values, and of their moment sums
     z02 = z[0] * z[0]
     L = add(zero, mul(X0, X0), z02)  # 2 loss = L i^2
     es = np.empty((n, 4))
@@ -192,12 +215,9 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
     out[0] = m[0]
     mag[0] = grow * m[0]
     out[1] = 0.5 * moment(m, L, 2)
-    mag[1] = 0.5 * grow * abs_moment(am, L, 2)
-    val += abs(out[1])
+    mag[1] = term(m, am, L, 2, 0.5, grow, fast, acc)
     out[2] = -wself * moment(m, Gb, 3)
-    mag[2] = wself * grow * abs_moment(am, Gb, 3)
-    val += abs(out[2])
-    big += mag[1] + mag[2]
+    mag[2] = term(m, am, Gb, 3, wself, grow, fast, acc)
     for c in range(n):
         Rest = zero
         for k in range(n):
@@ -205,30 +225,23 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
                 Rest = add(Rest, tup(es[k]), 1.0)
         Al, Ec = tup(al[c]), tup(es[c])
         out[3 + c] = moment(m, Al, 1)
-        mag[3 + c] = grow * abs_moment(am, Al, 1)
-        val += abs(out[3 + c])
+        mag[3 + c] = term(m, am, Al, 1, 1.0, grow, fast, acc)
         if c == 0:  # -2 z alpha l
             p = mul(Al0, L)
-            f = z[0]
-            tp, tq = moment(m, p, 3), 0.0
-            mp, mq = abs_moment(am, p, 3), 0.0
-            out[3 + n] = -f * tp
+            out[3 + n] = -z[0] * moment(m, p, 3)
+            mag[3 + n] = term(m, am, p, 3, z[0], grow, fast, acc)
         else:  # z (e (1 - alpha) - (gbar - e) alpha) / n'
             p, q = mul(Ec, tup(xs[c])), mul(Rest, Al)
             f = z[c] * ia[c]
-            tp, tq = moment(m, p, 3), moment(m, q, 3)
-            mp, mq = abs_moment(am, p, 3), abs_moment(am, q, 3)
-            out[3 + n + c] = f * (tp - tq)
-        mag[3 + n + c] = abs(f) * grow * (mp + mq)
-        val += abs(f) * (abs(tp) + abs(tq))
+            out[3 + n + c] = f * (moment(m, p, 3) - moment(m, q, 3))
+            mag[3 + n + c] = (term(m, am, p, 3, f, grow, fast, acc)
+                              + term(m, am, q, 3, f, grow, fast, acc))
         # e (1 - alpha - mu) - (gbar - e)(alpha + mu)
         p, q = mul(Ec, tup(ys[c])), mul(Rest, add(Al, tup(mu[c]), 1.0))
-        tp, tq = moment(m, p, 3), moment(m, q, 3)
-        out[3 + 2 * n + c] = (tp - tq) * isz[c]
-        mag[3 + 2 * n + c] = isz[c] * grow * (abs_moment(am, p, 3) + abs_moment(am, q, 3))
-        val += isz[c] * (abs(tp) + abs(tq))
-        big += mag[3 + c] + mag[3 + n + c] + mag[3 + 2 * n + c]
-    return not big <= ILL * val
+        out[3 + 2 * n + c] = (moment(m, p, 3) - moment(m, q, 3)) * isz[c]
+        mag[3 + 2 * n + c] = (term(m, am, p, 3, isz[c], grow, fast, acc)
+                              + term(m, am, q, 3, isz[c], grow, fast, acc))
+    return not fast and not acc[1] <= ILL * acc[0]
 
 
 @numba.njit(cache=CACHE, error_model="numpy")
