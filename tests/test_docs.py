@@ -39,6 +39,10 @@ def test_printed_example_matches_a_fresh_run(name):
 def test_timing_lines_are_left_out_and_nothing_else():
     assert doc_examples.comparable("1000 steps in 5.5 s wall\nA_own 3.2 s\n") == ["A_own 3.2 s"]
     assert doc_examples.comparable("took 3 s\nstep 3\n") == ["step 3"]
+    estimate = "Largest estimated relative error over the recorded steps: {} (tolerance met)."
+    assert (doc_examples.comparable(estimate.format("3.0e-15"))
+            == doc_examples.comparable(estimate.format("8.3e-16")))
+    assert "2.0e-09" in doc_examples.comparable(estimate.format("2.0e-09"))[0]
 
 
 def test_every_measured_section_has_the_script_that_rewrites_it():
