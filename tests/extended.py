@@ -151,38 +151,47 @@ def mp_sums(sizes, areas, z, A, B, b_self, u, dps=60, k_sd=12.0):
         wu = [mpmath.exp(mp(z[c]) * mp(A[c]) + mp(B[c])) for c in range(n)]
         wm = [mpmath.exp(mp(B[c])) for c in range(n)]
         ws = mpmath.exp(mp(b_self))
-        z2 = [mp(v) ** 2 for v in z]
         out = [mp(0)] * (3 + 3 * n)
         for Ux, w in zip(U_all, prob):
+            vals = [mp(1)] + mp_point([int(v) for v in Ux], sizes, areas, z, wu, wm, ws)
             w = w / total
-            Uc = [mp(int(v)) for v in Ux]
-            D = ws + sum(Uc[c] * wu[c] + (sizes[c] - Uc[c]) * wm[c] for c in range(n))
-            alpha = [Uc[c] * wu[c] / D for c in range(n)]
-            mu = [(sizes[c] - Uc[c]) * wm[c] / D for c in range(n)]
-            sigma = [mp(0)] * n
-            for c in range(1, n):
-                k, r = int(areas[c]), Uc[c]
-                if k == 1:
-                    s2 = r * r
-                elif k > 1:
-                    f, Cc = mp(1) / k, mp(int(sizes[c]))
-                    s2 = k * (r * f * (1 - f) * (Cc - r) / (Cc - 1) + (r * f) ** 2)
-                else:
-                    s2 = mp(0)
-                sigma[c] = s2 * (wu[c] / D) ** 2
-            groups = sum(z2[c] * sigma[c] for c in range(1, n))
-            loss = (z2[0] * (alpha[0] - 1) ** 2 + groups) / 2
-            gbar = z2[0] * alpha[0] * (alpha[0] - 1) + groups
-            dA = [z[0] * alpha[0] * (z2[0] * (alpha[0] - 1) - gbar)]
-            dA += [z[c] * (z2[c] * sigma[c] - gbar * alpha[c]) / int(areas[c]) if areas[c]
-                   else mp(0) for c in range(1, n)]
-            dB = [(z2[0] * alpha[0] * (alpha[0] - 1) - gbar * (alpha[0] + mu[0])) / int(sizes[0])
-                  if sizes[0] else mp(0)]
-            dB += [(z2[c] * sigma[c] - gbar * (alpha[c] + mu[c])) / int(sizes[c]) if sizes[c]
-                   else mp(0) for c in range(1, n)]
-            vals = [mp(1), loss, -gbar * ws / D] + alpha + dA + dB
             out = [o + w * v for o, v in zip(out, vals)]
         return out
+
+
+def mp_point(U, sizes, areas, z, wu, wm, ws):
+    """The §3 lines at one count point ``U`` in mpmath, each exactly as written in
+    docs/model.md §3, from the key weights ``wu``, ``wm``, ``ws``: ``[loss, dB_self,
+    alpha..., dA..., dB...]``."""
+    mp = mpmath.mpf
+    n = len(sizes)
+    Uc = [mp(int(v)) for v in U]
+    D = ws + sum(Uc[c] * wu[c] + (int(sizes[c]) - Uc[c]) * wm[c] for c in range(n))
+    alpha = [Uc[c] * wu[c] / D for c in range(n)]
+    mu = [(int(sizes[c]) - Uc[c]) * wm[c] / D for c in range(n)]
+    sigma = [mp(0)] * n
+    for c in range(1, n):
+        k, r = int(areas[c]), Uc[c]
+        if k == 1:
+            s2 = r * r
+        elif k > 1:
+            f, Cc = mp(1) / k, mp(int(sizes[c]))
+            s2 = k * (r * f * (1 - f) * (Cc - r) / (Cc - 1) + (r * f) ** 2)
+        else:
+            s2 = mp(0)
+        sigma[c] = s2 * (wu[c] / D) ** 2
+    z2 = [mp(v) ** 2 for v in z]
+    groups = sum(z2[c] * sigma[c] for c in range(1, n))
+    loss = (z2[0] * (alpha[0] - 1) ** 2 + groups) / 2
+    gbar = z2[0] * alpha[0] * (alpha[0] - 1) + groups
+    dA = [z[0] * alpha[0] * (z2[0] * (alpha[0] - 1) - gbar)]
+    dA += [z[c] * (z2[c] * sigma[c] - gbar * alpha[c]) / int(areas[c]) if areas[c]
+           else mp(0) for c in range(1, n)]
+    dB = [(z2[0] * alpha[0] * (alpha[0] - 1) - gbar * (alpha[0] + mu[0])) / int(sizes[0])
+          if sizes[0] else mp(0)]
+    dB += [(z2[c] * sigma[c] - gbar * (alpha[c] + mu[c])) / int(sizes[c]) if sizes[c]
+           else mp(0) for c in range(1, n)]
+    return [loss, -gbar * ws / D] + alpha + dA + dB
 
 
 def grid_points(grid):

@@ -5,6 +5,7 @@ import functools
 import mpmath
 import numpy as np
 import pytest
+from extended import mp_point
 
 import mimfast as mf
 
@@ -43,33 +44,11 @@ def mp_expectations(sizes, areas, z, A, B, b_self, u, half_width=9.0, with_zero=
         sums[key] = [mp(0)] * n
 
     def point(U, w):
-        D = ws + sum(U[c] * wu[c] + (sizes[c] - U[c]) * wm[c] for c in range(n))
-        alpha = [U[c] * wu[c] / D for c in range(n)]
-        mu = [(sizes[c] - U[c]) * wm[c] / D for c in range(n)]
-        sigma = [mp(0)] * n
-        for c in range(1, n):
-            r, k = mp(U[c]), areas[c]
-            if k == 1:
-                s2 = r * r
-            elif k > 1:
-                f, Cc = mp(1) / k, mp(sizes[c])
-                s2 = k * (r * f * (1 - f) * (Cc - r) / (Cc - 1) + (r * f) ** 2)
-            else:
-                s2 = mp(0)
-            sigma[c] = s2 * (wu[c] / D) ** 2
-        z2 = [mp(v) ** 2 for v in z]
-        loss = (z2[0] * (alpha[0] - 1) ** 2 + sum(z2[c] * sigma[c] for c in range(1, n))) / 2
-        gbar = z2[0] * alpha[0] * (alpha[0] - 1) + sum(z2[c] * sigma[c] for c in range(1, n))
-        dA = [z[0] * alpha[0] * (z2[0] * (alpha[0] - 1) - gbar)]
-        dA += [z[c] * (z2[c] * sigma[c] - gbar * alpha[c]) / areas[c] if areas[c] else mp(0)
-               for c in range(1, n)]
-        dB = [(z2[0] * alpha[0] * (alpha[0] - 1) - gbar * (alpha[0] + mu[0])) / sizes[0]
-              if sizes[0] else mp(0)]
-        dB += [(z2[c] * sigma[c] - gbar * (alpha[c] + mu[c])) / sizes[c] if sizes[c] else mp(0)
-               for c in range(1, n)]
+        loss, bself, *rest = mp_point(U, sizes, areas, z, wu, wm, ws)
+        alpha, dA, dB = rest[:n], rest[n:2 * n], rest[2 * n:]
         sums["mass"] += w
         sums["loss"] += w * loss
-        sums["bself"] += w * (-gbar * ws / D)
+        sums["bself"] += w * bself
         for c in range(n):
             sums["alpha"][c] += w * alpha[c]
             sums["dA"][c] += w * dA[c]
