@@ -602,7 +602,7 @@ def test_locked_sweep_folder_exits_2(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups as on Linux")
-@pytest.mark.parametrize("executor", ["local"])
+@pytest.mark.parametrize("executor", ["local", "dask"])
 def test_group_ctrl_c_as_workers_start_prints_no_traceback(executor, tmp_path):
     # Ctrl-C at a terminal signals the whole process group: the workers starting up must not
     # print tracebacks, and the sweep ends with exit 130 (or 0 if it was done)
@@ -628,3 +628,5 @@ def test_group_ctrl_c_as_workers_start_prints_no_traceback(executor, tmp_path):
         err = err.decode()
         assert proc.returncode in (0, 130, -signal.SIGINT), err
         assert "Traceback" not in err, err
+        if (out / "results.csv").exists():  # the finished rows are kept, whole
+            assert set(read_table(out)["status"]) <= {"done"}

@@ -760,13 +760,21 @@ def _dask_rows(pending, out, workers, threads, scheduler):
     distributed = require("distributed", "the dask executor of a sweep", "sweep")
     Client, LocalCluster = distributed.Client, distributed.LocalCluster
     as_completed = distributed.as_completed
-    cluster = client = None
+    import logging
+
+    cluster = client = setting = None
+    if scheduler is None and _context().get_start_method() == "forkserver":
+        # the cluster's worker processes come from the sweep's fork server, which ignores
+        # Ctrl-C: a Ctrl-C to the process group reaches only the sweep, which closes them
+        import dask
+
+        setting = dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
     try:
         if scheduler is None:
             with _no_sigint():
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
                                        processes=True, host="127.0.0.1",
-                                       dashboard_address=None)
+                                       dashboard_address=None, silence_logs=logging.CRITICAL)
         # not the default client: dask's settings of this process stay as they were
         client = Client(scheduler if cluster is None else cluster, set_as_default=False)
         where = str(Path(out).resolve())
@@ -782,6 +790,8 @@ def _dask_rows(pending, out, workers, threads, scheduler):
                 yield _lost(task, f"{what} ({type(exc).__name__}: {exc})")
     finally:
         _quiet_close(client, cluster)
+        if setting is not None:
+            setting.__exit__(None, None, None)
 
 
 def _quiet_close(client, cluster):
