@@ -133,17 +133,23 @@ Moments block_moments(const Grid& g, int64_t row, int64_t first, int64_t stop, d
     return block_moments_grid(g, row, first, stop, static_cast<int64_t>(x0), d0, d1);
 }
 
-// The sums of one block point by point (the lines of block_sums below at every point): the
-// fallback for a block whose moments are ill-conditioned. mag gets sum w (|t1| + |t2|) of
-// each line's terms.
-void point_sums(const Grid& g, const Inputs& in, int64_t row, int64_t first, int64_t stop,
-                double x0, const double* u, const double* a, const double* wu, const double* wm,
-                double wself, double* out, double* mag) {
-    const int n = g.n_cat;
+// The sums of one block point by point (the lines of block_sums below at every point): for a
+// short block (SHORT_BLOCK), and the fallback for a block whose moments are ill-conditioned.
+// mag gets sum w (|t1| + |t2|) of each line's terms.
+// NC > 0: compiled for that many categories (loops unrolled), else for g.n_cat.
+template <int NC>
+void point_sums_n(const Grid& g, const Inputs& in, int64_t row, int64_t first, int64_t stop,
+                  double x0, const double* u, const double* a, const double* wu,
+                  const double* wm, double wself, double* out, double* mag) {
+    const int n = NC > 0 ? NC : g.n_cat;
     const int ns = n_sums(n);
-    for (int s = 0; s < ns; ++s) out[s] = mag[s] = 0.0;
+    // sums in local arrays: the compiler need not assume they alias the inputs
+    double o[3 + 3 * MAX_CAT], m[3 + 3 * MAX_CAT];
+    for (int s = 0; s < ns; ++s) o[s] = m[s] = 0.0;
     double U[MAX_CAT], un[MAX_CAT], ms[MAX_CAT], Y[MAX_CAT], X[MAX_CAT], e[MAX_CAT];
-    const double z02 = in.z[0] * in.z[0];
+    double z2[MAX_CAT];
+    for (int c = 0; c < n; ++c) z2[c] = in.z[c] * in.z[c];
+    const double z0 = in.z[0], z02 = z2[0];
     for (int64_t j = first; j < stop; ++j) {
         double x, w;
         if (g.node_x) {
@@ -173,17 +179,17 @@ void point_sums(const Grid& g, const Inputs& in, int64_t row, int64_t first, int
         for (int c = 1; c < n; ++c) {
             const double s2 = in.s_a[c] * U[c] * (in.sizes[c] - U[c]) + in.s_b[c] * U[c] * U[c];
             const double r = wu[c] * iD;
-            e[c] = in.z[c] * in.z[c] * s2 * r * r;
+            e[c] = z2[c] * s2 * r * r;
             groups += e[c];
         }
         const double loss = 0.5 * (z02 * beta * beta + groups);
         const double gbar = e[0] + groups;
-        out[0] += w;
-        mag[0] += w;
-        out[1] += w * loss;
-        mag[1] += w * loss;
-        out[2] += -w * gbar * wself * iD;
-        mag[2] += w * (std::fabs(e[0]) + groups) * wself * iD;
+        o[0] += w;
+        m[0] += w;
+        o[1] += w * loss;
+        m[1] += w * loss;
+        o[2] += -w * gbar * wself * iD;
+        m[2] += w * (std::fabs(e[0]) + groups) * wself * iD;
         for (int c = 0; c < n; ++c) {
             double rest = 0.0, rabs = 0.0;
             for (int k = 0; k < n; ++k)
@@ -192,23 +198,37 @@ void point_sums(const Grid& g, const Inputs& in, int64_t row, int64_t first, int
                     rabs += std::fabs(e[k]);
                 }
             const double al = un[c] * iD, am = (un[c] + ms[c]) * iD;
-            out[3 + c] += w * al;
-            mag[3 + c] += w * al;
+            o[3 + c] += w * al;
+            m[3 + c] += w * al;
             if (c == 0) {
-                const double v = 2.0 * in.z[0] * alpha0 * loss;
-                out[3 + n] -= w * v;
-                mag[3 + n] += w * std::fabs(v);
+                const double v = 2.0 * z0 * alpha0 * loss;
+                o[3 + n] -= w * v;
+                m[3 + n] += w * std::fabs(v);
             } else {
                 const double t1 = e[c] * X[c] * iD, t2 = rest * al;
-                out[3 + n + c] += w * in.z[c] * (t1 - t2) * in.inv_areas[c];
-                mag[3 + n + c] += w * in.z[c] * (std::fabs(t1) + rabs * al) * in.inv_areas[c];
+                o[3 + n + c] += w * in.z[c] * (t1 - t2) * in.inv_areas[c];
+                m[3 + n + c] += w * in.z[c] * (std::fabs(t1) + rabs * al) * in.inv_areas[c];
             }
             const double t1 = e[c] * Y[c] * iD, t2 = rest * am;
-            out[3 + 2 * n + c] += w * (t1 - t2) * in.inv_sizes[c];
-            mag[3 + 2 * n + c] += w * (std::fabs(t1) + rabs * am) * in.inv_sizes[c];
+            o[3 + 2 * n + c] += w * (t1 - t2) * in.inv_sizes[c];
+            m[3 + 2 * n + c] += w * (std::fabs(t1) + rabs * am) * in.inv_sizes[c];
         }
     }
-    for (int s = 0; s < ns; ++s) mag[s] *= 8.0 + 2.0 * n;
+    for (int s = 0; s < ns; ++s) {
+        out[s] = o[s];
+        mag[s] = m[s] * (8.0 + 2.0 * n);
+    }
+}
+
+void point_sums(const Grid& g, const Inputs& in, int64_t row, int64_t first, int64_t stop,
+                double x0, const double* u, const double* a, const double* wu, const double* wm,
+                double wself, double* out, double* mag) {
+    switch (g.n_cat) {
+        case 2: return point_sums_n<2>(g, in, row, first, stop, x0, u, a, wu, wm, wself, out, mag);
+        case 3: return point_sums_n<3>(g, in, row, first, stop, x0, u, a, wu, wm, wself, out, mag);
+        case 4: return point_sums_n<4>(g, in, row, first, stop, x0, u, a, wu, wm, wself, out, mag);
+        default: return point_sums_n<0>(g, in, row, first, stop, x0, u, a, wu, wm, wself, out, mag);
+    }
 }
 
 constexpr double EPS = 0x1p-53;
@@ -217,6 +237,10 @@ constexpr double EPS = 0x1p-53;
 constexpr double BLOCK_SHARE = 0x1p-48;
 constexpr double D_COND = 0x1p10;  // largest (|d0| + |d1| h) / min D of a moment block
 constexpr double ILL = 0x1p5;
+// Blocks of at most this many points are summed point by point from the start: for so few
+// points the lines of point_sums cost less than forming the moment combinations, and they are
+// as well conditioned as the points.
+constexpr int64_t SHORT_BLOCK = 16;
 
 // Bounds M[b][a] >= sum w |x|^a i^b from the moments: Cauchy-Schwarz for a = 1, h = max |x|
 // for a = 3 and for b = 1; then E over the block of |P(x)| i^b <= sum_a |p_a| M[b][a].
@@ -272,7 +296,7 @@ bool block_sums(const Grid& g, const Inputs& in, int64_t b, double* out, double*
     const double* wu = none_own ? in.wu0 : in.wu;
     const double* wm = none_own ? in.wm0 : in.wm;
     const double wself = none_own ? in.wself0 : in.wself;
-    if (points) {
+    if (points || stop - first <= SHORT_BLOCK) {
         point_sums(g, in, row, first, stop, x0, u, a, wu, wm, wself, out, mag);
         return false;
     }

@@ -263,16 +263,15 @@ def chain_order(sizes, unmasked=None):
 ATOM = 2.0**-56
 
 
-def own_atom(K, Kc, N, Nc):
-    """Probability of no unmasked own-area key, P(U_own = 0) under HG(K + Kc, K, N) (integer
-    counts), when it is positive and at most :data:`ATOM`; otherwise 0.
+def own_atom(p0):
+    """The weight of the point U_own = 0 counted apart: its probability ``p0`` (from
+    :func:`own_zero`) when that is at most :data:`ATOM`; otherwise 0.
 
     As attention saturates, the loss and gradient of a class come from the count points without
     an unmasked own-area key, where attention cannot go to the own area: a Gauss rule, a
     polynomial fit around the mean, cannot see that one point. Counting it apart while the rule
     also integrates it changes the result by P(U_own = 0) relative, below rounding.
     """
-    p0 = own_zero(K, Kc, N)
     return p0 if p0 <= ATOM else 0.0
 
 
@@ -394,9 +393,11 @@ def build_points(sizes, areas, unmasked, nodes):
         for w, cnt, N, Nc in exact:
             # the own area with P(U_own = 0) above ATOM is enumerated: no Gauss rule sees that
             # point, which carries the loss once attention saturates (docs/model.md §8)
-            m = n if d != 0 or own_zero(K, Kc, N) <= ATOM else min(K, N) + 1
+            # (P(U_own = 0) formed once: it is the set-up's costliest scalar)
+            p_zero = own_zero(K, Kc, N) if d == 0 else 0.0
+            m = n if p_zero <= ATOM else min(K, N) + 1
             xs, mean, off, ws, enum = hg_rule(K, Kc, N, Nc, max(n, m))
-            p0 = own_atom(K, Kc, N, Nc) if d == 0 and not enum else 0.0
+            p0 = own_atom(p_zero) if not enum else 0.0
             if p0:  # U_own = 0 as a point of its own; the Gauss rule takes the rest
                 ws = ws * (1.0 - p0)
                 if inner:

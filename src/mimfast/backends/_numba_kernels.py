@@ -30,6 +30,7 @@ EPS = 2.0**-53
 BLOCK_SHARE = 2.0**-48  # cpp/kernel.cpp: when a block is summed again point by point
 D_COND = 2.0**10
 ILL = 2.0**5
+SHORT_BLOCK = 16  # blocks this short are summed point by point (cpp/kernel.cpp)
 
 
 @njit
@@ -156,7 +157,7 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
     aa = np.empty(n)
     for c in range(n):
         uu[c], aa[c] = count(counts, rest, row, c, ci, cl, x0)
-    if by_points:
+    if by_points or stop - first <= SHORT_BLOCK:
         point_sums(first, stop, x0, row, uu, aa, points, row_weight, rest, t_in, off_in, t_last,
                    off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag)
         return False
@@ -373,9 +374,9 @@ def _share(mag, norm, n):
 def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
              C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre, node_x,
              node_w):
-    """The sums of every block, by moments, and again point by point for the blocks that
-    are ill-conditioned and whose rounding estimate exceeds BLOCK_SHARE of a part's norm
-    (cpp/kernel.cpp, class_sums); the last three entries are each part's rounding estimate
+    """The sums of every block, by moments (point by point if short), and again point by
+    point for the blocks that are ill-conditioned and whose rounding estimate exceeds
+    BLOCK_SHARE of a part's norm (cpp/kernel.cpp, class_sums); the last three entries are each part's rounding estimate
     relative to its norm (loss, attention, gradient)."""
     n_blocks = blocks.shape[0]
     n = C.shape[0]
