@@ -145,3 +145,18 @@ def test_own_area_not_smallest_still_counts_U_own_zero():
     err = np.linalg.norm(g.fp[0][2] - want.fp[0][2]) / np.linalg.norm(want.fp[0][2])
     assert err <= TOL
     assert np.linalg.norm(g.pp[2] - want.pp[2]) <= TOL * np.linalg.norm(want.pp[2])
+
+
+def test_exact_grid_keeps_the_slice_U_own_zero_at_saturation(backend):
+    """docs/model.md §3, tail tolerance: at saturated attention every point with an unmasked
+    own-area key has α_own within e^-lead of 1, so the points U_own = 0 carry the gradient.
+    The grid of class (0, 1) once left out U = (0, 0, 69) (probability 8.5e-17, in the last
+    category's cut tail): the gradient was 8e-11 off normwise with met=True and dropped 0."""
+    s = mf.Setting([C([G(8, 1), G(7, 12)])], masked=23, pp="exact")
+    state = mf.State.zeros(s)
+    state.fp[0][:] = [[18.47227827, 4.92887826, 14.09723851], [50.40683091, -3.07775473, 13.74542577]]
+    state.pp[:] = [[-0.7811803, -6.77870468, -6.30237199, 10.39910909],
+                   [6.0084418, -8.02016734, 12.44813311, -2.27664396]]
+    ref = reference_gradient(s, state)  # every count point, exact probabilities
+    g = mf.gradient(s, state, backend=backend, method="exact")
+    assert g.met and gradient_error(g, ref) <= TOL

@@ -1,6 +1,8 @@
 """The count grid (docs/model.md §3): accurate probabilities at any P, bounded dropped mass, small memory."""
 
+import itertools
 import math
+from fractions import Fraction
 
 import mpmath
 import numpy as np
@@ -100,3 +102,51 @@ def test_paper_sizes():
     assert s3.delta == pytest.approx(-0.1)
     assert [g.z for g in s3.clusters[2].groups] == [2.0, 0.5]
     assert mf.Setting.paper(100, 0.9, 0.1).clusters[0].groups[1].size == 2
+
+
+def exact_law(sizes, u):
+    """Every count vector of the live categories with its exact probability (fractions)."""
+    live = [i for i, s in enumerate(sizes) if s > 0]
+    total = math.comb(sum(sizes), u)
+    law = {}
+    for head in itertools.product(*[range(sizes[i] + 1) for i in live[:-1]]):
+        rest = u - sum(head)
+        if 0 <= rest <= sizes[live[-1]]:
+            c = [0] * len(sizes)
+            for i, x in zip(live, (*head, rest)):
+                c[i] = x
+            law[tuple(c)] = Fraction(math.prod(math.comb(s, x) for s, x in zip(sizes, c)), total)
+    return law
+
+
+# small P where windows cut something, the case of a saturated local query whose grid once
+# left out U = (0, 0, 69), and a four-category class with the own area outer
+ENUMERATED = [
+    ([11, 8, 72], [1, 1, 12], 69, 1e-15),
+    ([5, 60, 200], [1, 1, 40], 130, 1e-15),
+    ([5, 60, 200], [1, 1, 40], 130, 1e-9),
+    ([3, 40, 60, 30], [1, 2, 3, 5], 70, 1e-12),
+    ([20, 7, 150], [1, 1, 30], 90, 1e-15),
+]
+
+
+@pytest.mark.parametrize("sizes, areas, u, tol", ENUMERATED)
+def test_dropped_against_enumeration(sizes, areas, u, tol):
+    """`dropped` is at least the mass left out and at most the number of categories times it,
+    against exact hypergeometric probabilities; no point U_own = 0 is left out beyond the tail
+    tolerance relative to Pr(U_own = 0)."""
+    grid = build_grid(sizes, areas, u, tail_tol=tol)
+    law = exact_law(sizes, u)
+    counts, prob = grid.probabilities()
+    got = {tuple(c) for c in counts.tolist()}
+    assert got <= set(law)
+    left = sum((p for c, p in law.items() if c not in got), Fraction(0))
+    live = sum(1 for s in sizes if s > 0)
+    # above 1e-12 it is 1 - mass, which carries the ~1e-15 rounding of the probabilities
+    slack = 1e-14 if grid.dropped >= 1e-12 else 0.0
+    assert float(left) * (1 - 1e-9) - slack <= grid.dropped
+    assert grid.dropped <= live * float(left) * (1 + 1e-9) + slack
+    assert grid.dropped <= 1.01 * tol
+    zero = sum((p for c, p in law.items() if c[0] == 0), Fraction(0))
+    zero_left = sum((p for c, p in law.items() if c[0] == 0 and c not in got), Fraction(0))
+    assert zero_left <= Fraction(tol) * zero

@@ -249,7 +249,7 @@ class ClassGrid(KeyCategories):
         Total probability of the grid points.
     cut : float
         Bound on the probability the windows leave out: the sum of the marginal tails cut
-        (at most the tail tolerance).
+        (about the tail tolerance at most).
     fsizes, inv_sizes, inv_areas, s_a, s_b : numpy.ndarray
         Per-category constants of docs/model.md §3: sizes as floats, 1 / C and 1 / n' (0 when empty),
         and the coefficients of E[S2 | r] = s_a r (C - r) + s_b r^2.
@@ -279,13 +279,13 @@ class ClassGrid(KeyCategories):
 
     @property
     def dropped(self) -> float:
-        """Probability mass left out of the grid, at most the tail tolerance.
+        """Probability mass left out of the grid, about the tail tolerance at most.
 
-        ``1 - mass``, capped by :attr:`cut` (the union bound of the tails cut, a true bound).
-        The probabilities themselves carry a relative rounding of about 1e-15 (growing slowly
-        with P), which ``1 - mass`` also sees and the cap removes.
+        Below 1e-12, :attr:`cut` (the union bound of the marginal tails cut: at least the mass
+        left out and at most the number of key categories times it), since ``1 - mass`` there
+        is lost in the ~1e-15 relative rounding of the probabilities; above, ``1 - mass``.
         """
-        return min(max(0.0, 1.0 - self.mass), self.cut)
+        return self.cut if self.cut < 1e-12 else max(0.0, 1.0 - self.mass)
 
     def rows(self):
         """Yield ``(counts, inner_values, probabilities)`` row by row.
@@ -378,6 +378,26 @@ def _window(N, Ni, u, tol):
     return a + i0, a + i1, float(cut + beyond)
 
 
+def _outside(N, Ni, u, a, b, floor=None):
+    """Probability that the marginal count of a category of Ni among N, u drawn, lies outside
+    [a, b] (and at or above ``floor`` when given): the tails summed near the window, plus the
+    log-concave bound on what lies further out (an upper bound, tight to ~1e-3 relative)."""
+    lo_sup, hi_sup = max(0, u - (N - Ni)), min(Ni, u)
+    if floor is not None:
+        lo_sup = max(lo_sup, floor)
+    reach = int(_first_width(_marginal_sd(N, Ni, u))) + 64
+    total = 0.0
+    for first, stop, edge in ((max(lo_sup, a - reach), a, 0), (b + 1, min(hi_sup, b + reach) + 1, -1)):
+        if first >= stop:
+            continue
+        pmf = np.exp(log_hg_pmf(np.arange(first, stop, dtype=np.int64), Ni, N, u))
+        total += math.fsum(pmf)
+        if (first > lo_sup) if edge == 0 else (stop - 1 < hi_sup):
+            r = pmf[edge] / pmf[edge + 1 if edge == 0 else -2] if len(pmf) > 1 else 1.0
+            total += pmf[edge] * r / (1 - r) if r < 1 else 1.0
+    return total
+
+
 def _size(n_bytes):
     """A byte count for a message: MiB, GiB or TiB, and no absurd numbers."""
     for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
@@ -434,9 +454,11 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
 
     Notes
     -----
-    The point U_own = 0 (every other position of the query's own area masked) is kept
-    whenever its probability is a normal double, even if it lies in the left-out tail: it
-    carries the irreducible loss of docs/model.md §5, so the loss gap is measured on it.
+    The points U_own = 0 (every other position of the query's own area masked) are kept
+    whenever their probability is a normal double, even if they lie in the left-out tail, and
+    the other categories' windows cover their law given U_own = 0 too: they carry the
+    irreducible loss of docs/model.md §5, and at saturated attention (every other point has
+    α_own within e^-lead of 1) they can carry most of the gradient.
     """
     sizes = np.asarray(sizes, dtype=np.int64)
     areas = np.asarray(areas, dtype=np.int64)
@@ -456,10 +478,9 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
     first = window_counts(sizes, u)
     if first * _WINDOW_BYTES > max_bytes:
         refuse(first * _WINDOW_BYTES, f"1-D probability tables of {int(first):,} counts")
-    windows, cut = {}, 0.0
+    windows = {}
     for i in live:
-        a, b, tail = _window(N, int(sizes[i]), u, share)
-        windows[i], cut = (a, b), cut + tail
+        windows[i] = _window(N, int(sizes[i]), u, share)[:2]
     order = sorted(live, key=lambda i: windows[i][1] - windows[i][0])
     if len(order) >= 2:
         last, inner, outer = order[-1], order[-2], order[:-2]
@@ -468,14 +489,23 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
         last = next(i for i in range(n_cat) if sizes[i] == 0)
         outer = []
         windows[last] = (0, 0)
+    own_zero = 0 in live and log_hg_pmf([0], int(sizes[0]), N, u)[0] > _LOG_TINY
+    if own_zero:  # the slice U_own = 0 whole (see Notes): the others' windows given U_own = 0
+        for i in live:
+            if i != 0:
+                a, b, _ = _window(N - int(sizes[0]), int(sizes[i]), u, share)
+                windows[i] = (min(a, windows[i][0]), max(b, windows[i][1]))
     values = {i: np.arange(windows[i][0], windows[i][1] + 1, dtype=np.int64) for i in outer}
-    if 0 in live and windows[0][0] > 0:
-        own_zero = log_hg_pmf([0], int(sizes[0]), N, u)[0]
-        if own_zero > _LOG_TINY:  # keep U_own = 0 (see Notes)
-            if 0 in outer:
-                values[0] = np.concatenate([[0], values[0]])
-            else:  # U_own = 0 has a normal probability only when the window starts near 0
-                windows[0] = (0, windows[0][1])
+    kept_zero = own_zero and windows[0][0] > 0
+    if kept_zero:
+        if 0 in outer:
+            values[0] = np.concatenate([[0], values[0]])
+        else:  # U_own = 0 has a normal probability only when the window starts near 0
+            windows[0] = (0, windows[0][1])
+            kept_zero = False
+    # the marginal mass outside the final windows: a union bound on the mass left out
+    cut = math.fsum(_outside(N, int(sizes[i]), u, *windows[i], floor=1 if i == 0 and kept_zero
+                             else None) for i in live)
     n_rows = math.prod(len(values[i]) for i in outer)
     widths = [windows[i][1] - windows[i][0] + 1 for i in (inner, last)]
     need = n_rows * (n_cat + 4) * 8 + (sum(widths) + sum(len(v) for v in values.values())) * 24
@@ -536,7 +566,7 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
         off_last=int(x_last[0]),
         blocks=blocks,
     )
-    grid.cut = min(cut, tail_tol)
+    grid.cut = cut
     grid.mass = math.fsum(
         grid.row_weight[r]
         * float(
