@@ -840,6 +840,15 @@ def main(argv=None):
     except (FloatingPointError, ValueError, ImportError, OSError) as exc:
         print(f"mimfast {args.command}: error: {_in_options(exc)}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        if argv is None and hasattr(signal, "SIGINT"):
+            # the command line's outcome is decided: a Ctrl-C arriving now (`timeout`
+            # signals the process and then its group) must not turn it into death by SIGINT
+            # as the interpreter exits; called from Python, the caller's handler stays
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            except ValueError:  # not the main thread
+                pass
 
 
 def _in_options(exc):
