@@ -631,7 +631,7 @@ def build_quadratures(setting, levels=None):
 
     out, shared = {}, weakref.WeakValueDictionary()
     classes = setting.classes()
-    report = _SetupProgress(len(classes), quadrature_estimate(setting)[2])
+    report = _SetupProgress(len(classes))
     for i, (k, h) in enumerate(classes):
         sizes, areas = class_categories(setting, k, h)
         start = None if levels is None else levels.get((k, h))
@@ -642,22 +642,22 @@ def build_quadratures(setting, levels=None):
 
 
 class _SetupProgress:
-    """Says on stderr how far a set-up estimated at over :data:`SETUP_PROGRESS_SECONDS` has
-    come, at most once every that many seconds."""
+    """Says on stderr how far a set-up has come once it has taken
+    :data:`SETUP_PROGRESS_SECONDS`, and then at most once every that many seconds."""
 
-    def __init__(self, total, estimate):
+    def __init__(self, total):
         import time
 
-        self.clock, self.total = time.monotonic, total
-        self.on = estimate > SETUP_PROGRESS_SECONDS
+        self.clock, self.total, self.said = time.monotonic, total, False
         self.next = self.clock() + SETUP_PROGRESS_SECONDS
 
     def __call__(self, done):
-        if self.on and (self.clock() >= self.next or done == self.total):
+        if self.clock() >= self.next or (self.said and done == self.total):
             import sys
 
             print(f"mimfast: quadrature set up for {done:,} of {self.total:,} query classes",
                   file=sys.stderr, flush=True)
+            self.said = True
             self.next = self.clock() + SETUP_PROGRESS_SECONDS
 
 
@@ -707,7 +707,7 @@ MIN_RTOL = 2.0**-52
 # with the same categories share them) and of each further class (its evaluator, ~0.4 ms)
 SETUP_SECONDS_PER_RULES = 0.01
 SETUP_SECONDS_PER_CLASS = 5e-4
-# set-ups estimated longer than this report their progress on stderr, this often
+# set-ups that take longer than this report their progress on stderr, this often
 SETUP_PROGRESS_SECONDS = 10.0
 # set-ups estimated longer than this are announced (a warning with the estimate)
 SETUP_WARN_SECONDS = 60.0
