@@ -583,16 +583,19 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
 def class_categories(setting, k, h):
     """Key categories of a masked query of group h in cluster k: (sizes, areas).
 
-    Category 0 is the query's own area, 1 + g the other areas of group g; their latents are
-    :meth:`Setting.class_z`.
+    Category 0 is the query's own area (its own tile when the cluster names areas), 1 + g the
+    other areas (tiles) of group g; their latents are :meth:`Setting.class_z`. A category
+    inside a named area (:meth:`Setting.class_named`) counts as part of one area.
     """
     groups = setting.clusters[k].groups
+    named = setting.clusters[k].named(h)
     sizes = [groups[h].size - 1]
     areas = [1]
     for g, grp in enumerate(groups):
         n_other = grp.areas - (1 if g == h else 0)
         sizes.append(n_other * grp.size)
-        areas.append(n_other)
+        # a category inside a named area is part of one area, not n_other of their own
+        areas.append(min(n_other, 1) if named is not None and named[1 + g] >= 0 else n_other)
     return np.array(sizes, dtype=np.int64), np.array(areas, dtype=np.int64)
 
 

@@ -250,7 +250,9 @@ class ClassInputs:
     category); ``z[c]`` is the latent of category c (category 0: the query's own area).
     ``wu0``, ``wm0`` and ``wself0``, when set, replace them at the count points without an
     unmasked own-area key: the same logits less the largest logit there (see
-    :data:`OWN_LEAD`).
+    :data:`OWN_LEAD`). ``named`` (:meth:`Setting.class_named`) maps each category to the first
+    category of the named area it lies in (0: the query's own area), -1 for categories of
+    one-tile areas; ``None`` when only the own area is named (docs/model.md §3, tile groups).
     """
 
     z: np.ndarray
@@ -260,6 +262,7 @@ class ClassInputs:
     wu0: np.ndarray | None = None
     wm0: np.ndarray | None = None
     wself0: float = 0.0
+    named: np.ndarray | None = None
 
 
 # How far the own area's unmasked logit must lead every other logit of a class before the count
@@ -306,7 +309,7 @@ def class_inputs(setting, state, k, h, grid):
     top = max(top0, lu[0]) if live[0] else top0
     wu = np.array([math.exp(x - top) if on else 0.0 for x, on in zip(lu, live)])
     wm = np.array([math.exp(x - top) if on else 0.0 for x, on in zip(B, live)])
-    inputs = ClassInputs(z, wu, wm, math.exp(b_self - top))
+    inputs = ClassInputs(z, wu, wm, math.exp(b_self - top), named=setting.class_named(k, h))
     if lead > OWN_LEAD:  # where no own-area key is unmasked: relative to the largest logit there
         inputs.wu0 = np.array([math.exp(x - top0) if on and c > 0 else 0.0
                                for c, (x, on) in enumerate(zip(lu, live))])

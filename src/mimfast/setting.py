@@ -106,6 +106,7 @@ class Cluster:
 
     groups: tuple
     weight: float = 1.0
+    roles: tuple | None = None
 
     def __post_init__(self):
         groups = tuple(self.groups)
@@ -116,11 +117,52 @@ class Cluster:
                 raise TypeError(f"Cluster groups must be Group objects, got {type(g).__name__}")
         object.__setattr__(self, "groups", groups)
         object.__setattr__(self, "weight", _positive_finite(self.weight, "Cluster weight"))
+        if self.roles is not None:
+            object.__setattr__(self, "roles", _check_roles(self.roles, groups))
+
+    def named(self, h):
+        """Named areas seen from a query of group h (docs/model.md §3, tile groups): per key
+        category (0 the query's own tile, 1 + g group g), the first category of the named
+        area it lies in (0 for the query's own area), or -1 for a category whose every area
+        is one of its group's own (tiles). ``None`` when the cluster names no area."""
+        if self.roles is None:
+            return None
+        roles = self.roles
+        first = {}
+        for g, role in enumerate(roles):
+            if role is not None:
+                first.setdefault(role, 1 + g)
+        named = [0]
+        for g, role in enumerate(roles):
+            named.append(-1 if role is None else 0 if role == roles[h] else first[role])
+        return named
 
     @property
     def P(self) -> int:
         """Number of patches the cluster partitions."""
         return sum(g.patches for g in self.groups)
+
+
+def _check_roles(roles, groups):
+    """Roles of a cluster's groups: per group an area name (a non-empty string: every area of
+    the group belongs to that one area) or None (each area of the group is an area of its
+    own); groups sharing a name share one latent."""
+    if isinstance(roles, str):
+        raise TypeError("Cluster roles must be a sequence with one entry per group, got a string")
+    roles = tuple(roles)
+    if len(roles) != len(groups):
+        raise ValueError(f"Cluster roles has {len(roles)} entries for {len(groups)} groups")
+    latent = {}
+    for g, role in enumerate(roles):
+        if role is None:
+            continue
+        if not isinstance(role, str) or not role:
+            raise ValueError(f"Cluster roles[{g}] must be an area name (a non-empty string) or "
+                             f"None, got {role!r}")
+        if latent.setdefault(role, groups[g].z) != groups[g].z:
+            raise ValueError(f"area {role!r} has two latents: {latent[role]:g} and "
+                             f"{groups[g].z:g} (groups sharing an area share its latent)")
+    return roles
 
 
 class Setting:
@@ -195,11 +237,18 @@ class Setting:
                 raise TypeError(f"masked must be an integer, got {type(masked).__name__}")
             if not 1 <= masked <= P - 1:
                 raise ValueError(f"masked must lie in [1, P - 1] = [1, {P - 1}], got {masked}")
+        tiled = any(c.roles is not None for c in clusters)
+        if tiled:
+            tilings = {tuple((g.areas, g.size) for g in c.groups) for c in clusters}
+            if len(tilings) > 1:
+                raise ValueError(
+                    "clusters with named areas (roles) must share one tiling: the same groups' "
+                    f"(areas, size) in every cluster, got {sorted(tilings)}")
         if pp is None:
-            pp = "exact" if len(clusters) == 1 else "frozen"
+            pp = "exact" if len(clusters) == 1 or tiled else "frozen"
         if pp not in ("exact", "frozen"):
             raise ValueError(f"pp must be None, 'exact' or 'frozen', got {pp!r}")
-        if pp == "exact" and len(clusters) > 1:
+        if pp == "exact" and len(clusters) > 1 and not tiled:
             raise ValueError(
                 "pp='exact' needs K = 1: with several partitions the PP correlations are not "
                 "reducible by symmetry (use pp='frozen', or mimfast.reference for explicit PP)"
@@ -266,6 +315,26 @@ class Setting:
             z = np.array([groups[h].z] + [g.z for g in groups])
             z.flags.writeable = False
             self._z[key] = z
+        return self._z[key]
+
+    def class_named(self, k, h):
+        """Named areas of query class (k, h) per key category (:meth:`Cluster.named`), as a
+        read-only int64 array, or None when no area of the class spans two categories that
+        hold keys (then every area is one category's, as without names)."""
+        key = ("named", k, h)
+        if key not in self._z:
+            named = self.clusters[k].named(h)
+            if named is not None:
+                groups = self.clusters[k].groups
+                sizes = [groups[h].size - 1] + [(g.areas - (i == h)) * g.size
+                                                for i, g in enumerate(groups)]
+                firsts = [a for a, size in zip(named, sizes) if a >= 0 and size > 0]
+                if len(firsts) == len(set(firsts)):
+                    named = None
+                else:
+                    named = np.array(named, dtype=np.int64)
+                    named.flags.writeable = False
+            self._z[key] = named
         return self._z[key]
 
     @classmethod

@@ -42,13 +42,36 @@ def available():
     return True, {}
 
 
+def units(n_cat, named):
+    """The areas of a class as *units* of its key categories: ``(members, kind)`` with kind
+    ``"own"`` (the query's own area, unit 0), ``"named"`` (another area spanning its members)
+    or ``"tiles"`` (one category of one-tile areas); ``named`` as :attr:`ClassInputs.named`."""
+    if named is None:
+        return [([0], "own")] + [([c], "tiles") for c in range(1, n_cat)]
+    out, first = [], {}
+    for c, a in enumerate(named):
+        if a < 0:
+            out.append(([c], "tiles"))
+        elif a in first:
+            out[first[a]][0].append(c)
+        else:
+            first[a] = len(out)
+            out.append(([c], "own" if a == 0 else "named"))
+    return out
+
+
 def kernel(grid, inputs, threads=None):
     """Expectations of docs/model.md §3 over one class grid (see the module docstring)."""
     lay = sum_layout(grid.n_cat)
+    n = grid.n_cat
     out = np.zeros(lay.size)
     mag = np.zeros(lay.size)  # sum of |terms| of each line: its rounding is EPS (8 + 2n) mag
     C = grid.fsizes[:, None]
-    z = inputs.z[:, None]
+    z = inputs.z
+    parts = units(n, inputs.named)
+    unit_of = np.zeros(n, dtype=np.int64)
+    for i, (members, _) in enumerate(parts):
+        unit_of[members] = i
     for counts, prob in grid.rows():
         U = counts.T.astype(np.float64)
         wu, wm, wself = inputs.wu[:, None], inputs.wm[:, None], inputs.wself
@@ -58,37 +81,66 @@ def kernel(grid, inputs, threads=None):
             wm = np.where(none_own, inputs.wm0[:, None], wm)
             wself = np.where(none_own, inputs.wself0, wself)
         unmasked, masked = U * wu, (C - U) * wm
-        n = len(unmasked)
-        # D without the unmasked keys of c (not_a * D) and without all keys of c (not_am * D),
-        # summed from the other terms, all positive
-        not_am = np.array([wself + sum(unmasked[k] + masked[k] for k in range(n) if k != c)
-                           for c in range(n)])
-        not_a = not_am + masked
-        D = not_a[0] + unmasked[0]
+        # D without the unmasked keys of a unit (X), and without them and the masked keys of
+        # one category of it (Y), summed from the other terms, all positive
+        X = [wself + sum(masked[k] for k in range(n))
+             + sum(unmasked[k] for k in range(n) if k not in members) for members, _ in parts]
+        Y = [wself + sum(masked[k] for k in range(n) if k != c)
+             + sum(unmasked[k] for k in range(n) if k not in parts[unit_of[c]][0])
+             for c in range(n)]
+        D = X[0] + sum(unmasked[k] for k in parts[0][0])
         alpha, mu = unmasked / D, masked / D
-        not_a, not_am = not_a / D, not_am / D
-        sigma = (grid.s_a[:, None] * U * (C - U) + grid.s_b[:, None] * U**2) * (wu / D) ** 2
-        e = z**2 * sigma
-        e[0] = -z[0] ** 2 * alpha[0] * not_a[0]
-        rest = np.array([sum(e[k] for k in range(n) if k != c) for c in range(n)])
-        rabs = np.array([sum(abs(e[k]) for k in range(n) if k != c) for c in range(n)])
-        loss = 0.5 * (z[0] ** 2 * not_a[0] ** 2 + rest[0])
+        x = [v / D for v in X]
+        y = np.array([v / D for v in Y])
+        a_unit = [sum(alpha[k] for k in members) for members, _ in parts]
+        e = []
+        for i, (members, kind) in enumerate(parts):
+            c = members[0]
+            if kind == "own":
+                e.append(-z[0] ** 2 * a_unit[0] * x[0])
+            elif kind == "named":
+                e.append(z[c] ** 2 * a_unit[i] ** 2)
+            else:
+                s2 = grid.s_a[c] * U[c] * (C[c] - U[c]) + grid.s_b[c] * U[c] ** 2
+                e.append(z[c] ** 2 * s2 * (wu[c] / D) ** 2)
+        rest = [sum(e[k] for k in range(len(parts)) if k != i) for i in range(len(parts))]
+        rabs = [sum(abs(e[k]) for k in range(len(parts)) if k != i) for i in range(len(parts))]
+        loss = 0.5 * (z[0] ** 2 * x[0] ** 2 + rest[0])
         gbar = e[0] + rest[0]
-        dA = z * (e * not_a - rest * alpha) * grid.inv_areas[:, None]
-        dA[0] = -2 * z[0] * alpha[0] * loss
-        dB = (e * not_am - rest * (alpha + mu)) * grid.inv_sizes[:, None]
+        dA, mA = np.zeros_like(U), np.zeros_like(U)
+        dB, mB = np.zeros_like(U), np.zeros_like(U)
+        for i, (members, kind) in enumerate(parts):
+            c = members[0]
+            if kind == "own":
+                dA[members] = -2 * z[0] * a_unit[0] * loss
+                mA[members] = 2 * z[0] * a_unit[0] * loss
+            else:
+                inv = grid.inv_areas[c] if kind == "tiles" else 1.0
+                dA[members] = z[c] * (e[i] * x[i] - rest[i] * a_unit[i]) * inv
+                mA[members] = z[c] * (abs(e[i] * x[i]) + rabs[i] * a_unit[i]) * inv
+            if kind == "tiles":
+                t1, t2 = e[i] * y[c], rest[i] * (alpha[c] + mu[c])
+                dB[c], mB[c] = t1 - t2, abs(t1) + abs(t2)
+                continue
+            # an area of several categories: the share of category k of its attention term
+            f = -z[0] ** 2 * x[0] if kind == "own" else z[c] ** 2 * a_unit[i]
+            for k in members:
+                others = sum(alpha[j] for j in members if j != k)
+                t1 = f * (alpha[k] * y[k] - others * mu[k])
+                t2 = rest[i] * (alpha[k] + mu[k])
+                dB[k] = t1 - t2
+                mB[k] = abs(f) * (alpha[k] * y[k] + others * mu[k]) + abs(t2)
+        inv_sizes = grid.inv_sizes[:, None]
         out[lay.mass] += prob.sum()
         out[lay.loss] += prob @ loss
         out[lay.dB_self] += prob @ (-gbar * wself / D)
         out[lay.alpha] += alpha @ prob
         out[lay.dA] += dA @ prob
-        out[lay.dB] += dB @ prob
+        out[lay.dB] += (dB * inv_sizes) @ prob
         mag[lay.loss] += prob @ loss
-        mag[lay.dB_self] += prob @ ((abs(e[0]) + rest[0]) * wself / D)
+        mag[lay.dB_self] += prob @ ((abs(e[0]) + rabs[0]) * wself / D)
         mag[lay.alpha] += alpha @ prob
-        mA = z * (abs(e * not_a) + rabs * alpha) * grid.inv_areas[:, None]
-        mA[0] = 2 * z[0] * alpha[0] * loss
         mag[lay.dA] += mA @ prob
-        mag[lay.dB] += ((abs(e * not_am) + rabs * (alpha + mu)) * grid.inv_sizes[:, None]) @ prob
+        mag[lay.dB] += (mB * inv_sizes) @ prob
     out[lay.bound] = rounding_parts(out, (8 + 2 * grid.n_cat) * mag, grid.n_cat)
     return out
