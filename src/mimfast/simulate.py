@@ -318,13 +318,26 @@ class Fused:
         self.loop.forget(taken)
         end = self.loop.recorded
         if end > taken:
-            steps, loss, state, grad, att, ploss, error = self.loop.records(taken)
-            fp, pp = self.layout.split(state)
-            fp_grad, _ = self.layout.split(grad)
-            attention, _ = self.layout.split(att)
-            self.blocks.append(((self, end), (steps, loss, fp, fp_grad, attention,
-                                              self.layout.per_class(ploss), pp,
-                                              error.max(axis=1, initial=0.0))))
+            self.blocks.append(((self, end), self.block(self.loop.records(taken))))
+
+    def block(self, records):
+        """A block of records (see :func:`_stack`) from the loop's arrays: steps, loss, state,
+        gradient, attention, patch loss and error estimate per class."""
+        steps, loss, state, grad, att, ploss, error = records
+        fp, pp = self.layout.split(state)
+        fp_grad, _ = self.layout.split(grad)
+        attention, _ = self.layout.split(att)
+        return (steps, loss, fp, fp_grad, attention, self.layout.per_class(ploss), pp,
+                error.max(axis=1, initial=0.0))
+
+    def sync(self, quad):
+        """Hand the loop each quadrature's current rules (grown outside it), tolerance
+        ``quad["rtol"]``; nothing for exact grids."""
+        from .backends import cpp_backend
+
+        if self.method == "quadrature":
+            for i, c in enumerate(self.setting.classes()):
+                self.loop.set_evaluators(i, *cpp_backend.evaluators(self.grids[c]), quad["rtol"])
 
     def gradient(self):
         """The :class:`Gradient` of the loop's last evaluation."""
@@ -336,13 +349,14 @@ class Fused:
                         float(error.max(initial=0.0)), self.t - 1 not in self.unmet,
                         self.method)
 
-    def refine(self, threads, rtol):
-        """Grow the rules of the classes whose estimate missed ``rtol`` at the loop's step and
+    def refine(self, threads, rtol, mark=None):
+        """Grow the rules of the classes whose estimate missed ``rtol`` at the loop's state and
         hand the new rules to the loop. Returns the largest estimate and whether rtol could
-        be met; a class that cannot meet it steps once with the estimate it has."""
+        be met; a class that cannot meet it is accepted once (at step ``mark``, default the
+        loop's step) with the estimate it has."""
         from .backends import cpp_backend
 
-        t, state = self.t, self.state()
+        t, state = self.t if mark is None else mark, self.state()
         errors = self.loop.last()[-1]
         worst, met = 0.0, True
         for i, (k, h) in enumerate(self.setting.classes()):
