@@ -119,9 +119,9 @@ def test_flow_loop_rejects_bad_inputs():
     s = SETTINGS["exact-T_eps"][0]
     from mimfast.grid import build_grids
     from mimfast.model import StateLayout
-    from mimfast.simulate import Fused
+    from mimfast.driver import Fused
 
-    fused = Fused(s, build_grids(s, 1e-15), [], 0, mf.State.zeros(s))
+    fused = Fused(s, build_grids(s, 1e-15), 0, mf.State.zeros(s))
     a = [DP54.A[i, :i].tolist() for i in range(6)]
     args = (DP54.B.tolist(), DP54.E.tolist(), -0.2, 0.9, 0.2, 10.0, 1e-13)
     with pytest.raises(ValueError, match="row i of a"):

@@ -13,22 +13,20 @@ from numbers import Real
 import numpy as np
 
 from .backends import DEFAULT, check_threads, get_kernel
+from .driver import (
+    FUSED,
+    Fused,
+    Run,
+    check_tolerance,
+    evaluators,
+    one_record,
+    own_logit_gap,
+    saved_run,
+)
 from .grid import DEFAULT_MAX_BYTES, check_tail_tol, class_categories
 from .model import State, StateLayout, evaluate
 from .quadrature import choose_method
-from .result import Result
 from .setting import Setting
-from .simulate import (
-    FUSED,
-    Fused,
-    Interrupted,
-    _check_tolerance,
-    _one_record,
-    _stack,
-    _tolerance,
-    evaluators,
-    own_logit_gap,
-)
 
 __all__ = ["flow", "EVENTS", "DP54"]
 
@@ -122,11 +120,12 @@ class _Step:
 
 
 class _Field:
-    """The vector field -∇L as flat vectors, with each evaluation's :class:`Gradient`."""
+    """The vector field -∇L of a :class:`~mimfast.driver.Run` as flat vectors, with each
+    evaluation's :class:`Gradient`."""
 
-    def __init__(self, setting, grids, kernel, threads, quad):
-        self.setting, self.grids, self.kernel, self.threads = setting, grids, kernel, threads
-        self.quad, self.layout, self.count = quad, StateLayout(setting), 0
+    def __init__(self, run, kernel, threads):
+        self.run, self.setting, self.kernel, self.threads = run, run.setting, kernel, threads
+        self.layout, self.count = StateLayout(run.setting), 0
 
     def __call__(self, y):
         """``(-∇L, state, Gradient)`` at the flat state ``y``; -∇L is all nan where the
@@ -134,12 +133,10 @@ class _Field:
         if not np.all(np.isfinite(y)):
             return np.full(y.size, np.nan), None, None
         state = self.layout.state(y)
-        grad = evaluate(self.setting, self.grids, state, self.kernel, self.threads,
-                        self.quad["rtol"])
+        grad = evaluate(self.setting, self.run.grids, state, self.kernel, self.threads,
+                        self.run.rtol)
         self.count += 1
-        _tolerance(grad.met, grad.error, self.quad["rtol"], self.quad["strict"], "flow: ",
-                   self.quad["met"])
-        self.quad["met"] = self.quad["met"] and grad.met
+        self.run.tolerance(grad.met, grad.error, "flow: ")
         return -self.layout.flat(State(grad.fp, grad.pp)), state, grad
 
 
@@ -264,42 +261,34 @@ def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
     threads = None if threads is None else check_threads(threads)
     tail_tol = check_tail_tol(tail_tol)
     kernel = get_kernel(backend)
-    _check_tolerance(quad_rtol, strict)
+    check_tolerance(quad_rtol, strict)
     method = choose_method(setting, method)
     if resume is not None:
         _check_resume(resume, setting, tau, rtol, epsilon, backend, method, tail_tol)
     grids = evaluators(setting, method, tail_tol, max_grid_bytes,
                        None if resume is None else resume.levels)
-    quad = {"met": True if resume is None else resume.tolerance_met, "rtol": quad_rtol,
-            "strict": strict}
-    field = _Field(setting, grids, kernel, threads, quad)
+    run = Run(setting, backend, method, grids, tail_tol, quad_rtol, strict,
+              True if resume is None else resume.tolerance_met)
+    field = _Field(run, kernel, threads)
     events = _events(setting, epsilon)
     wanted = {(n, k, hh) for n, k, hh, _, _ in events if n == stop_at}
-    # the run so far in blocks appended whole, each (source, flow times, records, next step
-    # sizes); ``found`` maps each located event to its flow time, and only those at or before
-    # the last record belong to the run (an interrupt may land between the two)
-    blocks, found = [], {}
-    run = {"stop": lambda: bool(wanted) and wanted <= set(found), "max_steps": max_steps,
-           "tau": tau, "rtol": rtol}
+    # the records carry their flow times and next step sizes (the blocks' extra); ``found``
+    # maps each located event to its flow time, and only those at or before the last record
+    # belong to the run (an interrupt may land between the two)
+    found = {}
+    goal = {"stop": lambda: bool(wanted) and wanted <= set(found), "max_steps": max_steps,
+            "tau": tau, "rtol": rtol}
 
     def partial():
-        if loop is not None:
-            loop.drain()
-        *rec, error = _stack(setting, [b for _, _, b, _ in blocks])
-        taus = np.concatenate([x for _, x, _, _ in blocks])
-        levels = ({key: q.levels for key, q in grids.items()} if method == "quadrature"
-                  else None)
-        r = Result(setting, backend, math.nan, *rec, None, max(q.dropped for q in grids.values()),
-                   tail_tol=tail_tol, method=method, error=error, tolerance_met=quad["met"],
-                   levels=levels, tau=taus)
+        extras = run.extras()
+        r = run.result(math.nan, None, tau=np.concatenate([taus for taus, _ in extras]))
         r.state = r.recorded_state(-1)
-        r.events = {key: v for key, v in found.items() if v <= taus[-1]}
-        r.next_step, r.rtol, r.epsilon = float(blocks[-1][3][-1]), rtol, epsilon
-        r.evaluations = field.count + (0 if loop is None else loop.evaluations)
+        r.events = {key: v for key, v in found.items() if v <= r.tau[-1]}
+        r.next_step, r.rtol, r.epsilon = float(extras[-1][1][-1]), rtol, epsilon
+        r.evaluations = field.count + (0 if run.compiled is None else run.compiled.evaluations)
         return r
 
-    loop = None
-    try:
+    def steps():
         if resume is None:
             y = np.zeros(field.layout.size)
             f, state, grad = field(y)
@@ -307,37 +296,34 @@ def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
             found.update({e[:3]: 0.0 for e, v in zip(events, values)
                           if v >= 0 and e[0] != "global_min"})
             h = _initial_step(field, y, f, rtol, tau)
-            blocks.append((None, np.array([t]), _one_record(0, grad, state), np.array([h])))
+            run.add(one_record(0, grad, state), (np.array([t]), np.array([h])))
         else:
             found.update(resume.events)
-            blocks.append((None, np.array(resume.tau), resume.block(), np.array([resume.next_step])))
+            run.add(resume.block(), (np.array(resume.tau), np.array([resume.next_step])))
             t, y = float(resume.tau[-1]), field.layout.flat(resume.state)
             f, state, grad = field(y)
             values = [_event_value(e, grad) for e in events]
             h = resume.next_step
-        index = len(blocks[0][1])
+        index = len(run.blocks[0][1][0])
         if backend in FUSED:
-            loop = _CompiledFlow(setting, grids, method, quad, events, blocks)
+            loop = run.compiled = _CompiledFlow(run, events)
             loop.start(t, y, f, h, index, values, found)
-            loop.steps(run, field, found, threads)
+            loop.steps(goal, field, found, threads)
         else:
-            _steps(run, field, events, found, blocks, t, y, f, h, index, values)
-    except KeyboardInterrupt:
-        if not blocks:  # interrupted at Q = 0: nothing to hand back
-            raise
-        raise Interrupted(partial()) from None
-    return partial()
+            _steps(goal, field, events, found, run, t, y, f, h, index, values)
+
+    return run.drive(steps, partial)
 
 
-def _steps(run, field, events, found, blocks, t, y, f, h, index, values):
+def _steps(goal, field, events, found, run, t, y, f, h, index, values):
     """Accepted steps from flow time t, state y (field f), step size h, one Python stage at a
-    time; each accepted step appends its record to ``blocks`` and its events to ``found``."""
-    tau, rtol = run["tau"], run["rtol"]
+    time; each accepted step adds its record to ``run`` and its events to ``found``."""
+    tau, rtol = goal["tau"], goal["rtol"]
     K = np.empty((7, y.size))
     steps = 0
-    while t < tau and not run["stop"]():
-        if steps >= run["max_steps"]:
-            raise _too_many(run, t)
+    while t < tau and not goal["stop"]():
+        if steps >= goal["max_steps"]:
+            raise _too_many(goal, t)
         h = min(h, tau - t)
         K[0] = f
         for i in range(1, 6):
@@ -361,15 +347,14 @@ def _steps(run, field, events, found, blocks, t, y, f, h, index, values):
         _locate_events(field, events, found, crossed, _Step(t, h, y, K.copy()), t_new, values,
                        new_values)
         h_next = h * _factor(err)
-        blocks.append((None, np.array([t_new]), _one_record(index, g_new, s_new),
-                       np.array([h_next])))
+        run.add(one_record(index, g_new, s_new), (np.array([t_new]), np.array([h_next])))
         t, y, f, values, h, index = t_new, y_new, f_new, new_values, h_next, index + 1
         steps += 1
 
 
-def _too_many(run, t):
-    return RuntimeError(f"flow: more than max_steps={run['max_steps']} steps before "
-                        f"tau={run['tau']:g} (at tau={t:.6g})")
+def _too_many(goal, t):
+    return RuntimeError(f"flow: more than max_steps={goal['max_steps']} steps before "
+                        f"tau={goal['tau']:g} (at tau={t:.6g})")
 
 
 def _locate_events(field, events, found, crossed, step, t_new, values, new_values):
@@ -391,13 +376,13 @@ class _CompiledFlow:
 
     DONE, CHUNK, NONFINITE, TOLERANCE, EVENT, STEPS = 0, 1, 2, 3, 5, 6
 
-    def __init__(self, setting, grids, method, quad, events, blocks):
+    def __init__(self, run, events):
         from . import _core
 
-        self.quad, self.events, self.blocks = quad, events, blocks
-        self.fused = Fused(setting, grids, [], 0, State.zeros(setting),
-                           quad if method == "quadrature" else None)
-        classes = {c: i for i, c in enumerate(setting.classes())}
+        self.run, self.events = run, events
+        self.fused = Fused(run.setting, run.grids, 0, State.zeros(run.setting),
+                           quad={"rtol": run.rtol} if run.method == "quadrature" else None)
+        classes = {c: i for i, c in enumerate(run.setting.classes())}
         self.loop = _core.FlowLoop(
             self.fused.loop, [DP54.A[i, :i].tolist() for i in range(6)], DP54.B.tolist(),
             DP54.E.tolist(), EXPONENT, SAFETY, MIN_FACTOR, MAX_FACTOR, MIN_STEP,
@@ -408,62 +393,46 @@ class _CompiledFlow:
     def evaluations(self):
         return self.loop.evaluations
 
+    def block(self, records):
+        return self.fused.block(records)
+
     def start(self, t, y, f, h, index, values, found):
         self.loop.set_state(t, y, f, h, index, np.array(values, dtype=float),
                             np.array([e[:3] in found for e in self.events]))
 
-    def steps(self, run, field, found, threads):
+    def steps(self, goal, field, found, threads):
         threads = check_threads(threads)
-        self.fused.sync(self.quad)  # quadrature rules the Python field has grown
-        while not run["stop"]():
-            status = self.loop.run(run["tau"], run["rtol"], run["max_steps"], threads)
-            self.drain()
+        run = self.run
+        self.fused.sync(run.rtol)  # quadrature rules the Python field has grown
+        while not goal["stop"]():
+            status = self.loop.run(goal["tau"], goal["rtol"], goal["max_steps"], threads)
+            run.drain()
             if status == self.DONE:
                 return
             if status == self.STEPS:
-                raise _too_many(run, self.loop.t)
+                raise _too_many(goal, self.loop.t)
             if status == self.NONFINITE:
                 raise _not_finite(field.setting, self.loop.y(), field, self.loop.t)
             if status == self.TOLERANCE:
-                error, met = self.fused.refine(threads, self.quad["rtol"],
-                                               mark=self.loop.evaluations)
-                _tolerance(met, error, self.quad["rtol"], self.quad["strict"], "flow: ",
-                           self.quad["met"])
-                self.quad["met"] = self.quad["met"] and met
+                error, met = self.fused.refine(threads, run.rtol, mark=self.loop.evaluations)
+                run.tolerance(met, error, "flow: ")
                 continue
             if status != self.EVENT:  # pragma: no cover - no other status is returned
                 raise RuntimeError(f"the flow loop stopped with status {status}")
             t, h, t_new, y, K, crossed, values, new_values = self.loop.held()
             _locate_events(field, self.events, found, crossed.tolist(), _Step(t, h, y, K),
                            t_new, values, new_values)
-            self.fused.sync(self.quad)
+            self.fused.sync(run.rtol)
             self.loop.commit()
-            self.drain()
-            if run["stop"]():
-                return
-
-    def drain(self):
-        """Move the loop's new records into ``blocks`` (as one block; safe to repeat)."""
-        taken = next((src[1] for src, *_ in reversed(self.blocks)
-                      if src is not None and src[0] is self), 0)
-        self.loop.forget(taken)
-        end = self.loop.recorded
-        if end > taken:
-            *rec, taus, next_h = self.loop.records(taken)
-            self.blocks.append(((self, end), taus, self.fused.block(rec), next_h))
+            run.drain()
 
 
 def _check_resume(resume, setting, tau, rtol, epsilon, backend, method, tail_tol):
     """Refuse to continue ``resume`` unless it is a whole gradient-flow run of the same
     setting and integration (then the continued run equals an uninterrupted one)."""
-    if not isinstance(resume, Result):
-        raise TypeError(f"resume must be a mimfast.Result, got {type(resume).__name__}")
+    saved_run(resume, tail_tol)
     if not resume.is_flow or getattr(resume, "next_step", None) is None:
         raise ValueError("resume: the saved run is not a resumable gradient-flow run")
-    try:
-        resume.check()
-    except ValueError as exc:
-        raise ValueError(f"resume: {exc}") from None
     saved = {"setting": resume.setting, "rtol": resume.rtol, "epsilon": resume.epsilon,
              "backend": resume.backend, "method": resume.method}
     given = {"setting": setting, "rtol": rtol, "epsilon": epsilon, "backend": backend,
@@ -473,8 +442,6 @@ def _check_resume(resume, setting, tau, rtol, epsilon, backend, method, tail_tol
         raise ValueError("resume: the saved run used another " + ", ".join(differ) + " ("
                          + ", ".join(f"{k}={saved[k]!r}" for k in differ if k != "setting")
                          + ")")
-    if resume.tail_tol is not None and resume.tail_tol != tail_tol:
-        raise ValueError(f"resume: the saved run used tail_tol={resume.tail_tol:g}")
     if resume.tau[-1] > tau:
         raise ValueError(f"resume: the saved run is already at tau={resume.tau[-1]:g} > {tau:g}")
 
