@@ -140,3 +140,49 @@ def test_flow_loop_rejects_bad_inputs():
     assert loop.run(10.0, 1e-10, 100, 1) == 2 and loop.evaluations == 0  # non-finite
     with pytest.raises(ValueError, match="records from 5"):
         loop.records(5)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_callback_sees_accepted_steps_and_hands_out_resumable_runs(compiled, monkeypatch):
+    monkeypatch.setattr(sys.modules["mimfast.driver"], "CALLBACK_SECONDS", 1e-9)  # every step
+    if not compiled:
+        monkeypatch.setattr(flow_module, "FUSED", set())
+    setting = SETTINGS["exact-T_eps"][0]
+    whole = mf.flow(setting, 3000.0, threads=1)
+    seen = []
+
+    def callback(step, grad, partial):
+        seen.append((step, grad.attention[0][1, 0]))
+        if len(seen) == 40:
+            assert len(partial()) == step + 1
+            raise KeyboardInterrupt
+
+    with pytest.raises(mf.Interrupted) as info:
+        mf.flow(setting, 3000.0, threads=1, callback=callback)
+    part = info.value.result
+    steps = [step for step, _ in seen]
+    assert steps == list(range(1, 41)) and len(part) == 41
+    # the gradient handed out is the accepted step's own
+    np.testing.assert_array_equal([a for _, a in seen], whole.attention(0, 1, "own")[1:41])
+    done = mf.flow(setting, 3000.0, threads=1, resume=part)
+    assert io.equal(done, whole) and done.events == whole.events
+
+
+def test_cli_flow_saves_checkpoints_by_time(tmp_path, monkeypatch):
+    pytest.importorskip("xarray")
+    from mimfast.cli import main
+
+    monkeypatch.setattr(sys.modules["mimfast.driver"], "CALLBACK_SECONDS", 0.01)
+    saved, real = [], io.save
+
+    def save(result, path, *args, **kwargs):
+        if path.name == "checkpoint.nc":
+            saved.append(len(result))
+        return real(result, path, *args, **kwargs)
+
+    monkeypatch.setattr(io, "save", save)
+    argv = ["run", "--P", "1e4", "--flow", "3000", "--no-plots", "--threads", "1",
+            "--checkpoint-seconds", "1e-9", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert saved and saved == sorted(saved) and not (tmp_path / "checkpoint.nc").exists()
+    assert mf.io.load(tmp_path / "result.nc").is_flow

@@ -135,6 +135,11 @@ class Clock:
         self.callback(t, grad, self.partial)
         self.last = time.monotonic()
 
+    def seconds(self):
+        """How long a compiled loop may run before handing back for the callback (0: no
+        callback, never)."""
+        return 0.0 if self.callback is None else CALLBACK_SECONDS
+
 
 def one_record(t, grad, state):
     """A block of one record (see :func:`stack`)."""

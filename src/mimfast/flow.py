@@ -15,6 +15,7 @@ import numpy as np
 from .backends import DEFAULT, check_threads, get_kernel
 from .driver import (
     FUSED,
+    Clock,
     Fused,
     Run,
     check_tolerance,
@@ -213,7 +214,7 @@ def _check_flow(setting, tau, rtol, stop_at, epsilon, max_steps):
 
 def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
          tail_tol=1e-15, max_grid_bytes=DEFAULT_MAX_BYTES, method="auto", quad_rtol=1e-13,
-         strict=False, epsilon=0.05, max_steps=100_000, resume=None):
+         strict=False, epsilon=0.05, max_steps=100_000, resume=None, callback=None):
     """Integrate the gradient flow dQ/dτ = -∇L(Q) from Q = 0 up to flow time ``tau``.
 
     GD with learning rate η is this flow's explicit Euler rule: its step t lies at τ = η t.
@@ -242,6 +243,12 @@ def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
         method (``Interrupted.result`` or a loaded results file): continue from its last
         accepted step with its next step size. Continuing an interrupted run to the same
         ``tau`` gives the result of an uninterrupted run, bit for bit.
+    callback : callable, optional
+        ``callback(step, grad, partial)`` after an accepted step about every
+        :data:`~mimfast.driver.CALLBACK_SECONDS` seconds, as :func:`mimfast.simulate` calls
+        it: ``step`` counts the accepted steps (the record's index), ``grad`` is the
+        :class:`~mimfast.Gradient` there, and ``partial()`` builds the :class:`Result` so
+        far, ready for ``resume`` (for progress displays and checkpoints).
 
     Returns
     -------
@@ -288,6 +295,8 @@ def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
         r.evaluations = field.count + (0 if run.compiled is None else run.compiled.evaluations)
         return r
 
+    clock = Clock(callback, None, None, partial)
+
     def steps():
         if resume is None:
             y = np.zeros(field.layout.size)
@@ -308,14 +317,14 @@ def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
         if backend in FUSED:
             loop = run.compiled = _CompiledFlow(run, events)
             loop.start(t, y, f, h, index, values, found)
-            loop.steps(goal, field, found, threads)
+            loop.steps(goal, field, found, threads, clock)
         else:
-            _steps(goal, field, events, found, run, t, y, f, h, index, values)
+            _steps(goal, field, events, found, run, t, y, f, h, index, values, clock)
 
     return run.drive(steps, partial)
 
 
-def _steps(goal, field, events, found, run, t, y, f, h, index, values):
+def _steps(goal, field, events, found, run, t, y, f, h, index, values, clock):
     """Accepted steps from flow time t, state y (field f), step size h, one Python stage at a
     time; each accepted step adds its record to ``run`` and its events to ``found``."""
     tau, rtol = goal["tau"], goal["rtol"]
@@ -348,6 +357,8 @@ def _steps(goal, field, events, found, run, t, y, f, h, index, values):
                        new_values)
         h_next = h * _factor(err)
         run.add(one_record(index, g_new, s_new), (np.array([t_new]), np.array([h_next])))
+        if clock.due(index):
+            clock(index, g_new)
         t, y, f, values, h, index = t_new, y_new, f_new, new_values, h_next, index + 1
         steps += 1
 
@@ -400,15 +411,19 @@ class _CompiledFlow:
         self.loop.set_state(t, y, f, h, index, np.array(values, dtype=float),
                             np.array([e[:3] in found for e in self.events]))
 
-    def steps(self, goal, field, found, threads):
+    def steps(self, goal, field, found, threads, clock):
         threads = check_threads(threads)
         run = self.run
         self.fused.sync(run.rtol)  # quadrature rules the Python field has grown
         while not goal["stop"]():
-            status = self.loop.run(goal["tau"], goal["rtol"], goal["max_steps"], threads)
+            status = self.loop.run(goal["tau"], goal["rtol"], goal["max_steps"], threads,
+                                   seconds=clock.seconds())
             run.drain()
             if status == self.DONE:
                 return
+            if status == self.CHUNK:  # right after a step: the last evaluation is its own
+                clock(int(run.blocks[-1][1][0][-1]), self.fused.gradient())
+                continue
             if status == self.STEPS:
                 raise _too_many(goal, self.loop.t)
             if status == self.NONFINITE:

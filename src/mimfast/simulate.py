@@ -10,7 +10,6 @@ import numpy as np
 
 from .backends import DEFAULT, check_threads, get_kernel
 from .driver import (
-    CALLBACK_SECONDS,
     FUSED,
     SATURATION_GAP,
     Clock,
@@ -94,7 +93,7 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
     callback : callable, optional
         ``callback(t, grad, partial)`` after some completed GD steps t: after every step from a
         multiple of ``callback_every`` (t - 1 = j callback_every), after the last step, and
-        otherwise about every :data:`CALLBACK_SECONDS` seconds. ``grad`` is the
+        otherwise about every :data:`~mimfast.driver.CALLBACK_SECONDS` seconds. ``grad`` is the
         :class:`~mimfast.Gradient` evaluated at step t - 1 (its observables; those of a
         recorded step when callback_every = record_every), and ``partial()`` builds the
         :class:`Result` so far, state at step t included (for progress displays and
@@ -195,7 +194,7 @@ def _fused_loop(run, loop, steps, record_every, eta, threads, clock):
     every = clock.every if timed and clock.every is not None else 0
     while True:
         status = loop.loop.run(steps, record_every, eta, threads, stop_every=every,
-                               seconds=CALLBACK_SECONDS if timed else 0.0)
+                               seconds=clock.seconds())
         run.drain()
         if status == loop.DONE:
             return
