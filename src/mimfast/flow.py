@@ -380,7 +380,7 @@ def _locate_events(field, events, found, crossed, step, t_new, values, new_value
 
 
 class _CompiledFlow:
-    """The step loop of backend "cpp" (``cpp/flow.hpp``) over a :class:`~mimfast.simulate.Fused`
+    """The step loop of backend "cpp" (``cpp/flow.hpp``) over a :class:`~mimfast.driver.Fused`
     evaluator: the same steps as :func:`_steps`, bit for bit, the stages in C++. It hands
     back to grow quadrature rules (as the fused GD loop does) and to locate events (here, on
     the held step's continuous extension, with the Python field)."""
