@@ -186,3 +186,31 @@ def test_cli_flow_saves_checkpoints_by_time(tmp_path, monkeypatch):
     assert main(argv) == 0
     assert saved and saved == sorted(saved) and not (tmp_path / "checkpoint.nc").exists()
     assert mf.io.load(tmp_path / "result.nc").is_flow
+
+
+@pytest.mark.parametrize("name", ["K2-uneven", "exact-T_eps"])
+def test_compiled_event_functions_are_the_python_ones(name):
+    """At random mixed-sign states, every event function the C++ loop computes (global_min
+    too, which the paper's runs never reach) equals flow._event_value, bit for bit."""
+    from mimfast.backends import get_kernel
+    from mimfast.grid import build_grids
+    from mimfast.model import StateLayout, evaluate
+
+    setting = SETTINGS[name][0]
+    grids = build_grids(setting, 1e-15)
+    run = flow_module.Run(setting, "cpp", "exact", grids, 1e-15, 1e-13, False)
+    events = flow_module._events(setting, 0.05)
+    assert {e[0] for e in events} == {"switch", "T_eps", "global_min"}
+    layout, kernel = StateLayout(setting), get_kernel("cpp")
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        y = rng.normal(scale=3.0, size=layout.size)
+        grad = evaluate(setting, grids, layout.state(y), kernel, 1)
+        f = -layout.flat(mf.State(grad.fp, grad.pp))
+        loop = flow_module._CompiledFlow(run, events)
+        loop.start(0.0, y, f, 1e-3, 1, np.ones(len(events)), {})  # no crossing: one step
+        assert loop.loop.run(1.0, 1e-6, 1, 1) == loop.STEPS
+        state = loop.loop.records(0)[2][0]
+        at = evaluate(setting, grids, layout.state(state), kernel, 1)
+        want = [flow_module._event_value(e, at) for e in events]
+        np.testing.assert_array_equal(loop.loop.held()[6], want)
