@@ -117,9 +117,9 @@ def test_signal_inside_the_compiled_loop_keeps_every_step(sigint_raises):
 
 def test_flow_loop_rejects_bad_inputs():
     s = SETTINGS["exact-T_eps"][0]
+    from mimfast.driver import Fused
     from mimfast.grid import build_grids
     from mimfast.model import StateLayout
-    from mimfast.driver import Fused
 
     fused = Fused(s, build_grids(s, 1e-15), 0, mf.State.zeros(s))
     a = [DP54.A[i, :i].tolist() for i in range(6)]
