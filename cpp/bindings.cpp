@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <optional>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "class_eval.hpp"
+#include "flow.hpp"
 #include "fused.hpp"
 #include "gauss.hpp"
 #include "kernel.hpp"
@@ -36,6 +38,12 @@ const T* data(const Arr<T>& a, py::ssize_t n, const char* name) {
 template <typename T>
 std::vector<T> copy(const Arr<T>& a) {
     return std::vector<T>(a.data(), a.data() + a.size());
+}
+
+py::array_t<double> vec(const std::vector<double>& v) {
+    py::array_t<double> a(static_cast<py::ssize_t>(v.size()));
+    std::copy(v.begin(), v.end(), a.mutable_data());
+    return a;
 }
 
 // A class's per-category constants, checked 1-D and copied.
@@ -124,6 +132,48 @@ py::array_t<double> eval_sums(const mimfast::ClassEval& e, Arr<double> z, Arr<do
     return out;
 }
 
+// run(poll) without the GIL, as an int status; poll() takes the GIL back to look for signals, and
+// the exception of one that raised leaves here (the loop keeps every completed step).
+template <typename Status, typename Run>
+int released(Run&& run) {
+    const std::function<bool()> poll = [] {
+        py::gil_scoped_acquire gil;
+        return PyErr_CheckSignals() != 0;
+    };
+    Status status;
+    {
+        py::gil_scoped_release release;
+        status = run(poll);
+    }
+    if (status == Status::interrupted) throw py::error_already_set();
+    return static_cast<int>(status);
+}
+
+// Records start .. recorded() of a loop (`held`: a FusedLoop or a FlowLoop) as arrays: steps,
+// loss, state, grad, attention, patch_loss, error, and for the flow tau and the next step size.
+template <typename Loop>
+py::tuple record_rows(const Loop& held, const mimfast::FusedLoop& shape, int64_t start) {
+    if (start < held.forgotten() || start > held.recorded())
+        throw std::invalid_argument("records from " + std::to_string(start) + " are not held");
+    const auto& r = held.records();
+    const int64_t skip = start - held.forgotten();
+    const int64_t n = held.recorded() - start;
+    auto rows = [&](const auto& v, int64_t w) {
+        using T = typename std::decay_t<decltype(v)>::value_type;
+        py::array_t<T> a({n, w});
+        std::copy(v.begin() + skip * w, v.begin() + (skip + n) * w, a.mutable_data());
+        return a;
+    };
+    const int64_t ns = shape.n_state(), nc = shape.n_classes();
+    py::tuple out = py::make_tuple(rows(r.steps, 1).reshape({n}), rows(r.loss, 1).reshape({n}),
+                                   rows(r.state, ns), rows(r.grad, ns),
+                                   rows(r.attention, shape.n_attention()),
+                                   rows(r.patch_loss, nc), rows(r.error, nc));
+    if constexpr (std::is_same_v<Loop, mimfast::FlowLoop>)
+        out = out + py::make_tuple(rows(r.tau, 1).reshape({n}), rows(r.next_h, 1).reshape({n}));
+    return out;
+}
+
 // The fused loop behind Python: lists of per-class inputs in, numpy arrays out. run() releases
 // the GIL and takes it back only to look for signals; when one raised, its exception leaves
 // run() and the loop keeps every completed step and record.
@@ -151,17 +201,8 @@ class Fused {
         lim.stop_every = stop_every;
         lim.seconds = seconds;
         lim.poll_seconds = poll_seconds;
-        const auto poll = [] {
-            py::gil_scoped_acquire gil;
-            return PyErr_CheckSignals() != 0;
-        };
-        mimfast::Status status;
-        {
-            py::gil_scoped_release release;
-            status = loop_.run(lim, eta, threads, poll);
-        }
-        if (status == mimfast::Status::interrupted) throw py::error_already_set();
-        return static_cast<int>(status);
+        return released<mimfast::Status>(
+            [&](const auto& poll) { return loop_.run(lim, eta, threads, poll); });
     }
     int64_t t() const { return loop_.t(); }
     py::array_t<double> state() const { return vec(loop_.state()); }
@@ -172,33 +213,11 @@ class Fused {
     py::array_t<double> max_error() const { return vec(loop_.max_error()); }
     int64_t recorded() const { return loop_.recorded(); }
     // Records start .. recorded(): steps, loss, state, grad, attention, patch_loss, error.
-    py::tuple records(int64_t start) const {
-        if (start < loop_.forgotten() || start > loop_.recorded())
-            throw std::invalid_argument("fused loop: records from " + std::to_string(start) +
-                                        " are not held");
-        const auto& r = loop_.records();
-        const int64_t skip = start - loop_.forgotten();
-        const int64_t n = loop_.recorded() - start;
-        auto rows = [&](const auto& v, int64_t w) {
-            using T = typename std::decay_t<decltype(v)>::value_type;
-            py::array_t<T> a({n, w});
-            std::copy(v.begin() + skip * w, v.begin() + (skip + n) * w, a.mutable_data());
-            return a;
-        };
-        const int64_t ns = loop_.n_state(), nc = loop_.n_classes();
-        return py::make_tuple(rows(r.steps, 1).reshape({n}), rows(r.loss, 1).reshape({n}),
-                              rows(r.state, ns), rows(r.grad, ns),
-                              rows(r.attention, loop_.n_attention()), rows(r.patch_loss, nc),
-                              rows(r.error, nc));
-    }
+    py::tuple records(int64_t start) const { return record_rows(loop_, loop_, start); }
     void forget(int64_t upto) { loop_.forget(upto); }
+    mimfast::FusedLoop& loop() { return loop_; }
 
    private:
-    static py::array_t<double> vec(const std::vector<double>& v) {
-        py::array_t<double> a(static_cast<py::ssize_t>(v.size()));
-        std::copy(v.begin(), v.end(), a.mutable_data());
-        return a;
-    }
     static std::vector<mimfast::FusedClass> classes(
         const std::vector<EvalPtr>& evals, const std::vector<EvalPtr>& checks,
         const std::vector<Arr<double>>& z, const std::vector<Arr<bool>>& live,
@@ -227,6 +246,100 @@ class Fused {
         return out;
     }
     mimfast::FusedLoop loop_;
+};
+
+// The gradient flow's step loop behind Python, evaluating with a Fused loop (which it keeps
+// alive; its set_evaluators() reaches the flow). run() releases the GIL as Fused.run() does.
+class Flow {
+   public:
+    Flow(Fused& fused, const std::vector<std::vector<double>>& a, std::vector<double> b,
+         std::vector<double> e, double exponent, double safety, double min_factor,
+         double max_factor, double min_step, const std::vector<int>& kind,
+         const std::vector<int64_t>& cls, const std::vector<std::vector<int>>& others,
+         const std::vector<double>& level)
+        : fused_(fused),
+          loop_(fused.loop(), tableau(a, std::move(b), std::move(e), exponent, safety,
+                                      min_factor, max_factor, min_step),
+                events(kind, cls, others, level)) {}
+
+    void set_state(double t, Arr<double> y, Arr<double> f, double h, int64_t index,
+                   Arr<double> values, Arr<bool> found) {
+        const py::ssize_t n = loop_.n_state(), m = loop_.n_events();
+        const bool* pf = data(found, m, "found");
+        std::vector<unsigned char> done(pf, pf + m);
+        loop_.set_state(t, data(y, n, "y"), data(f, n, "f"), h, index, data(values, m, "values"),
+                        done.data());
+    }
+    int run(double tau, double rtol, int64_t max_steps, int threads, double seconds,
+            double poll_seconds) {
+        if (threads < 1) throw std::invalid_argument("threads must be at least 1");
+        mimfast::FlowLimits lim;
+        lim.tau = tau;
+        lim.rtol = rtol;
+        lim.max_steps = max_steps;
+        lim.seconds = seconds;
+        lim.poll_seconds = poll_seconds;
+        return released<mimfast::FlowStatus>(
+            [&](const auto& poll) { return loop_.run(lim, threads, poll); });
+    }
+    void commit() { loop_.commit(); }
+    double t() const { return loop_.t(); }
+    double h() const { return loop_.h(); }
+    int64_t evaluations() const { return loop_.evaluations(); }
+    py::array_t<double> y() const { return vec(loop_.y()); }
+    // The held step: t, h, t_new, y, stages (s + 1, n), crossed events, their values at t and
+    // at t_new.
+    py::tuple held() const {
+        const auto& K = loop_.stages();
+        py::array_t<double> k({static_cast<py::ssize_t>(K.size()) / loop_.n_state(),
+                               static_cast<py::ssize_t>(loop_.n_state())});
+        std::copy(K.begin(), K.end(), k.mutable_data());
+        const auto& c = loop_.crossed();
+        py::array_t<int64_t> crossed(static_cast<py::ssize_t>(c.size()));
+        std::copy(c.begin(), c.end(), crossed.mutable_data());
+        return py::make_tuple(loop_.t(), loop_.held_h(), loop_.held_t(), vec(loop_.y()), k,
+                              crossed, vec(loop_.values()), vec(loop_.new_values()));
+    }
+    int64_t recorded() const { return loop_.recorded(); }
+    py::tuple records(int64_t start) const {
+        return record_rows(loop_, fused_.loop(), start);
+    }
+    void forget(int64_t upto) { loop_.forget(upto); }
+
+   private:
+    static mimfast::Tableau tableau(const std::vector<std::vector<double>>& a,
+                                    std::vector<double> b, std::vector<double> e, double exponent,
+                                    double safety, double min_factor, double max_factor,
+                                    double min_step) {
+        mimfast::Tableau t;
+        t.stages = static_cast<int>(b.size());
+        for (size_t i = 0; i < a.size(); ++i) {
+            if (a.size() != b.size() || a[i].size() != i)
+                throw std::invalid_argument("flow loop: row i of a must have i entries");
+            for (size_t j = 0; j < b.size(); ++j) t.a.push_back(j < i ? a[i][j] : 0.0);
+        }
+        t.b = std::move(b);
+        t.e = std::move(e);
+        t.exponent = exponent;
+        t.safety = safety;
+        t.min_factor = min_factor;
+        t.max_factor = max_factor;
+        t.min_step = min_step;
+        return t;
+    }
+    static std::vector<mimfast::FlowEvent> events(const std::vector<int>& kind,
+                                                  const std::vector<int64_t>& cls,
+                                                  const std::vector<std::vector<int>>& others,
+                                                  const std::vector<double>& level) {
+        const size_t n = kind.size();
+        if (cls.size() != n || others.size() != n || level.size() != n)
+            throw std::invalid_argument("flow loop: one entry per event in every list");
+        std::vector<mimfast::FlowEvent> out(n);
+        for (size_t j = 0; j < n; ++j) out[j] = {kind[j], cls[j], others[j], level[j]};
+        return out;
+    }
+    Fused& fused_;
+    mimfast::FlowLoop loop_;
 };
 
 // Gauss rules of a batch of Jacobi matrices: diag (m, n), off (m, n - 1) -> nodes, weights.
@@ -282,6 +395,29 @@ void bind_kernel(py::module_& m) {
         .def("max_error", &Fused::max_error)
         .def("records", &Fused::records, py::arg("start"))
         .def("forget", &Fused::forget, py::arg("upto"));
+    py::class_<Flow>(m, "FlowLoop",
+                     "The gradient flow's step loop in C++ (cpp/flow.hpp), over a FusedLoop.")
+        .def(py::init<Fused&, const std::vector<std::vector<double>>&, std::vector<double>,
+                      std::vector<double>, double, double, double, double, double,
+                      const std::vector<int>&, const std::vector<int64_t>&,
+                      const std::vector<std::vector<int>>&, const std::vector<double>&>(),
+             py::arg("fused"), py::arg("a"), py::arg("b"), py::arg("e"), py::arg("exponent"),
+             py::arg("safety"), py::arg("min_factor"), py::arg("max_factor"),
+             py::arg("min_step"), py::arg("kind"), py::arg("cls"), py::arg("others"),
+             py::arg("level"), py::keep_alive<1, 2>())
+        .def("set_state", &Flow::set_state, py::arg("t"), py::arg("y"), py::arg("f"),
+             py::arg("h"), py::arg("index"), py::arg("values"), py::arg("found"))
+        .def("run", &Flow::run, py::arg("tau"), py::arg("rtol"), py::arg("max_steps"),
+             py::arg("threads"), py::arg("seconds") = 0.0, py::arg("poll_seconds") = 0.05)
+        .def("commit", &Flow::commit)
+        .def_property_readonly("t", &Flow::t)
+        .def_property_readonly("h", &Flow::h)
+        .def_property_readonly("evaluations", &Flow::evaluations)
+        .def_property_readonly("recorded", &Flow::recorded)
+        .def("y", &Flow::y)
+        .def("held", &Flow::held)
+        .def("records", &Flow::records, py::arg("start"))
+        .def("forget", &Flow::forget, py::arg("upto"));
     py::class_<mimfast::PointSet, mimfast::ClassEval, std::shared_ptr<mimfast::PointSet>>(
         m, "ClassPoints", "A class's Gauss–Hahn point set, copied and validated for the kernel.")
         .def(py::init(&make_points), py::arg("counts"), py::arg("rest"), py::arg("centre"),

@@ -183,6 +183,18 @@ void FusedLoop::evaluate(int threads) {
     }
 }
 
+void FusedLoop::evaluate_at(const double* s, int threads) {
+    std::copy(s, s + n_state_, state_.begin());
+    evaluate(threads);
+}
+
+bool FusedLoop::within_tol(int64_t mark) const {
+    for (size_t i = 0; i < classes_.size(); ++i)
+        if (classes_[i].tol > 0 && classes_[i].accept != mark && !(err_[i] <= classes_[i].tol))
+            return false;
+    return true;
+}
+
 void FusedLoop::record() {
     rec_.steps.push_back(t_);
     rec_.loss.push_back(loss_);
@@ -220,9 +232,7 @@ Status FusedLoop::run(const RunLimits& lim, double eta, int threads,
     const auto seconds = [](clock::duration d) { return std::chrono::duration<double>(d).count(); };
     for (;;) {
         evaluate(threads);
-        for (size_t i = 0; i < classes_.size(); ++i)
-            if (classes_[i].tol > 0 && classes_[i].accept != t_ && !(err_[i] <= classes_[i].tol))
-                return Status::tolerance;
+        if (!within_tol(t_)) return Status::tolerance;
         if ((t_ % lim.record_every == 0 || t_ == lim.steps) && t_ > last_recorded_) record();
         if (t_ >= lim.steps) return Status::done;
         bool finite = true;

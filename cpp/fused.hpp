@@ -75,6 +75,14 @@ class FusedLoop {
     // Largest error estimate of each class over every evaluation since construction.
     const std::vector<double>& max_error() const { return max_err_; }
 
+    // One evaluation at state s (which state() becomes), read as after run(): the gradient
+    // flow's stages (flow.hpp).
+    void evaluate_at(const double* s, int threads);
+    // Whether every class's last error estimate is within its tolerance, or accepted at `mark`.
+    bool within_tol(int64_t mark) const;
+    const FusedClass& fused_class(int64_t i) const { return classes_[i]; }
+    int64_t att_offset(int64_t i) const { return att_off_[i]; }
+
     // Records, numbered from 0 since construction; those before forgotten() are dropped.
     struct Records {
         std::vector<int64_t> steps;

@@ -211,6 +211,7 @@ def test_a_nonfinite_stage_is_rejected_then_reported(monkeypatch):
 
     flow_module = sys.modules["mimfast.flow"]  # (mf.flow is the function)
     real = flow_module.evaluate
+    monkeypatch.setattr(flow_module, "FUSED", set())  # the Python loop, whose field is patched
 
     def evaluate(setting, grids, state, *args):
         grad = real(setting, grids, state, *args)
@@ -224,11 +225,13 @@ def test_a_nonfinite_stage_is_rejected_then_reported(monkeypatch):
 
 
 def _interrupt_after(monkeypatch, calls):
-    """Raise KeyboardInterrupt at the ``calls``-th gradient evaluation of mimfast.flow."""
+    """Raise KeyboardInterrupt at the ``calls``-th gradient evaluation of mimfast.flow (in its
+    Python loop, whose evaluations can be counted; the compiled loop steps the same)."""
     import sys
 
     module = sys.modules["mimfast.flow"]
     real, count = module.evaluate, [0]
+    monkeypatch.setattr(module, "FUSED", set())
 
     def evaluate(*args):
         count[0] += 1
@@ -237,7 +240,12 @@ def _interrupt_after(monkeypatch, calls):
         return real(*args)
 
     monkeypatch.setattr(module, "evaluate", evaluate)
-    return lambda: monkeypatch.setattr(module, "evaluate", real)
+
+    def restore():  # the rest of the test steps compiled again: it continues the same run
+        monkeypatch.setattr(module, "evaluate", real)
+        monkeypatch.setattr(module, "FUSED", {"cpp"})
+
+    return restore
 
 
 def test_interrupted_before_the_first_step_hands_back_nothing(monkeypatch):

@@ -163,20 +163,23 @@ def test_fused_loop_rejects_bad_inputs():
 
 # --- a record is appended whole or not at all (interrupts injected deterministically) ---
 
-RECORD_PATH = {"simulate", "_python_loop", "_one_record", "run", "drain", "_stack", "_empty",
-               "__call__", "due"}
+driver_module = sys.modules["mimfast.driver"]
+RECORD_PATH = {"simulate", "_python_loop", "_fused_loop", "one_record", "add", "drain", "stack",
+               "_empty", "drive", "result", "tolerance", "__call__", "due"}
 
 
 class InterruptAt:
     """A tracer that raises KeyboardInterrupt at the n-th bytecode executed in the functions
-    of the record path (simulate.py), before the exception handler of `simulate` is entered."""
+    of the record path (simulate.py and the driver), before the exception handler of the driver
+    is entered."""
 
     def __init__(self, n):
         self.n, self.count, self.fired = n, 0, False
 
     def __call__(self, frame, event, arg):
         code = frame.f_code
-        if code.co_filename != simulate_module.__file__ or code.co_name not in RECORD_PATH:
+        if (code.co_filename not in (simulate_module.__file__, driver_module.__file__)
+                or code.co_name not in RECORD_PATH):
             return None
         frame.f_trace_opcodes = True
         return self.local
@@ -195,7 +198,7 @@ def test_interrupt_at_every_bytecode_of_the_record_path(loop, python_loop, monke
     setting, eta = SETTINGS["K2-uneven"]
     steps, every = 5, 2  # records at 0, 2, 4 and the last step 5
     grids = build_grids(setting)
-    monkeypatch.setattr(simulate_module, "build_grids", lambda *args: grids)  # build once
+    monkeypatch.setattr(driver_module, "build_grids", lambda *args: grids)  # build once
     run = {"fused": mf.simulate, "python": python_loop,
            "quadrature": functools.partial(mf.simulate, method="quadrature")}[loop]
     if loop == "quadrature":  # point sets built once, each run gets its own copy
@@ -203,7 +206,7 @@ def test_interrupt_at_every_bytecode_of_the_record_path(loop, python_loop, monke
         for q in quads.values():
             q.base(), q.rich()
         start = {key: list(q.levels) for key, q in quads.items()}
-        monkeypatch.setattr(simulate_module, "build_quadratures", lambda s, levels=None: (
+        monkeypatch.setattr(driver_module, "build_quadratures", lambda s, levels=None: (
             copy.deepcopy(quads) if levels in (None, start) else build_quadratures(s, levels)))
     full = run(setting, eta, steps, record_every=every, threads=1)
     n, outcomes = 0, set()

@@ -108,6 +108,58 @@ class FusedLoop:
     def records(self, start: int) -> tuple: ...
     def forget(self, upto: int) -> None: ...
 
+class FlowLoop:
+    """The gradient flow's step loop in C++ (cpp/flow.hpp), over a FusedLoop."""
+
+    def __init__(
+        self,
+        fused: FusedLoop,
+        a: list[list[float]],
+        b: list[float],
+        e: list[float],
+        exponent: float,
+        safety: float,
+        min_factor: float,
+        max_factor: float,
+        min_step: float,
+        kind: list[int],
+        cls: list[int],
+        others: list[list[int]],
+        level: list[float],
+    ) -> None: ...
+    def set_state(
+        self,
+        t: float,
+        y: npt.NDArray[np.float64],
+        f: npt.NDArray[np.float64],
+        h: float,
+        index: int,
+        values: npt.NDArray[np.float64],
+        found: npt.NDArray[np.bool_],
+    ) -> None: ...
+    def run(
+        self,
+        tau: float,
+        rtol: float,
+        max_steps: int,
+        threads: int,
+        seconds: float = 0.0,
+        poll_seconds: float = 0.05,
+    ) -> int: ...
+    def commit(self) -> None: ...
+    @property
+    def t(self) -> float: ...
+    @property
+    def h(self) -> float: ...
+    @property
+    def evaluations(self) -> int: ...
+    @property
+    def recorded(self) -> int: ...
+    def y(self) -> npt.NDArray[np.float64]: ...
+    def held(self) -> tuple: ...
+    def records(self, start: int) -> tuple: ...
+    def forget(self, upto: int) -> None: ...
+
 def gauss_rules(
     diag: npt.NDArray[np.float64], off: npt.NDArray[np.float64]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...

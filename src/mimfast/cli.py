@@ -385,8 +385,8 @@ class _Interrupts:
 class _Progress:
     """Run callback: progress bar (tqdm) and checkpoints by wall time and by steps.
 
-    ``simulate`` calls it a few times a second, and after every step from a multiple of N
-    (``callback_every``) when N is given. A checkpoint is saved at the first call at least
+    ``simulate`` and ``flow`` call it a few times a second, and ``simulate`` after every step
+    from a multiple of N (``callback_every``) when N is given. A checkpoint is saved at the first call at least
     ``seconds`` after the last one (or the start), and at the first call after each multiple
     of N (so none right after step 1); 0 turns either rule off. Saving a checkpoint rewrites
     the whole record so far, so a rule by time keeps its share of a long run small.
@@ -558,22 +558,28 @@ def _run(args):
             return EXIT_INTERRUPTED
 
         try:
-            if "flow" in opts:
+            if "flow" in opts:  # progress in accepted steps, checkpoints by time
+                progress = _Progress(show, 0 if resume is None else len(resume) - 1, None,
+                                     checkpoint, 0, interrupts,
+                                     opts.get("checkpoint_seconds", 0))
                 try:
                     tau, stop_at = _flow_end(opts)
                     result = mf.flow(setting, tau, rtol=opts.get("rtol", 1e-10),
                                      stop_at=stop_at, backend=opts["backend"],
                                      method=opts["method"], threads=opts.get("threads"),
                                      tail_tol=opts["tail_tol"], epsilon=opts["epsilon"],
-                                     resume=resume)
+                                     resume=resume, callback=progress)
                 except mf.Interrupted as exc:
+                    progress.close(len(exc.result) - 1)
                     return save_and_stop(exc.result, f"at tau {exc.result.tau[-1]:.6g}")
                 except KeyboardInterrupt:
+                    progress.close()
                     if resume is not None:
                         return save_and_stop(resume, f"at tau {resume.tau[-1]:.6g}")
                     print("mimfast: interrupted before the first step; nothing saved",
                           file=sys.stderr)
                     return EXIT_INTERRUPTED
+                progress.close(len(result) - 1)
                 return _finish(result, opts, out, attrs, save_and_stop)
             progress = _Progress(show, start, opts["steps"], checkpoint, opts["checkpoint_every"],
                                  interrupts, opts.get("checkpoint_seconds", 0))

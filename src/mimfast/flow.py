@@ -13,13 +13,21 @@ from numbers import Real
 import numpy as np
 
 from .backends import DEFAULT, check_threads, get_kernel
+from .driver import (
+    FUSED,
+    Clock,
+    Fused,
+    Run,
+    check_tolerance,
+    evaluators,
+    one_record,
+    own_logit_gap,
+    saved_run,
+)
 from .grid import DEFAULT_MAX_BYTES, check_tail_tol, class_categories
 from .model import State, StateLayout, evaluate
 from .quadrature import choose_method
-from .result import Result
 from .setting import Setting
-from .simulate import (Interrupted, _check_tolerance, _one_record, _stack, _tolerance,
-                       evaluators, own_logit_gap)
 
 __all__ = ["flow", "EVENTS", "DP54"]
 
@@ -65,6 +73,30 @@ class DP54:
 
 SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
 MIN_STEP = 1e-13  # relative to the flow time: below it a step cannot be told from none
+EXPONENT = -1 / DP54.order  # of the error norm in the step-size factor
+
+
+def _combine(w, K, m):
+    """``w[0] K[0] + ... + w[m-1] K[m-1]``, summed in that order (as cpp/flow.cpp does)."""
+    acc = w[0] * K[0]
+    for j in range(1, m):
+        acc = acc + w[j] * K[j]
+    return acc
+
+
+def _error_norm(h, K, y, y_new, rtol):
+    """The step's error estimate in the norm ``rms(err / (rtol (1 + max(|y|, |y_new|))))``,
+    its squares summed in order (as cpp/flow.cpp does)."""
+    scale = rtol * (1.0 + np.maximum(np.abs(y), np.abs(y_new)))
+    total = 0.0
+    for v in (h * _combine(DP54.E, K, 7) / scale).tolist():
+        total += v * v
+    return math.sqrt(total / y.size)
+
+
+def _factor(err):
+    """The step-size factor after an accepted step of error norm ``err`` (<= 1)."""
+    return min(MAX_FACTOR, SAFETY * err ** EXPONENT) if err > 0 else MAX_FACTOR
 
 
 def _not_finite(setting, y, field, t):
@@ -89,11 +121,12 @@ class _Step:
 
 
 class _Field:
-    """The vector field -∇L as flat vectors, with each evaluation's :class:`Gradient`."""
+    """The vector field -∇L of a :class:`~mimfast.driver.Run` as flat vectors, with each
+    evaluation's :class:`Gradient`."""
 
-    def __init__(self, setting, grids, kernel, threads, quad):
-        self.setting, self.grids, self.kernel, self.threads = setting, grids, kernel, threads
-        self.quad, self.layout, self.count = quad, StateLayout(setting), 0
+    def __init__(self, run, kernel, threads):
+        self.run, self.setting, self.kernel, self.threads = run, run.setting, kernel, threads
+        self.layout, self.count = StateLayout(run.setting), 0
 
     def __call__(self, y):
         """``(-∇L, state, Gradient)`` at the flat state ``y``; -∇L is all nan where the
@@ -101,33 +134,42 @@ class _Field:
         if not np.all(np.isfinite(y)):
             return np.full(y.size, np.nan), None, None
         state = self.layout.state(y)
-        grad = evaluate(self.setting, self.grids, state, self.kernel, self.threads,
-                        self.quad["rtol"])
+        grad = evaluate(self.setting, self.run.grids, state, self.kernel, self.threads,
+                        self.run.rtol)
         self.count += 1
-        _tolerance(grad.met, grad.error, self.quad["rtol"], self.quad["strict"], "flow: ",
-                   self.quad["met"])
-        self.quad["met"] = self.quad["met"] and grad.met
+        self.run.tolerance(grad.met, grad.error, "flow: ")
         return -self.layout.flat(State(grad.fp, grad.pp)), state, grad
 
 
-def _event_functions(setting, epsilon):
-    """``[(name, k, h, g)]``: g(grad, state) rises through 0 at the event (docs/model.md §9)."""
+def _events(setting, epsilon):
+    """``[(name, k, h, others, level)]``, the events of every class in the order of
+    ``setting.classes()``; :func:`_event_value` gives each one's function, which rises through
+    0 at the event (docs/model.md §9)."""
     out = []
     for k, h in setting.classes():
         _, areas = class_categories(setting, k, h)
         others = [1 + g for g in range(len(areas) - 1) if areas[1 + g] > 0]
-
-        def switch(grad, state, k=k, h=h, others=others):
-            row = np.abs(grad.fp[k][h])
-            return row[0] - (max(row[c] for c in others) if others else 0.0)
-
-        def t_eps(grad, state, k=k, h=h):
-            return grad.attention[k][h][0] - (1 - epsilon)
-
-        out += [("switch", k, h, switch), ("T_eps", k, h, t_eps)]
+        out += [("switch", k, h, others, 0.0), ("T_eps", k, h, others, 1 - epsilon)]
         if 1 in others:  # group 0 has areas other than the query's own: the global FP
-            out.append(("global_min", k, h, lambda grad, state, k=k, h=h: -grad.fp[k][h][1]))
+            out.append(("global_min", k, h, others, 0.0))
     return out
+
+
+#: The event kinds as numbered for the compiled loop (cpp/flow.hpp, FlowEvent).
+_KINDS = {"switch": 0, "T_eps": 1, "global_min": 2}
+
+
+def _event_value(event, grad):
+    """An event's function at a :class:`Gradient` (as cpp/flow.cpp, event_values): the own FP
+    gradient less the largest other one (switch), the own attention less 1 - epsilon (T_eps),
+    minus the global FP gradient (global_min)."""
+    name, k, h, others, level = event
+    if name == "switch":
+        row = np.abs(grad.fp[k][h])
+        return row[0] - (max(row[c] for c in others) if others else 0.0)
+    if name == "T_eps":
+        return grad.attention[k][h][0] - level
+    return -grad.fp[k][h][1]
 
 
 def _locate(g, lo, hi, glo, ghi, xtol):
@@ -172,7 +214,7 @@ def _check_flow(setting, tau, rtol, stop_at, epsilon, max_steps):
 
 def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
          tail_tol=1e-15, max_grid_bytes=DEFAULT_MAX_BYTES, method="auto", quad_rtol=1e-13,
-         strict=False, epsilon=0.05, max_steps=100_000, resume=None):
+         strict=False, epsilon=0.05, max_steps=100_000, resume=None, callback=None):
     """Integrate the gradient flow dQ/dτ = -∇L(Q) from Q = 0 up to flow time ``tau``.
 
     GD with learning rate η is this flow's explicit Euler rule: its step t lies at τ = η t.
@@ -201,6 +243,12 @@ def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
         method (``Interrupted.result`` or a loaded results file): continue from its last
         accepted step with its next step size. Continuing an interrupted run to the same
         ``tau`` gives the result of an uninterrupted run, bit for bit.
+    callback : callable, optional
+        ``callback(step, grad, partial)`` after an accepted step about every
+        :data:`~mimfast.driver.CALLBACK_SECONDS` seconds, as :func:`mimfast.simulate` calls
+        it: ``step`` counts the accepted steps (the record's index), ``grad`` is the
+        :class:`~mimfast.Gradient` there, and ``partial()`` builds the :class:`Result` so
+        far, ready for ``resume`` (for progress displays and checkpoints).
 
     Returns
     -------
@@ -220,112 +268,186 @@ def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
     threads = None if threads is None else check_threads(threads)
     tail_tol = check_tail_tol(tail_tol)
     kernel = get_kernel(backend, setting)
-    _check_tolerance(quad_rtol, strict)
+    check_tolerance(quad_rtol, strict)
     method = choose_method(setting, method)
     if resume is not None:
         _check_resume(resume, setting, tau, rtol, epsilon, backend, method, tail_tol)
     grids = evaluators(setting, method, tail_tol, max_grid_bytes,
                        None if resume is None else resume.levels)
-    quad = {"met": True if resume is None else resume.tolerance_met, "rtol": quad_rtol,
-            "strict": strict}
-    field = _Field(setting, grids, kernel, threads, quad)
-    events = _event_functions(setting, epsilon)
-    # the run so far, one entry per accepted step, each appended whole: (tau, record block,
-    # next step size, events found); an interrupt leaves the list with or without a step
-    done = []
-    taus0 = [] if resume is None else list(resume.tau)
-    wanted = {(n, k, hh) for n, k, hh, _ in events if n == stop_at}
+    run = Run(setting, backend, method, grids, tail_tol, quad_rtol, strict,
+              True if resume is None else resume.tolerance_met)
+    field = _Field(run, kernel, threads)
+    events = _events(setting, epsilon)
+    wanted = {(n, k, hh) for n, k, hh, _, _ in events if n == stop_at}
+    # the records carry their flow times and next step sizes (the blocks' extra); ``found``
+    # maps each located event to its flow time, and only those at or before the last record
+    # belong to the run (an interrupt may land between the two)
+    found = {}
+    goal = {"stop": lambda: bool(wanted) and wanted <= set(found), "max_steps": max_steps,
+            "tau": tau, "rtol": rtol}
 
     def partial():
-        blocks = [b for _, b, _, _ in done]
-        *rec, error = _stack(setting, blocks)
-        taus = taus0 + [x for x, _, _, _ in done if x is not None]
-        last = done[-1]
-        levels = ({key: q.levels for key, q in grids.items()} if method == "quadrature"
-                  else None)
-        r = Result(setting, backend, math.nan, *rec, None, max(q.dropped for q in grids.values()),
-                   tail_tol=tail_tol, method=method, error=error, tolerance_met=quad["met"],
-                   levels=levels, tau=np.array(taus))
+        extras = run.extras()
+        r = run.result(math.nan, None, tau=np.concatenate([taus for taus, _ in extras]))
         r.state = r.recorded_state(-1)
-        r.events, r.next_step, r.rtol, r.epsilon = dict(last[3]), last[2], rtol, epsilon
-        r.evaluations = field.count
+        r.events = {key: v for key, v in found.items() if v <= r.tau[-1]}
+        r.next_step, r.rtol, r.epsilon = float(extras[-1][1][-1]), rtol, epsilon
+        r.evaluations = field.count + (0 if run.compiled is None else run.compiled.evaluations)
         return r
 
-    try:
+    clock = Clock(callback, None, None, partial)
+
+    def steps():
         if resume is None:
             y = np.zeros(field.layout.size)
             f, state, grad = field(y)
-            t, values = 0.0, [g(grad, state) for _, _, _, g in events]
-            found = {(name, k, h): 0.0 for (name, k, h, _), v in zip(events, values)
-                     if v >= 0 and name != "global_min"}
-            done.append((t, _one_record(0, grad, state), _initial_step(field, y, f, rtol, tau),
-                         found))
+            t, values = 0.0, [_event_value(e, grad) for e in events]
+            found.update({e[:3]: 0.0 for e, v in zip(events, values)
+                          if v >= 0 and e[0] != "global_min"})
+            h = _initial_step(field, y, f, rtol, tau)
+            run.add(one_record(0, grad, state), (np.array([t]), np.array([h])))
         else:
-            done.append((None, resume.block(), resume.next_step, dict(resume.events)))
+            found.update(resume.events)
+            run.add(resume.block(), (np.array(resume.tau), np.array([resume.next_step])))
             t, y = float(resume.tau[-1]), field.layout.flat(resume.state)
             f, state, grad = field(y)
-            values = [g(grad, state) for _, _, _, g in events]
-            found = dict(resume.events)
-        h = done[-1][2]
-        K = np.empty((7, y.size))
-        steps = 0
-        while t < tau and not (wanted and wanted <= set(found)):
-            if steps >= max_steps:
-                raise RuntimeError(f"flow: more than max_steps={max_steps} steps before "
-                                   f"tau={tau:g} (at tau={t:.6g})")
-            h = min(h, tau - t)
-            K[0] = f
-            for i in range(1, 6):
-                K[i] = field(y + h * (DP54.A[i, :i] @ K[:i]))[0]
-            y_new = y + h * (DP54.B @ K[:6])
-            f_new, s_new, g_new = field(y_new)
-            K[6] = f_new
-            scale = rtol * (1.0 + np.maximum(np.abs(y), np.abs(y_new)))
-            err = math.sqrt(np.mean((h * (DP54.E @ K) / scale) ** 2))
-            if not math.isfinite(err):  # a stage left the finite states: a much smaller step
-                if h <= MIN_STEP * max(t, tau * 1e-300):
-                    raise _not_finite(setting, y, field, t)
-                h *= MIN_FACTOR
-                continue
-            if err > 1.0:
-                h *= max(MIN_FACTOR, SAFETY * err ** -0.2)
-                continue
-            step = _Step(t, h, y, K.copy())
-            t_new = tau if h == tau - t else t + h
-            new_values = [g(g_new, s_new) for _, _, _, g in events]
-            found = dict(found)
-            for (name, k, hh, g), v0, v1 in zip(events, values, new_values):
-                if (name, k, hh) in found or not (v0 < 0 <= v1):
-                    continue
+            values = [_event_value(e, grad) for e in events]
+            h = resume.next_step
+        index = len(run.blocks[0][1][0])
+        if backend in FUSED:
+            loop = run.compiled = _CompiledFlow(run, events)
+            loop.start(t, y, f, h, index, values, found)
+            loop.steps(goal, field, found, threads, clock)
+        else:
+            _steps(goal, field, events, found, run, t, y, f, h, index, values, clock)
 
-                def at(x, g=g):
-                    _, s, gr = field(step(x))
-                    return g(gr, s)
+    return run.drive(steps, partial)
 
-                found[name, k, hh] = _locate(at, t, t_new, v0, v1, 1e-12 * t_new)
-            h_next = h * (min(MAX_FACTOR, SAFETY * err ** -0.2) if err > 0 else MAX_FACTOR)
-            index = len(taus0) + len(done) - (resume is not None)
-            done.append((t_new, _one_record(index, g_new, s_new), h_next, found))
-            t, y, f, values, h = t_new, y_new, f_new, new_values, h_next
-            steps += 1
-    except KeyboardInterrupt:
-        if not done:  # interrupted at Q = 0: nothing to hand back
-            raise
-        raise Interrupted(partial()) from None
-    return partial()
+
+def _steps(goal, field, events, found, run, t, y, f, h, index, values, clock):
+    """Accepted steps from flow time t, state y (field f), step size h, one Python stage at a
+    time; each accepted step adds its record to ``run`` and its events to ``found``."""
+    tau, rtol = goal["tau"], goal["rtol"]
+    K = np.empty((7, y.size))
+    steps = 0
+    while t < tau and not goal["stop"]():
+        if steps >= goal["max_steps"]:
+            raise _too_many(goal, t)
+        h = min(h, tau - t)
+        K[0] = f
+        for i in range(1, 6):
+            K[i] = field(y + h * _combine(DP54.A[i], K, i))[0]
+        y_new = y + h * _combine(DP54.B, K, 6)
+        f_new, s_new, g_new = field(y_new)
+        K[6] = f_new
+        err = _error_norm(h, K, y, y_new, rtol)
+        if not math.isfinite(err):  # a stage left the finite states: a much smaller step
+            if h <= MIN_STEP * max(t, tau * 1e-300):
+                raise _not_finite(field.setting, y, field, t)
+            h *= MIN_FACTOR
+            continue
+        if err > 1.0:
+            h *= max(MIN_FACTOR, SAFETY * err ** EXPONENT)
+            continue
+        t_new = tau if h == tau - t else t + h
+        new_values = [_event_value(e, g_new) for e in events]
+        crossed = [j for j, (v0, v1) in enumerate(zip(values, new_values))
+                   if events[j][:3] not in found and v0 < 0 <= v1]
+        _locate_events(field, events, found, crossed, _Step(t, h, y, K.copy()), t_new, values,
+                       new_values)
+        h_next = h * _factor(err)
+        run.add(one_record(index, g_new, s_new), (np.array([t_new]), np.array([h_next])))
+        if clock.due(index):
+            clock(index, g_new)
+        t, y, f, values, h, index = t_new, y_new, f_new, new_values, h_next, index + 1
+        steps += 1
+
+
+def _too_many(goal, t):
+    return RuntimeError(f"flow: more than max_steps={goal['max_steps']} steps before "
+                        f"tau={goal['tau']:g} (at tau={t:.6g})")
+
+
+def _locate_events(field, events, found, crossed, step, t_new, values, new_values):
+    """Locate events ``crossed`` (their function rises through 0 in the accepted ``step``) on
+    its continuous extension, into ``found``."""
+    for j in crossed:
+        def at(x, e=events[j]):
+            return _event_value(e, field(step(x))[2])
+
+        found[events[j][:3]] = _locate(at, step.t, t_new, values[j], new_values[j],
+                                       1e-12 * t_new)
+
+
+class _CompiledFlow:
+    """The step loop of backend "cpp" (``cpp/flow.hpp``) over a :class:`~mimfast.driver.Fused`
+    evaluator: the same steps as :func:`_steps`, bit for bit, the stages in C++. It hands
+    back to grow quadrature rules (as the fused GD loop does) and to locate events (here, on
+    the held step's continuous extension, with the Python field)."""
+
+    DONE, CHUNK, NONFINITE, TOLERANCE, EVENT, STEPS = 0, 1, 2, 3, 5, 6
+
+    def __init__(self, run, events):
+        from . import _core
+
+        self.run, self.events = run, events
+        self.fused = Fused(run.setting, run.grids, 0, State.zeros(run.setting),
+                           quad={"rtol": run.rtol} if run.method == "quadrature" else None)
+        classes = {c: i for i, c in enumerate(run.setting.classes())}
+        self.loop = _core.FlowLoop(
+            self.fused.loop, [DP54.A[i, :i].tolist() for i in range(6)], DP54.B.tolist(),
+            DP54.E.tolist(), EXPONENT, SAFETY, MIN_FACTOR, MAX_FACTOR, MIN_STEP,
+            [_KINDS[e[0]] for e in events], [classes[e[1], e[2]] for e in events],
+            [e[3] for e in events], [e[4] for e in events])
+
+    @property
+    def evaluations(self):
+        return self.loop.evaluations
+
+    def block(self, records):
+        return self.fused.block(records)
+
+    def start(self, t, y, f, h, index, values, found):
+        self.loop.set_state(t, y, f, h, index, np.array(values, dtype=float),
+                            np.array([e[:3] in found for e in self.events]))
+
+    def steps(self, goal, field, found, threads, clock):
+        threads = check_threads(threads)
+        run = self.run
+        self.fused.sync(run.rtol)  # quadrature rules the Python field has grown
+        while not goal["stop"]():
+            status = self.loop.run(goal["tau"], goal["rtol"], goal["max_steps"], threads,
+                                   seconds=clock.seconds())
+            run.drain()
+            if status == self.DONE:
+                return
+            if status == self.CHUNK:  # right after a step: the last evaluation is its own
+                clock(int(run.blocks[-1][1][0][-1]), self.fused.gradient())
+                continue
+            if status == self.STEPS:
+                raise _too_many(goal, self.loop.t)
+            if status == self.NONFINITE:
+                raise _not_finite(field.setting, self.loop.y(), field, self.loop.t)
+            if status == self.TOLERANCE:
+                error, met = self.fused.refine(threads, run.rtol, mark=self.loop.evaluations)
+                run.tolerance(met, error, "flow: ")
+                continue
+            if status != self.EVENT:  # pragma: no cover - no other status is returned
+                raise RuntimeError(f"the flow loop stopped with status {status}")
+            t, h, t_new, y, K, crossed, values, new_values = self.loop.held()
+            _locate_events(field, self.events, found, crossed.tolist(), _Step(t, h, y, K),
+                           t_new, values, new_values)
+            self.fused.sync(run.rtol)
+            self.loop.commit()
+            run.drain()
 
 
 def _check_resume(resume, setting, tau, rtol, epsilon, backend, method, tail_tol):
     """Refuse to continue ``resume`` unless it is a whole gradient-flow run of the same
     setting and integration (then the continued run equals an uninterrupted one)."""
-    if not isinstance(resume, Result):
-        raise TypeError(f"resume must be a mimfast.Result, got {type(resume).__name__}")
+    saved_run(resume, tail_tol)
     if not resume.is_flow or getattr(resume, "next_step", None) is None:
         raise ValueError("resume: the saved run is not a resumable gradient-flow run")
-    try:
-        resume.check()
-    except ValueError as exc:
-        raise ValueError(f"resume: {exc}") from None
     saved = {"setting": resume.setting, "rtol": resume.rtol, "epsilon": resume.epsilon,
              "backend": resume.backend, "method": resume.method}
     given = {"setting": setting, "rtol": rtol, "epsilon": epsilon, "backend": backend,
@@ -335,8 +457,6 @@ def _check_resume(resume, setting, tau, rtol, epsilon, backend, method, tail_tol
         raise ValueError("resume: the saved run used another " + ", ".join(differ) + " ("
                          + ", ".join(f"{k}={saved[k]!r}" for k in differ if k != "setting")
                          + ")")
-    if resume.tail_tol is not None and resume.tail_tol != tail_tol:
-        raise ValueError(f"resume: the saved run used tail_tol={resume.tail_tol:g}")
     if resume.tau[-1] > tau:
         raise ValueError(f"resume: the saved run is already at tau={resume.tau[-1]:g} > {tau:g}")
 

@@ -1,45 +1,37 @@
-"""Population gradient descent of the reduced model and its recorded trajectory."""
+"""Population gradient descent of the reduced model: its stepping rule over the shared driver
+(:mod:`mimfast.driver`), and single gradients."""
 
 from __future__ import annotations
 
 import math
-import time
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
 
 from .backends import DEFAULT, check_threads, get_kernel
-from .grid import DEFAULT_MAX_BYTES, build_grids, check_tail_tol
-from .model import Gradient, State, StateLayout, class_inputs, evaluate, own_lead
-from .quadrature import build_quadratures, choose_method
-from .result import Result, _empty
+from .driver import (
+    FUSED,
+    SATURATION_GAP,
+    Clock,
+    Fused,
+    Interrupted,
+    Run,
+    ToleranceError,
+    ToleranceWarning,
+    _tolerance,
+    check_tolerance,
+    evaluators,
+    one_record,
+    own_logit_gap,
+    saved_run,
+)
+from .grid import DEFAULT_MAX_BYTES, check_tail_tol
+from .model import State, evaluate
+from .quadrature import choose_method
+from .result import Result
 from .setting import Setting
 
 __all__ = ["simulate", "gradient", "Result", "Interrupted", "ToleranceError", "ToleranceWarning"]
-
-
-class ToleranceError(ArithmeticError):
-    """The quadrature could not meet its error tolerance (raised with ``strict=True``)."""
-
-
-class ToleranceWarning(UserWarning):
-    """The quadrature could not meet its error tolerance at some step."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """Raised when a :func:`simulate` run is interrupted (Ctrl-C).
-
-    Attributes
-    ----------
-    result : Result
-        Everything recorded before the interruption, ending with the last completed step.
-    """
-
-    def __init__(self, result):
-        super().__init__(f"simulation interrupted after step {result.last_step} "
-                         f"(last recorded step {int(result.steps[-1])})")
-        self.result = result
 
 
 def _check_run(setting, eta, steps, record_every, threads):
@@ -101,7 +93,7 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
     callback : callable, optional
         ``callback(t, grad, partial)`` after some completed GD steps t: after every step from a
         multiple of ``callback_every`` (t - 1 = j callback_every), after the last step, and
-        otherwise about every :data:`CALLBACK_SECONDS` seconds. ``grad`` is the
+        otherwise about every :data:`~mimfast.driver.CALLBACK_SECONDS` seconds. ``grad`` is the
         :class:`~mimfast.Gradient` evaluated at step t - 1 (its observables; those of a
         recorded step when callback_every = record_every), and ``partial()`` builds the
         :class:`Result` so far, state at step t included (for progress displays and
@@ -140,133 +132,48 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
     kernel = get_kernel(backend, setting)
     if resume is not None:
         _resume_point(resume, setting, eta, record_every, steps, backend, tail_tol)
-    _check_tolerance(rtol, strict)
+    check_tolerance(rtol, strict)
     method = choose_method(setting, method)
     if resume is not None and resume.method != method:
         raise ValueError(f"resume: the saved run used method={resume.method!r}, got {method!r}")
     grids = evaluators(setting, method, tail_tol, max_grid_bytes,
                        None if resume is None else resume.levels)
-    dropped = max(g.dropped for g in grids.values())
-    # quadrature: whether rtol was always met (error estimates are recorded with the steps)
-    quad = {"met": True, "rtol": rtol, "strict": strict}
-    blocks = []  # whole records, in blocks; a block is appended in one step or not at all
+    run = Run(setting, backend, method, grids, tail_tol, rtol, strict)
     t, state = 0, State.zeros(setting)
     if resume is not None:
         t, state, n = _resume_point(resume, setting, eta, record_every, steps, backend, tail_tol)
-        blocks.append((None, resume.block(n)))
-        quad["met"] = resume.tolerance_met
+        run.add(resume.block(n))
+        run.met = resume.tolerance_met
     at = [t, state]  # the last completed step and its state, replaced in one step
     loop = None
     if backend in FUSED:
-        loop = Fused(setting, grids, blocks, t, state, quad if method == "quadrature" else None)
+        last = int(run.blocks[-1][1][0][-1]) if run.blocks and len(run.blocks[-1][1][0]) else -1
+        loop = run.compiled = Fused(setting, grids, t, state, last,
+                                    {"rtol": rtol} if method == "quadrature" else None)
 
     def partial():
         if loop is not None:
-            loop.drain()
+            run.drain()
             at[:] = [loop.t, loop.state()]
-        quadrature = method == "quadrature"
-        *record, error = _stack(setting, [b for _, b in blocks])
-        return Result(setting, backend, eta, *record, at[1], dropped, last_step=at[0],
-                      record_every=record_every, tail_tol=tail_tol, method=method,
-                      error=error, tolerance_met=quad["met"],
-                      levels={key: g.levels for key, g in grids.items()} if quadrature else None)
+        return run.result(eta, at[1], last_step=at[0], record_every=record_every)
 
-    clock = _Clock(callback, callback_every, steps, partial)
-    try:
-        if loop is not None:
-            loop.run(steps, record_every, eta, threads, clock, quad)
-        else:
-            _python_loop(setting, grids, kernel, threads, eta, steps, record_every, blocks, at,
-                         clock, quad)
-    except KeyboardInterrupt:
-        result = partial()
-        if len(result.steps):
-            raise Interrupted(result) from None
-        raise
-    return partial()
+    clock = Clock(callback, callback_every, steps, partial)
+    if loop is not None:
+        return run.drive(lambda: _fused_loop(run, loop, steps, record_every, eta, threads, clock),
+                         partial)
+    return run.drive(lambda: _python_loop(run, kernel, threads, eta, steps, record_every, at,
+                                          clock), partial)
 
 
-CALLBACK_SECONDS = 0.25
-FUSED = {"cpp"}  # backends whose whole loop runs compiled (the others step in Python)
-
-
-class _Clock:
-    """When :func:`simulate` calls its callback (see there)."""
-
-    def __init__(self, callback, every, steps, partial):
-        self.callback, self.every, self.steps, self.partial = callback, every, steps, partial
-        self.last = time.monotonic()
-
-    def due(self, t):
-        return self.callback is not None and (
-            t == self.steps or (self.every is not None and (t - 1) % self.every == 0)
-            or time.monotonic() - self.last >= CALLBACK_SECONDS)
-
-    def __call__(self, t, grad):
-        self.callback(t, grad, self.partial)
-        self.last = time.monotonic()
-
-
-def _one_record(t, grad, state):
-    """A block of one record (see :func:`_stack`)."""
-    one = lambda arrays: [a[None] for a in arrays]
-    return (np.array([t]), np.array([grad.loss]), one(state.fp), one(grad.fp),
-            one(grad.attention), one(grad.patch_loss),
-            None if state.pp is None else state.pp[None], np.array([grad.error]))
-
-
-def _stack(setting, blocks):
-    """steps, loss, fp, fp_grad, attention, patch_loss, pp and error of :class:`Result`
-    from blocks."""
-    if not blocks:
-        blocks = [_empty(setting)]
-    cat = lambda i: np.concatenate([b[i] for b in blocks])
-    per_k = lambda i: [np.concatenate([b[i][k] for b in blocks])
-                       for k in range(setting.K)]
-    pp = cat(6) if setting.pp == "exact" else None
-    return cat(0), cat(1), per_k(2), per_k(3), per_k(4), per_k(5), pp, cat(7)
-
-
-def evaluators(setting, method, tail_tol, max_grid_bytes=DEFAULT_MAX_BYTES, levels=None):
-    """The class evaluators of a run, built once: count grids (``method="exact"``,
-    docs/model.md §3) or Gauss–Hahn quadratures starting at ``levels`` (§8)."""
-    if method == "exact":
-        return build_grids(setting, tail_tol, max_grid_bytes)
-    return build_quadratures(setting, levels)
-
-
-def _check_tolerance(rtol, strict):
-    if isinstance(rtol, bool) or not isinstance(rtol, Real) or not 0 < rtol < 1:
-        raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
-    if not isinstance(strict, bool):
-        raise TypeError(f"strict must be True or False, got {type(strict).__name__}")
-
-
-def _tolerance(met, error, rtol, strict, where, first=True):
-    """Raise (strict) or warn (once) when the quadrature missed rtol (``met`` False), with
-    estimate ``error``."""
-    if met:
-        return
-    msg = (f"{where}the error estimate {error:.3g} stays above rtol={rtol:g} (with the most "
-           "quadrature nodes allowed, or from the kernel's rounding)")
-    if strict:
-        raise ToleranceError(msg)
-    if first:
-        warnings.warn(msg, ToleranceWarning, stacklevel=3)
-
-
-def _python_loop(setting, grids, kernel, threads, eta, steps, record_every, blocks, at, clock,
-                 quad):
+def _python_loop(run, kernel, threads, eta, steps, record_every, at, clock):
     """GD steps from ``at`` to ``steps`` with a backend's kernel, one Python step at a time."""
-    t, state = at
-    last = int(blocks[-1][1][0][-1]) if blocks and len(blocks[-1][1][0]) else -1
+    setting, t, state = run.setting, *at
+    last = int(run.blocks[-1][1][0][-1]) if run.blocks and len(run.blocks[-1][1][0]) else -1
     while True:
-        grad = evaluate(setting, grids, state, kernel, threads, quad["rtol"])
-        _tolerance(grad.met, grad.error, quad["rtol"], quad["strict"], f"step {t}: ",
-                   quad["met"])
-        quad["met"] = quad["met"] and grad.met
+        grad = evaluate(setting, run.grids, state, kernel, threads, run.rtol)
+        run.tolerance(grad.met, grad.error, f"step {t}: ")
         if (t % record_every == 0 or t == steps) and last < t:
-            blocks.append((None, _one_record(t, grad, state)))
+            run.add(one_record(t, grad, state))
             last = t
         if t == steps:
             return
@@ -279,135 +186,29 @@ def _python_loop(setting, grids, kernel, threads, eta, steps, record_every, bloc
             clock(t, grad)
 
 
-class Fused:
-    """The C++ loop of backend "cpp" (``cpp/fused.hpp``), its records handed over as blocks.
-
-    With quadratures (``quad`` given: rtol, strict) the loop steps with each class's richer
-    rule and stops before a step whose estimate misses rtol; :meth:`refine` then does what the
-    Python loop does at that step (:meth:`ClassQuadrature.evaluate`) and the loop goes on.
-    """
-
-    DONE, CHUNK, NONFINITE, TOLERANCE = 0, 1, 2, 3
-
-    def __init__(self, setting, grids, blocks, t, state, quad=None):
-        from .backends import cpp_backend
-
-        self.setting, self.grids, self.blocks = setting, grids, blocks
-        self.method = "exact" if quad is None else "quadrature"
-        self.unmet = set()  # steps whose estimate missed rtol with the rules at their limit
-        self.dropped = max(g.dropped for g in grids.values())
-        self.layout = StateLayout(setting)
-        self.loop = cpp_backend.fused_loop(setting, grids, self.layout,
-                                           tol=0.0 if quad is None else quad["rtol"])
-        last = int(blocks[-1][1][0][-1]) if blocks and len(blocks[-1][1][0]) else -1
-        self.loop.set_state(t, self.layout.flat(state), last)
-
-    @property
-    def t(self):
-        return self.loop.t
-
-    def state(self):
-        return self.layout.state(self.loop.state())
-
-    def drain(self):
-        """Move the loop's new records into ``blocks`` (as one block; safe to repeat)."""
-        # blocks of this loop are tagged (self, loop records up to here): what was handed over
-        # is read from the list itself, which an interrupt leaves with or without the new block
-        taken = next((src[1] for src, _ in reversed(self.blocks)
-                      if src is not None and src[0] is self), 0)
-        self.loop.forget(taken)
-        end = self.loop.recorded
-        if end > taken:
-            steps, loss, state, grad, att, ploss, error = self.loop.records(taken)
-            fp, pp = self.layout.split(state)
-            fp_grad, _ = self.layout.split(grad)
-            attention, _ = self.layout.split(att)
-            self.blocks.append(((self, end), (steps, loss, fp, fp_grad, attention,
-                                              self.layout.per_class(ploss), pp,
-                                              error.max(axis=1, initial=0.0))))
-
-    def gradient(self):
-        """The :class:`Gradient` of the loop's last evaluation."""
-        grad, loss, att, ploss, error = self.loop.last()
-        g = self.layout.state(grad)
-        attention, _ = self.layout.split(att[None])
-        return Gradient(g.fp, g.pp, loss, [a[0] for a in attention],
-                        [a[0] for a in self.layout.per_class(ploss[None])], self.dropped,
-                        float(error.max(initial=0.0)), self.t - 1 not in self.unmet,
-                        self.method)
-
-    def refine(self, threads, rtol):
-        """Grow the rules of the classes whose estimate missed ``rtol`` at the loop's step and
-        hand the new rules to the loop. Returns the largest estimate and whether rtol could
-        be met; a class that cannot meet it steps once with the estimate it has."""
-        from .backends import cpp_backend
-
-        t, state = self.t, self.state()
-        errors = self.loop.last()[-1]
-        worst, met = 0.0, True
-        for i, (k, h) in enumerate(self.setting.classes()):
-            err = float(errors[i])
-            if err > rtol:
-                q = self.grids[k, h]
-                inputs = class_inputs(self.setting, state, k, h, q)
-                _, err, ok = q.evaluate(
-                    lambda pts, inputs=inputs: np.asarray(cpp_backend.kernel(pts, inputs, threads)),
-                    rtol)
-                self.loop.set_evaluators(i, *cpp_backend.evaluators(q), rtol,
-                                         -1 if err <= rtol else t)
-                met = met and ok
-            worst = max(worst, err)
-        if not met:
-            self.unmet.add(t)
-        return worst, met
-
-    def run(self, steps, record_every, eta, threads, clock, quad):
-        threads = check_threads(threads)
-        timed = clock.callback is not None
-        every = clock.every if timed and clock.every is not None else 0
-        while True:
-            status = self.loop.run(steps, record_every, eta, threads, stop_every=every,
-                                   seconds=CALLBACK_SECONDS if timed else 0.0)
-            self.drain()
-            if status == self.DONE:
-                return
-            if status == self.NONFINITE:
-                raise _nonfinite(self.setting, self.state(),
-                                 bool(np.isfinite(self.loop.last()[0]).all()), self.t, eta)
-            if status == self.TOLERANCE:
-                error, met = self.refine(threads, quad["rtol"])
-                _tolerance(met, error, quad["rtol"], quad["strict"], f"step {self.t}: ",
-                           quad["met"])
-                quad["met"] = quad["met"] and met
-                continue
-            if status != self.CHUNK:  # pragma: no cover - no other status is returned
-                raise RuntimeError(f"the fused loop stopped with status {status}")
-            if timed:
-                clock(self.t, self.gradient())
-
-
-# an own-area logit this far above every other one leaves the softmax denominator of the count
-# points without an unmasked own-area key at e^-gap of the others: a non-finite gradient there
-# is that point's powers of 1 / D out of double precision's range
-SATURATION_GAP = 50.0
-
-
-def own_logit_gap(setting, state):
-    """The largest amount by which a class's own-area unmasked logit z A_own + B_own exceeds
-    every other logit of its class (:func:`mimfast.model.own_lead`), and the class.
-
-    Key weights are taken relative to the largest logit (:func:`mimfast.model.class_inputs`),
-    so at a count point where no own-area key is unmasked the softmax denominator is about
-    e^-gap: far beyond :data:`SATURATION_GAP` its powers leave double precision's range.
-    """
-    from .grid import class_categories
-
-    worst, where = -math.inf, None
-    for k, h in setting.classes():
-        gap = own_lead(setting, state, k, h, (class_categories(setting, k, h)[0] > 0).tolist())
-        if gap > worst:
-            worst, where = gap, (k, h)
-    return worst, where
+def _fused_loop(run, loop, steps, record_every, eta, threads, clock):
+    """GD steps in the C++ loop (a :class:`~mimfast.driver.Fused`) until ``steps``, handing
+    back for callbacks and to grow quadrature rules."""
+    threads = check_threads(threads)
+    timed = clock.callback is not None
+    every = clock.every if timed and clock.every is not None else 0
+    while True:
+        status = loop.loop.run(steps, record_every, eta, threads, stop_every=every,
+                               seconds=clock.seconds())
+        run.drain()
+        if status == loop.DONE:
+            return
+        if status == loop.NONFINITE:
+            raise _nonfinite(run.setting, loop.state(),
+                             bool(np.isfinite(loop.loop.last()[0]).all()), loop.t, eta)
+        if status == loop.TOLERANCE:
+            error, met = loop.refine(threads, run.rtol)
+            run.tolerance(met, error, f"step {loop.t}: ")
+            continue
+        if status != loop.CHUNK:  # pragma: no cover - no other status is returned
+            raise RuntimeError(f"the fused loop stopped with status {status}")
+        if timed:
+            clock(loop.t, loop.gradient())
 
 
 def _nonfinite(setting, state, grad_finite, t, eta):
@@ -429,12 +230,7 @@ def _resume_point(resume, setting, eta, record_every, steps, backend, tail_tol):
     """Where a resumed run starts: ``(step, state, records kept)``, after checking that the
     saved run is whole and was made with the same parameters (a run continued with other
     ones would not equal an uninterrupted run, and its result could not say so)."""
-    if not isinstance(resume, Result):
-        raise TypeError(f"resume must be a mimfast.Result, got {type(resume).__name__}")
-    try:
-        resume.check()
-    except ValueError as exc:
-        raise ValueError(f"resume: {exc}") from None
+    saved_run(resume, tail_tol)
     if resume.setting != setting:
         raise ValueError("resume: the saved run has a different setting")
     if resume.eta != float(eta) or resume.record_every != record_every:
@@ -446,9 +242,6 @@ def _resume_point(resume, setting, eta, record_every, steps, backend, tail_tol):
         raise ValueError(f"resume: the saved run used backend {resume.backend!r}, got "
                          f"{backend!r}; continue it with backend={resume.backend!r} (backends "
                          "agree to about 1e-14, not bit for bit)")
-    if resume.tail_tol is not None and resume.tail_tol != tail_tol:
-        raise ValueError(f"resume: the saved run used tail_tol={resume.tail_tol:g}, got "
-                         f"tail_tol={tail_tol:g}; the count grids would differ")
     if resume.last_step > steps:
         raise ValueError(f"resume: the saved run is already at step {resume.last_step} > {steps}")
     n = len(resume)
@@ -493,7 +286,7 @@ def gradient(setting, state=None, backend=DEFAULT, threads=None, tail_tol=1e-15,
     state.check(setting)
     threads = None if threads is None else check_threads(threads)
     kernel = get_kernel(backend, setting)
-    _check_tolerance(rtol, strict)
+    check_tolerance(rtol, strict)
     grids = evaluators(setting, choose_method(setting, method), check_tail_tol(tail_tol))
     grad = evaluate(setting, grids, state, kernel, threads, rtol)
     if not State(grad.fp, grad.pp).finite():
