@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model import rounding_parts, sum_layout
+from ..model import TINY_MAG, rounding_parts, sum_layout, underflow_gain
 
 NAME = "numpy"
 
@@ -47,6 +47,9 @@ def kernel(grid, inputs, threads=None):
     lay = sum_layout(grid.n_cat)
     out = np.zeros(lay.size)
     mag = np.zeros(lay.size)  # sum of |terms| of each line: its rounding is EPS (8 + 2n) mag
+    # per point, a product's underflow as a magnitude, times the most a line multiplies it by
+    # (products below 2^-1022 are rounded to a multiple of 2^-1074)
+    floor = underflow_gain(inputs.z) * TINY_MAG
     C = grid.fsizes[:, None]
     z = inputs.z[:, None]
     for counts, prob in grid.rows():
@@ -67,28 +70,33 @@ def kernel(grid, inputs, threads=None):
         D = not_a[0] + unmasked[0]
         alpha, mu = unmasked / D, masked / D
         not_a, not_am = not_a / D, not_am / D
-        sigma = (grid.s_a[:, None] * U * (C - U) + grid.s_b[:, None] * U**2) * (wu / D) ** 2
-        e = z**2 * sigma
+        # latents and counts multiply the small weights first: an underflowed product is
+        # multiplied afterwards by at most the floor's gain
+        r = wu / D
+        e = (z**2 * (grid.s_a[:, None] * U * (C - U) + grid.s_b[:, None] * U**2)) * r * r
         e[0] = -z[0] ** 2 * alpha[0] * not_a[0]
         rest = np.array([sum(e[k] for k in range(n) if k != c) for c in range(n)])
         rabs = np.array([sum(abs(e[k]) for k in range(n) if k != c) for c in range(n)])
-        loss = 0.5 * (z[0] ** 2 * not_a[0] ** 2 + rest[0])
+        loss = 0.5 * ((z[0] * not_a[0]) ** 2 + rest[0])
         gbar = e[0] + rest[0]
         dA = z * (e * not_a - rest * alpha) * grid.inv_areas[:, None]
         dA[0] = -2 * z[0] * alpha[0] * loss
         dB = (e * not_am - rest * (alpha + mu)) * grid.inv_sizes[:, None]
         out[lay.mass] += prob.sum()
         out[lay.loss] += prob @ loss
-        out[lay.dB_self] += prob @ (-gbar * wself / D)
+        out[lay.dB_self] += prob @ (-gbar * (wself / D))
         out[lay.alpha] += alpha @ prob
         out[lay.dA] += dA @ prob
         out[lay.dB] += dB @ prob
-        mag[lay.loss] += prob @ loss
-        mag[lay.dB_self] += prob @ ((abs(e[0]) + rest[0]) * wself / D)
-        mag[lay.alpha] += alpha @ prob
+        m = np.zeros(lay.size)  # this row's magnitudes
+        m[lay.loss] = prob @ loss
+        m[lay.dB_self] = prob @ ((abs(e[0]) + rest[0]) * (wself / D))
+        m[lay.alpha] = alpha @ prob
         mA = z * (abs(e * not_a) + rabs * alpha) * grid.inv_areas[:, None]
         mA[0] = 2 * z[0] * alpha[0] * loss
-        mag[lay.dA] += mA @ prob
-        mag[lay.dB] += ((abs(e * not_am) + rabs * (alpha + mu)) * grid.inv_sizes[:, None]) @ prob
+        m[lay.dA] = mA @ prob
+        m[lay.dB] = ((abs(e * not_am) + rabs * (alpha + mu)) * grid.inv_sizes[:, None]) @ prob
+        # a line whose every term is 0 has underflowed entirely (cpp/kernel.cpp, point_sums)
+        mag += m + np.where(m > 0, floor * len(prob), 0.0)
     out[lay.bound] = rounding_parts(out, (8 + 2 * grid.n_cat) * mag, grid.n_cat)
     return out
