@@ -133,9 +133,26 @@ Moments block_moments(const Grid& g, int64_t row, int64_t first, int64_t stop, d
     return block_moments_grid(g, row, first, stop, static_cast<int64_t>(x0), d0, d1);
 }
 
+constexpr double EPS = 0x1p-53;
+// Below the least normal double (2^-1022) a product keeps only an absolute precision: it is
+// rounded to a multiple of 2^-1074 = EPS TINY_MAG. Each such rounding adds TINY_MAG to a
+// magnitude (docs/model.md §3, rounding estimate).
+constexpr double TINY_MAG = 0x1p-1021;
+
+// The largest factor by which a line multiplies a product formed before it: 2 z_own (dA_own
+// = 2 z alpha loss) or z_c (dA_c), at least 1 (docs/model.md §3).
+double underflow_gain(const Inputs& in, int n) {
+    double z = 1.0;
+    for (int c = 0; c < n; ++c) z = std::max(z, std::fabs(in.z[c]));
+    return 2.0 * z;
+}
+
 // The sums of one block point by point (the lines of block_sums below at every point): for a
 // short block (SHORT_BLOCK), and the fallback for a block whose moments are ill-conditioned.
-// mag gets sum w (|t1| + |t2|) of each line's terms.
+// mag gets sum w (|t1| + |t2|) of each line's terms and, if that is not 0, per point TINY_MAG
+// times the underflow gain (products below 2^-1022), times the operations of a line. Products
+// are ordered so that no line multiplies an underflowed one by more than that gain. (A line
+// whose every term is 0 has underflowed entirely: its value is below what a double holds.)
 // NC > 0: compiled for that many categories (loops unrolled), else for g.n_cat.
 template <int NC>
 void point_sums_n(const Grid& g, const Inputs& in, int64_t row, int64_t first, int64_t stop,
@@ -188,8 +205,9 @@ void point_sums_n(const Grid& g, const Inputs& in, int64_t row, int64_t first, i
         m[0] += w;
         o[1] += w * loss;
         m[1] += w * loss;
-        o[2] += -w * gbar * wself * iD;
-        m[2] += w * (std::fabs(e[0]) + groups) * wself * iD;
+        const double sD = wself * iD;
+        o[2] += -w * gbar * sD;
+        m[2] += w * (std::fabs(e[0]) + groups) * sD;
         for (int c = 0; c < n; ++c) {
             double rest = 0.0, rabs = 0.0;
             for (int k = 0; k < n; ++k)
@@ -205,18 +223,19 @@ void point_sums_n(const Grid& g, const Inputs& in, int64_t row, int64_t first, i
                 o[3 + n] -= w * v;
                 m[3 + n] += w * std::fabs(v);
             } else {
-                const double t1 = e[c] * X[c] * iD, t2 = rest * al;
+                const double t1 = e[c] * (X[c] * iD), t2 = rest * al;
                 o[3 + n + c] += w * in.z[c] * (t1 - t2) * in.inv_areas[c];
                 m[3 + n + c] += w * in.z[c] * (std::fabs(t1) + rabs * al) * in.inv_areas[c];
             }
-            const double t1 = e[c] * Y[c] * iD, t2 = rest * am;
+            const double t1 = e[c] * (Y[c] * iD), t2 = rest * am;
             o[3 + 2 * n + c] += w * (t1 - t2) * in.inv_sizes[c];
             m[3 + 2 * n + c] += w * (std::fabs(t1) + rabs * am) * in.inv_sizes[c];
         }
     }
+    const double floor = static_cast<double>(stop - first) * underflow_gain(in, n) * TINY_MAG;
     for (int s = 0; s < ns; ++s) {
         out[s] = o[s];
-        mag[s] = m[s] * (8.0 + 2.0 * n);
+        mag[s] = (m[s] > 0 ? m[s] + floor : 0.0) * (8.0 + 2.0 * n);
     }
 }
 
@@ -231,7 +250,6 @@ void point_sums(const Grid& g, const Inputs& in, int64_t row, int64_t first, int
     }
 }
 
-constexpr double EPS = 0x1p-53;
 // A block is summed again point by point when its combination's rounding estimate exceeds this
 // share of a part's norm (docs/model.md §3, conditioning).
 constexpr double BLOCK_SHARE = 0x1p-48;
@@ -341,29 +359,51 @@ bool block_sums(const Grid& g, const Inputs& in, int64_t b, double* out, double*
     for (int c = 0; c < n && fast; ++c)
         fast = flat(u[c], a[c]) && flat(in.sizes[c] - u[c], a[c]) && flat(X[c][0], X[c][1]) &&
                flat(Y[c][0], Y[c][1]);
-    const AbsMoments amo(mo, fast ? 0.0 : h);
+    const AbsMoments amo(mo, fast ? 0.0 : h), amo_h(mo, h);
+    // Underflow (products below 2^-1022, each off by up to 2^-1074 = EPS TINY_MAG): in the
+    // moments, each point's w i^b (b + 1 products, the earlier ones multiplied by i <= ig)
+    // and its x^a, all multiplied by |p_a| <= sum |p_a| h^a; in the coefficients p_a (up to
+    // 8 + 2n products each), multiplied by sum w |x|^a i^b; and in the combination itself.
+    // Nothing for a term whose values have underflowed entirely (as in point_sums).
+    const double ig = std::max(1.0, 1.0 / dmin), npts = static_cast<double>(stop - first);
+    const auto underflow = [&](const Poly& p, int bb, double f) {
+        if (!(std::fabs(f) * amo_h(p, bb) > 0)) return 0.0;
+        double ph = 0.0, hp = 1.0, grow_i = 1.0, m = 0.0;
+        for (int a = 0; a <= bb; ++a, hp *= h) {
+            ph += std::fabs(p[a]) * hp;
+            m += amo_h.M[bb][a];
+        }
+        for (int k = 1; k < bb; ++k) grow_i *= ig;
+        return (1.0 + std::fabs(f)) *
+               (npts * (bb + 1) * grow_i * ph + (8.0 + 2.0 * n) * m + bb + 1) * TINY_MAG;
+    };
     double val = 0.0, big = 0.0;  // magnitudes of the lines' terms, and of their moment sums
     const auto term = [&](const Poly& p, int bb, double f) {
-        const double v = std::fabs(f * mo(p, bb));
-        if (fast) return 2.0 * grow * v;
+        const double v = std::fabs(f * mo(p, bb)), u = underflow(p, bb, f);
+        if (fast) return 2.0 * grow * v + u;
         val += v;
         const double m = std::fabs(f) * grow * amo(p, bb);
         big += m;
-        return m;
+        return m + u;
     };
 
-    // e_c = E_c i^2: own -z0^2 alpha beta (beta = X_0 i), group z_c^2 sigma_c; 2 loss = L i^2
+    // e_c = E_c i^2: own -z0^2 alpha beta (beta = X_0 i), group z_c^2 sigma_c; 2 loss = L i^2.
+    // The latents and the counts multiply the small weights first: a product that underflows
+    // is not multiplied by them afterwards.
     const double z0 = in.z[0], z02 = z0 * z0;
-    Poly L = mul(X[0], X[0]);
-    for (int k = 0; k < 4; ++k) L[k] *= z02;
-    E[0] = mul(Al[0], X[0]);
-    for (int k = 0; k < 4; ++k) E[0][k] *= -z02;
+    Poly zX0 = X[0], zAl0 = Al[0];
+    for (int k = 0; k < 4; ++k) {
+        zX0[k] *= z0;
+        zAl0[k] *= -z02;
+    }
+    Poly L = mul(zX0, zX0);
+    E[0] = mul(zAl0, X[0]);
     for (int c = 1; c < n; ++c) {
         const Poly U = affine(u[c], a[c]);
         const Poly V = affine(in.sizes[c] - u[c], -a[c]);
         const Poly S2 = axpy(in.s_a[c], mul(U, V), mul(affine(in.s_b[c], 0.0), mul(U, U)));
-        const double k2 = in.z[c] * in.z[c] * wu[c] * wu[c];
-        for (int k = 0; k < 4; ++k) E[c][k] = k2 * S2[k];
+        const double zw = in.z[c] * wu[c];
+        for (int k = 0; k < 4; ++k) E[c][k] = S2[k] * zw * zw;
         L = axpy(1.0, E[c], L);
     }
     Poly Gb{};  // gbar = Gb i^2; Rest_c = gbar - e_c, summed without e_c
@@ -509,7 +549,7 @@ void class_sums(const Grid& g, const Inputs& in, int threads, double* out) {
     // the rounding estimate of each part relative to its norm
     for (int p = 0; p < 3; ++p) {
         const double m = out[ns + p];
-        out[ns + p] = m > 0 ? (norm[p] > 0 ? EPS * m / norm[p] : HUGE_VAL) : 0.0;
+        out[ns + p] = m > 0 ? (norm[p] > 0 ? EPS * (m / norm[p]) : HUGE_VAL) : 0.0;
     }
 }
 

@@ -59,10 +59,22 @@ def sum_layout(n_cat):
     return _Layout(n_cat)
 
 
+# A product below the least normal double (2^-1022) is rounded to a multiple of 2^-1074: an
+# absolute error that a kernel counts as this magnitude (times 2^-53, docs/model.md §3).
+TINY_MAG = 2.0**-1021
+
+
+def underflow_gain(z):
+    """The largest factor by which a line of docs/model.md §3 multiplies a product formed
+    before it: 2 z_own (dA_own = 2 z alpha loss) or z_c (dA_c), at least 1 (cpp/kernel.cpp)."""
+    return 2.0 * max(1.0, float(np.max(np.abs(z))))
+
+
 def rounding_parts(sums, mag, n_cat):
     """Rounding estimates of the loss, the attention and the gradient of ``sums``, each
-    relative to its norm, from ``mag``: per sum a magnitude whose multiple by 2^-53 bounds its
-    rounding (the C++ and numba kernels compute the same)."""
+    relative to its norm, from ``mag``: per sum a magnitude whose multiple by 2^-53 estimates
+    its rounding, underflow included (the C++ kernel computes the same, cpp/kernel.cpp). A part
+    whose norm is 0 while its magnitude is not gets an infinite estimate."""
     lay = sum_layout(n_cat)
     idx = np.arange(3 + 3 * n_cat)
     out = []
@@ -70,7 +82,7 @@ def rounding_parts(sums, mag, n_cat):
         m = float(np.sum(mag[part]))
         top = float(np.max(np.abs(sums[part])))  # scaled: no squares underflow
         norm = top * float(np.linalg.norm(sums[part] / top)) if top > 0 else 0.0
-        out.append(0.0 if m == 0 else 2.0**-53 * m / norm if norm > 0 else math.inf)
+        out.append(0.0 if m == 0 else 2.0**-53 * (m / norm) if norm > 0 else math.inf)
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ..model import TINY_MAG  # a product's underflow as a magnitude (cpp/kernel.cpp)
 from ._numba_cache import CACHE
 
 njit = numba.njit(cache=CACHE)
@@ -31,6 +32,16 @@ BLOCK_SHARE = 2.0**-48  # cpp/kernel.cpp: when a block is summed again point by 
 D_COND = 2.0**10
 ILL = 2.0**5
 SHORT_BLOCK = 16  # blocks this short are summed point by point (cpp/kernel.cpp)
+
+
+@njit
+def underflow_gain(z):
+    """The largest factor a line applies to a product formed before it (cpp/kernel.cpp;
+    :func:`mimfast.model.underflow_gain`)."""
+    g = 1.0
+    for v in z:
+        g = max(g, abs(v))
+    return 2.0 * g
 
 
 @njit
@@ -57,16 +68,35 @@ def flat(f0, f1, h):
 
 
 @njit
-def term(m, am, p, b, f, grow, fast, acc):
+def underflow(amh, p, b, f, h, ig, points, n):
+    """The underflow magnitude of one term f E[P i^b] (cpp/kernel.cpp, block_sums)."""
+    if not abs(f) * abs_moment(amh, p, b) > 0:
+        return 0.0
+    ph, hp, grow_i, mh = 0.0, 1.0, 1.0, 0.0
+    M = amh[b - 1]
+    for a in range(b + 1):
+        ph += abs(p[a]) * hp
+        mh += M[a]
+        hp *= h
+    for _ in range(1, b):
+        grow_i *= ig
+    return (1.0 + abs(f)) * (points * (b + 1) * grow_i * ph + (8.0 + 2.0 * n) * mh
+                             + b + 1) * TINY_MAG
+
+
+@njit
+def term(m, am, p, b, f, grow, fast, acc, uf):
     """The magnitude of one term f E[P i^b] of a line (cpp/kernel.cpp, block_sums); acc
-    gathers its value's and its moments' magnitudes."""
+    gathers its value's and its moments' magnitudes; uf: (amh, h, ig, points, n) for its
+    underflow."""
     v = abs(f * moment(m, p, b))
+    u = underflow(uf[0], p, b, f, uf[1], uf[2], uf[3], uf[4])
     if fast:
-        return 2.0 * grow * v
+        return 2.0 * grow * v + u
     acc[0] += v
     mg = abs(f) * grow * abs_moment(am, p, b)
     acc[1] += mg
-    return mg
+    return mg + u
 
 
 @njit
@@ -199,16 +229,20 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
         fast = (fast and flat(uu[c], aa[c], h) and flat(C[c] - uu[c], aa[c], h)
                 and flat(xs[c, 0], xs[c, 1], h) and flat(ys[c, 0], ys[c, 1], h))
     am = abs_moments(m, 0.0 if fast else h)
+    uf = (abs_moments(m, h), h, max(1.0, 1.0 / dmin), float(stop - first), n)
     acc = np.zeros(2)  # magnitudes of the lines' terms' values, and of their moment sums
     z02 = z[0] * z[0]
-    L = add(zero, mul(X0, X0), z02)  # 2 loss = L i^2
+    # the latents and counts multiply the small weights first (cpp/kernel.cpp)
+    zX0 = add(zero, X0, z[0])
+    L = mul(zX0, zX0)  # 2 loss = L i^2
     es = np.empty((n, 4))
-    es[0] = add(zero, mul(Al0, X0), -z02)  # e_own
+    es[0] = mul(add(zero, Al0, -z02), X0)  # e_own
     for c in range(1, n):
         u, a = count(counts, rest, row, c, ci, cl, x0)
         U, V = (u, a, 0.0, 0.0), (C[c] - u, -a, 0.0, 0.0)
         S2 = add(add(zero, mul(U, V), sa[c]), mul(U, U), sb[c])
-        es[c] = add(zero, S2, z[c] * z[c] * wu[c] * wu[c])
+        zw = z[c] * wu[c]
+        es[c] = (S2[0] * zw * zw, S2[1] * zw * zw, S2[2] * zw * zw, S2[3] * zw * zw)
         L = add(L, tup(es[c]), 1.0)
     Gb = zero  # gbar = Gb i^2
     for c in range(n):
@@ -216,9 +250,9 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
     out[0] = m[0]
     mag[0] = grow * m[0]
     out[1] = 0.5 * moment(m, L, 2)
-    mag[1] = term(m, am, L, 2, 0.5, grow, fast, acc)
+    mag[1] = term(m, am, L, 2, 0.5, grow, fast, acc, uf)
     out[2] = -wself * moment(m, Gb, 3)
-    mag[2] = term(m, am, Gb, 3, wself, grow, fast, acc)
+    mag[2] = term(m, am, Gb, 3, wself, grow, fast, acc, uf)
     for c in range(n):
         Rest = zero
         for k in range(n):
@@ -226,22 +260,22 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
                 Rest = add(Rest, tup(es[k]), 1.0)
         Al, Ec = tup(al[c]), tup(es[c])
         out[3 + c] = moment(m, Al, 1)
-        mag[3 + c] = term(m, am, Al, 1, 1.0, grow, fast, acc)
+        mag[3 + c] = term(m, am, Al, 1, 1.0, grow, fast, acc, uf)
         if c == 0:  # -2 z alpha l
             p = mul(Al0, L)
             out[3 + n] = -z[0] * moment(m, p, 3)
-            mag[3 + n] = term(m, am, p, 3, z[0], grow, fast, acc)
+            mag[3 + n] = term(m, am, p, 3, z[0], grow, fast, acc, uf)
         else:  # z (e (1 - alpha) - (gbar - e) alpha) / n'
             p, q = mul(Ec, tup(xs[c])), mul(Rest, Al)
             f = z[c] * ia[c]
             out[3 + n + c] = f * (moment(m, p, 3) - moment(m, q, 3))
-            mag[3 + n + c] = (term(m, am, p, 3, f, grow, fast, acc)
-                              + term(m, am, q, 3, f, grow, fast, acc))
+            mag[3 + n + c] = (term(m, am, p, 3, f, grow, fast, acc, uf)
+                              + term(m, am, q, 3, f, grow, fast, acc, uf))
         # e (1 - alpha - mu) - (gbar - e)(alpha + mu)
         p, q = mul(Ec, tup(ys[c])), mul(Rest, add(Al, tup(mu[c]), 1.0))
         out[3 + 2 * n + c] = (moment(m, p, 3) - moment(m, q, 3)) * isz[c]
-        mag[3 + 2 * n + c] = (term(m, am, p, 3, isz[c], grow, fast, acc)
-                              + term(m, am, q, 3, isz[c], grow, fast, acc))
+        mag[3 + 2 * n + c] = (term(m, am, p, 3, isz[c], grow, fast, acc, uf)
+                              + term(m, am, q, 3, isz[c], grow, fast, acc, uf))
     return not fast and not acc[1] <= ILL * acc[0]
 
 
@@ -292,8 +326,9 @@ def point_sums(first, stop, x0, row, u, a, points, row_weight, rest, t_in, off_i
         mag[0] += w
         out[1] += w * loss
         mag[1] += w * loss
-        out[2] += -w * gbar * wself * iD
-        mag[2] += w * (abs(e[0]) + groups) * wself * iD
+        sD = wself * iD
+        out[2] += -w * gbar * sD
+        mag[2] += w * (abs(e[0]) + groups) * sD
         for c in range(n):
             rst, rabs = 0.0, 0.0
             for k in range(n):
@@ -309,14 +344,15 @@ def point_sums(first, stop, x0, row, u, a, points, row_weight, rest, t_in, off_i
                 out[3 + n] -= w * v
                 mag[3 + n] += w * abs(v)
             else:
-                t1, t2 = e[c] * X[c] * iD, rst * al
+                t1, t2 = e[c] * (X[c] * iD), rst * al
                 out[3 + n + c] += w * z[c] * (t1 - t2) * ia[c]
                 mag[3 + n + c] += w * z[c] * (abs(t1) + rabs * al) * ia[c]
-            t1, t2 = e[c] * Y[c] * iD, rst * amu
+            t1, t2 = e[c] * (Y[c] * iD), rst * amu
             out[3 + 2 * n + c] += w * (t1 - t2) * isz[c]
             mag[3 + 2 * n + c] += w * (abs(t1) + rabs * amu) * isz[c]
+    floor = float(stop - first) * underflow_gain(z) * TINY_MAG
     for s in range(out.shape[0]):
-        mag[s] *= 8.0 + 2.0 * n
+        mag[s] = (mag[s] + floor if mag[s] > 0 else 0.0) * (8.0 + 2.0 * n)
 
 
 @njit
@@ -376,8 +412,9 @@ def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, b
              node_w):
     """The sums of every block, by moments (point by point if short), and again point by
     point for the blocks that are ill-conditioned and whose rounding estimate exceeds
-    BLOCK_SHARE of a part's norm (cpp/kernel.cpp, class_sums); the last three entries are each part's rounding estimate
-    relative to its norm (loss, attention, gradient)."""
+    BLOCK_SHARE of a part's norm (cpp/kernel.cpp, class_sums); and each sum's rounding
+    magnitude, summed over the blocks (:func:`mimfast.model.rounding_parts` turns them into
+    the estimates)."""
     n_blocks = blocks.shape[0]
     n = C.shape[0]
     ns = 3 + 3 * n
@@ -388,7 +425,7 @@ def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, b
         ill[b] = block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
                             blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt,
                             centre, node_x, node_w, part[b], mag[b], False)
-    out = np.zeros(ns + 3)
+    out = np.zeros(ns)
     for b in range(n_blocks):
         for s in range(ns):
             out[s] += part[b, s]
@@ -406,12 +443,8 @@ def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, b
         for b in range(n_blocks):
             for s in range(ns):
                 out[s] += part[b, s]
-        norm = _part_norms(out, n)
     total = np.zeros(ns)
     for b in range(n_blocks):
         for s in range(ns):
             total[s] += mag[b, s]
-    m = _part_mags(total, n)
-    for p in range(3):
-        out[ns + p] = 0.0 if m[p] == 0 else EPS * m[p] / norm[p] if norm[p] > 0 else np.inf
-    return out
+    return out, total

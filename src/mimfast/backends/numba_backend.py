@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 
 from .._extras import require
+from ..model import rounding_parts
 from . import _numba_cache, check_threads
 
 NAME = "numba"
@@ -117,8 +118,10 @@ def kernel(grid, inputs, threads=None):
                 _NONE, _NONE)
     if _serialised():
         with _LOCK:
-            return _call(numba, all_sums, args, threads)
-    return _call(numba, all_sums, args, threads)
+            sums, mag = _call(numba, all_sums, args, threads)
+    else:
+        sums, mag = _call(numba, all_sums, args, threads)
+    return np.concatenate([sums, rounding_parts(sums, mag, len(grid.fsizes))])
 
 
 def _call(numba, all_sums, args, threads):

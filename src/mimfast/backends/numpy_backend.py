@@ -23,7 +23,10 @@ At a grid point with unmasked counts U (category 0 is the query's own area, 1.. 
     dB_self = -gbar w_self / D
     dB_c    = (e_c (1 - alpha_c - mu_c) - rest_c (alpha_c + mu_c)) / C_c
 
-(1 / areas_c and 1 / C_c are 0 for an empty category.) These are docs/model.md §3's formulas
+(1 / areas_c and 1 / C_c are 0 for an empty category.) When a named area spans several
+categories (``inputs.named``, docs/model.md §3 "Areas of several categories"), the own-area
+lines and those of the area hold for the area as a whole (its attention the sum of its
+categories'), :func:`units` groups the categories, and dB_c takes the category's share. These are docs/model.md §3's formulas
 rearranged so that nothing cancels when one category takes nearly all attention. Each quantity
 is weighted by the point's probability and summed.
 """
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model import rounding_parts, sum_layout
+from ..model import TINY_MAG, rounding_parts, sum_layout, underflow_gain
 
 NAME = "numpy"
 
@@ -66,6 +69,9 @@ def kernel(grid, inputs, threads=None):
     n = grid.n_cat
     out = np.zeros(lay.size)
     mag = np.zeros(lay.size)  # sum of |terms| of each line: its rounding is EPS (8 + 2n) mag
+    # per point, a product's underflow as a magnitude, times the most a line multiplies it by
+    # (products below 2^-1022 are rounded to a multiple of 2^-1074)
+    floor = underflow_gain(inputs.z) * TINY_MAG
     C = grid.fsizes[:, None]
     z = inputs.z
     parts = units(n, inputs.named)
@@ -93,19 +99,22 @@ def kernel(grid, inputs, threads=None):
         x = [v / D for v in X]
         y = np.array([v / D for v in Y])
         a_unit = [sum(alpha[k] for k in members) for members, _ in parts]
+        # latents and counts multiply the small weights first: an underflowed product is
+        # multiplied afterwards by at most the floor's gain
         e = []
         for i, (members, kind) in enumerate(parts):
             c = members[0]
             if kind == "own":
                 e.append(-z[0] ** 2 * a_unit[0] * x[0])
             elif kind == "named":
-                e.append(z[c] ** 2 * a_unit[i] ** 2)
+                e.append((z[c] * a_unit[i]) ** 2)
             else:
                 s2 = grid.s_a[c] * U[c] * (C[c] - U[c]) + grid.s_b[c] * U[c] ** 2
-                e.append(z[c] ** 2 * s2 * (wu[c] / D) ** 2)
+                r = wu[c] / D
+                e.append((z[c] ** 2 * s2) * r * r)
         rest = [sum(e[k] for k in range(len(parts)) if k != i) for i in range(len(parts))]
         rabs = [sum(abs(e[k]) for k in range(len(parts)) if k != i) for i in range(len(parts))]
-        loss = 0.5 * (z[0] ** 2 * x[0] ** 2 + rest[0])
+        loss = 0.5 * ((z[0] * x[0]) ** 2 + rest[0])
         gbar = e[0] + rest[0]
         dA, mA = np.zeros_like(U), np.zeros_like(U)
         dB, mB = np.zeros_like(U), np.zeros_like(U)
@@ -133,14 +142,17 @@ def kernel(grid, inputs, threads=None):
         inv_sizes = grid.inv_sizes[:, None]
         out[lay.mass] += prob.sum()
         out[lay.loss] += prob @ loss
-        out[lay.dB_self] += prob @ (-gbar * wself / D)
+        out[lay.dB_self] += prob @ (-gbar * (wself / D))
         out[lay.alpha] += alpha @ prob
         out[lay.dA] += dA @ prob
         out[lay.dB] += (dB * inv_sizes) @ prob
-        mag[lay.loss] += prob @ loss
-        mag[lay.dB_self] += prob @ ((abs(e[0]) + rabs[0]) * wself / D)
-        mag[lay.alpha] += alpha @ prob
-        mag[lay.dA] += mA @ prob
-        mag[lay.dB] += (mB * inv_sizes) @ prob
+        m = np.zeros(lay.size)  # this row's magnitudes
+        m[lay.loss] = prob @ loss
+        m[lay.dB_self] = prob @ ((abs(e[0]) + rabs[0]) * (wself / D))
+        m[lay.alpha] = alpha @ prob
+        m[lay.dA] = mA @ prob
+        m[lay.dB] = (mB * inv_sizes) @ prob
+        # a line whose every term is 0 has underflowed entirely (cpp/kernel.cpp, point_sums)
+        mag += m + np.where(m > 0, floor * len(prob), 0.0)
     out[lay.bound] = rounding_parts(out, (8 + 2 * grid.n_cat) * mag, grid.n_cat)
     return out
