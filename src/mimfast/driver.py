@@ -182,7 +182,9 @@ def _tolerance(met, error, rtol, strict, where, first=True):
     if met:
         return
     msg = (f"{where}the error estimate {error:.3g} stays above rtol={rtol:g} (with the most "
-           "quadrature nodes allowed, or from the kernel's rounding)")
+           "quadrature nodes allowed, or from the kernel's rounding, which dominates once a "
+           "class's loss or gradient falls near or below 2.2e-308, the least normal double, "
+           "as after saturation at large P: docs/model.md §3, Underflow)")
     if strict:
         raise ToleranceError(msg)
     if first:
