@@ -314,3 +314,72 @@ def test_quadrature_matches_exact_on_paper_clusters():
         gq = mf.gradient(s, st, backend="numpy", method="quadrature")
         ge = mf.gradient(s, st, backend="numpy", method="exact")
         assert true_error(gq, ge, s) <= max(gq.error, 1e-14), i
+
+
+def test_analysis_reads_tiled_classes():
+    """The analysis of a tiled run: own-area attention and the irreducible loss over the
+    whole named own area, the global FP column of each cluster's own global area (with
+    disjoint global areas group 0 is another cluster's), and the PP measurements."""
+    from mimfast import analysis as an
+
+    s = SETTINGS["K3-paper-disjoint"][0]  # groups: own global of k0, k1, k2, rest
+    assert [c.roles for c in s.clusters][1] == (None, "global", None, None)
+    r = mf.simulate(s, eta=2.0, steps=15, backend="numpy")
+    assert an.global_key(s, 1, 0) == 1 and an.global_key(s, 1, 3) == 1
+    assert an.global_key(s, 1, 1) is None and an.rival_keys(s, 1, 1) == [0, 2, 3]
+    assert an.class_kind(s, 1, 0) == "local" and an.class_kind(s, 1, 1) == "global"
+    g = s.clusters[1].groups[1]
+    assert an.own_keys(s, 1, 1) == g.patches - 1 and an.own_keys(s, 1, 0) == 1
+    # own-area attention: the per-area attention of the explicit model
+    ref = explicit_model(s).run(2.0, 15, record_every=1)
+    labels = s.explicit()[1][0]
+    p = int(np.flatnonzero(s._layout()[1][0] == 1)[0])  # a position of cluster 1's global area
+    np.testing.assert_allclose(r.attention(1, 1, "own"), ref["attention"][1][:, p, labels[p]],
+                               atol=1e-12)
+    a = an.analyze(r)
+    row = {(c.k, c.h): c for c in a.classes}[1, 0]
+    assert row.name == "k1 local g0" and row.fp_global == r.fp(1, 0, 1)[-1]
+    assert a.delta == s.delta and "PP learned and shared by the 3 clusters" in str(a)
+    assert {c.name: c for c in a.claims}["pp_small"].holds is not None
+
+
+@pytest.mark.parametrize("name", ["K2-spanning", "K3-overlap"])
+def test_logit_gap_parts_against_the_full_matrices(name):
+    """FP part + PP part of a class's logit gap (own area vs the rest) equals the gap formed
+    from the expanded A and B position by position."""
+    from mimfast.analysis import logit_gap_parts
+
+    s, eta = SETTINGS[name]
+    r = mf.simulate(s, eta=eta, steps=6, backend="numpy")
+    for k in range(s.K):
+        group, _, labels, z = s._layout()[k]
+        for h in range(len(s.clusters[k].groups)):
+            parts = logit_gap_parts(r, k, h)
+            p = int(np.flatnonzero(group == h)[0])
+            own = (labels == labels[p]) & (np.arange(s.P) != p)
+            rest = labels != labels[p]
+            if not own.any() or not rest.any():
+                assert parts is None
+                continue
+            for i in range(len(r.steps)):
+                A, B = r.expanded(i)
+                logit = z[labels] * A[p, k, labels] + B[p]
+                gap = logit[own].min() - logit[rest].max()
+                assert parts[0][i] + parts[1][i] == pytest.approx(gap, abs=1e-12)
+
+
+def test_flow_events_read_the_own_area():
+    """The gradient flow's T_eps event of a class in a named area watches its whole own
+    area's attention (not its own tile's)."""
+    s = SETTINGS["K2-spanning"][0]
+    eps = 0.7
+    r = mf.flow(s, 20.0, backend="numpy", epsilon=eps)
+    for k, h in s.classes():
+        att = r.attention(k, h, "own")
+        tau = r.events.get(("T_eps", k, h))
+        if att[-1] < 1 - eps:
+            assert tau is None
+            continue
+        i = int(np.argmax(att >= 1 - eps))
+        assert tau is not None and r.tau[max(i - 1, 0)] <= tau <= r.tau[i]
+    assert any(r.events.get(("T_eps", k, h), 0) > 0 for k, h in s.classes())

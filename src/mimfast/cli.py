@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ._cli_values import count as _count
 from ._cli_values import number as _number
+from .model import own_attention
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 # largest step count, record interval and checkpoint interval (as mimfast.simulate takes them)
@@ -393,13 +394,14 @@ class _Progress:
     """
 
     def __init__(self, show, start, total, checkpoint, every, interrupts, seconds=0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, setting=None):
         from ._extras import require
 
         self.bar = require("tqdm", "the progress bar", "cli").tqdm(total=total, initial=start, unit="step", disable=not show,
                         file=sys.stderr, dynamic_ncols=True, mininterval=0.25)
         self.checkpoint, self.every, self.interrupts = checkpoint, every, interrupts
         self.seconds, self.clock = seconds, clock
+        self.setting = setting  # own-area attention per class; None: category 0's
         self.t, self.saved_at = start, clock()
 
     def __call__(self, t, grad, partial):
@@ -407,7 +409,9 @@ class _Progress:
             self.bar.update(t - self.t)
             last, self.t = self.t, t
             if not self.bar.disable:
-                own = min(float(a[:, 0].min()) for a in grad.attention)
+                att = grad.attention if self.setting is None else own_attention(
+                    self.setting, grad.attention)
+                own = min(float(a.min() if self.setting else a[:, 0].min()) for a in att)
                 self.bar.set_postfix_str(f"own-area attention (min) {own:.4f}", refresh=False)
         if ((self.every and t // self.every > last // self.every)
                 or (self.seconds and self.clock() - self.saved_at >= self.seconds)):
@@ -576,7 +580,8 @@ def _run(args):
                     return EXIT_INTERRUPTED
                 return _finish(result, opts, out, attrs, save_and_stop)
             progress = _Progress(show, start, opts["steps"], checkpoint, opts["checkpoint_every"],
-                                 interrupts, opts.get("checkpoint_seconds", 0))
+                                 interrupts, opts.get("checkpoint_seconds", 0),
+                                 setting=setting)
             try:
                 result = mf.simulate(setting, float(opts["eta"]), opts["steps"],
                                      opts["record_every"], backend=opts["backend"],

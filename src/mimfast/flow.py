@@ -13,8 +13,9 @@ from numbers import Real
 import numpy as np
 
 from .backends import DEFAULT, check_threads, get_kernel
-from .grid import DEFAULT_MAX_BYTES, check_tail_tol, class_categories
-from .model import State, StateLayout, evaluate
+from .analysis import global_key, rival_keys
+from .grid import DEFAULT_MAX_BYTES, check_tail_tol
+from .model import State, StateLayout, evaluate, own_area
 from .quadrature import choose_method
 from .result import Result
 from .setting import Setting
@@ -114,19 +115,21 @@ def _event_functions(setting, epsilon):
     """``[(name, k, h, g)]``: g(grad, state) rises through 0 at the event (docs/model.md §9)."""
     out = []
     for k, h in setting.classes():
-        _, areas = class_categories(setting, k, h)
-        others = [1 + g for g in range(len(areas) - 1) if areas[1 + g] > 0]
+        others = [1 + g for g in rival_keys(setting, k, h)]
+        own = own_area(setting, k, h)
 
         def switch(grad, state, k=k, h=h, others=others):
             row = np.abs(grad.fp[k][h])
             return row[0] - (max(row[c] for c in others) if others else 0.0)
 
-        def t_eps(grad, state, k=k, h=h):
-            return grad.attention[k][h][0] - (1 - epsilon)
+        def t_eps(grad, state, k=k, h=h, own=own):
+            return float(np.sum(grad.attention[k][h][own])) - (1 - epsilon)
 
         out += [("switch", k, h, switch), ("T_eps", k, h, t_eps)]
-        if 1 in others:  # group 0 has areas other than the query's own: the global FP
-            out.append(("global_min", k, h, lambda grad, state, k=k, h=h: -grad.fp[k][h][1]))
+        glob = global_key(setting, k, h)
+        if glob is not None:  # the class's global FP correlation
+            out.append(("global_min", k, h,
+                        lambda grad, state, k=k, h=h, c=1 + glob: -grad.fp[k][h][c]))
     return out
 
 
