@@ -383,3 +383,29 @@ def test_flow_events_read_the_own_area():
         i = int(np.argmax(att >= 1 - eps))
         assert tau is not None and r.tau[max(i - 1, 0)] <= tau <= r.tau[i]
     assert any(r.events.get(("T_eps", k, h), 0) > 0 for k, h in s.classes())
+
+
+def test_results_file_round_trips_roles(tmp_path):
+    from mimfast import io
+
+    s = SETTINGS["K3-paper-disjoint"][0]
+    r = mf.simulate(s, eta=2.0, steps=7, record_every=3, backend="numpy")
+    path = io.save(r, tmp_path / "r.nc", mf.analysis.analyze(r))
+    back = io.load(path)
+    assert io.equal(r, back) and back.setting == s and back.setting.kappa == s.kappa
+    assert [c.roles for c in back.setting.clusters] == [c.roles for c in s.clusters]
+    # resumes to the same run as one piece
+    more = mf.simulate(s, eta=2.0, steps=10, record_every=3, backend="numpy", resume=back)
+    assert io.equal(more, mf.simulate(s, eta=2.0, steps=10, record_every=3, backend="numpy"))
+    ds = io.to_dataset(r)
+    for bad, why in [("[[\"global\", null]]", "one role list"), ("{}", "one role list"),
+                     ("[\"global\", null, null]", "not a list"),
+                     ("[[1, null, null, null], null, null]", "must be an area name"),
+                     ("[[null, null], null, null]", "entries for 4 groups"), ("[", "")]:
+        ds.attrs["roles"] = bad
+        ds.attrs[io.DIGEST] = io.digest(ds)
+        ds.to_netcdf(tmp_path / "bad.nc", engine=io.ENGINE)
+        with pytest.raises(io.ResultFileError, match=f"incomplete or inconsistent.*{why}"):
+            io.load(tmp_path / "bad.nc")
+    with pytest.raises(ValueError, match="roles"):
+        io.save(r, tmp_path / "x.nc", attrs={"roles": "[]"})
