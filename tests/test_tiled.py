@@ -394,6 +394,13 @@ def test_results_file_round_trips_roles(tmp_path):
     back = io.load(path)
     assert io.equal(r, back) and back.setting == s and back.setting.kappa == s.kappa
     assert [c.roles for c in back.setting.clusters] == [c.roles for c in s.clusters]
+    # per category as recorded, also where the own area spans two categories
+    two = mf.simulate(SETTINGS["K2-paper-overlap"][0], eta=2.0, steps=4, backend="numpy")
+    for run in (r, two):
+        again = io.load(io.save(run, tmp_path / "two.nc"))
+        assert io.equal(run, again)
+        for a, b in zip(run.block()[2:6], again.block()[2:6]):
+            assert all(np.array_equal(x, y) for x, y in zip(a, b))
     # resumes to the same run as one piece
     more = mf.simulate(s, eta=2.0, steps=10, record_every=3, backend="numpy", resume=back)
     assert io.equal(more, mf.simulate(s, eta=2.0, steps=10, record_every=3, backend="numpy"))
@@ -409,3 +416,39 @@ def test_results_file_round_trips_roles(tmp_path):
             io.load(tmp_path / "bad.nc")
     with pytest.raises(ValueError, match="roles"):
         io.save(r, tmp_path / "x.nc", attrs={"roles": "[]"})
+
+
+def test_cli_preset_resume_and_toml(tmp_path, capsys):
+    """`mimfast run --preset paper-clusters-*` (at a small P), its resume, a tiled TOML
+    setting, and bad ones exiting 2 with the problem named."""
+    from mimfast import io
+    from mimfast.cli import main
+
+    out = tmp_path / "a"
+    args = ["run", "--preset", "paper-clusters-negative", "--P", "10", "--backend", "numpy",
+            "--steps", "6", "--eta", "2", "--no-plots", "--out", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "PP learned and shared by the 2 clusters" in text and "k1 local g1" in text
+    r = io.load(out / "result.nc")
+    assert r.setting == mf.Setting.paper_clusters(10, 0.6, 0.3, K=2, overlap=0.5)
+    assert main(["run", "--resume", str(out), "--steps", "9"]) == 0
+    assert io.equal(io.load(out / "result.nc"),
+                    mf.simulate(r.setting, eta=2.0, steps=9, backend="numpy"))
+    config = tmp_path / "t.toml"
+    config.write_text('masked = 4\neta = 1.0\nsteps = 3\nbackend = "numpy"\nplots = false\n'
+                      'tile_groups = [[1, 2], [1, 2], [2, 2]]\n'
+                      '[[clusters]]\nroles = ["G", "tiles", "tiles"]\nz = {G = 1.2, tiles = 0.8}\n'
+                      '[[clusters]]\nroles = ["tiles", "G", "tiles"]\nweight = 2.0\n')
+    assert main(["run", "--config", str(config), "--out", str(tmp_path / "b")]) == 0
+    want = T([(1, 2), (1, 2), (2, 2)], [["G", "tiles", "tiles"], ["tiles", "G", "tiles"]],
+             z=[{"G": 1.2, "tiles": 0.8}, {"G": 1.0, "tiles": 1.0}], weights=[1, 2], masked=4)
+    assert io.load(tmp_path / "b" / "result.nc").setting == want
+    capsys.readouterr()
+    config.write_text(config.read_text().replace('"G", "tiles"]\nweight', '"G"]\nweight'))
+    assert main(["run", "--config", str(config), "--out", str(tmp_path / "c")]) == 2
+    assert "roles[1] has 2 entries for 3 tile groups" in capsys.readouterr().err
+    assert main(args[:-1] + [str(tmp_path / "d"), "--pp", "frozen"]) == 2
+    assert "learn PP" in capsys.readouterr().err
+    assert main(args[:-1] + [str(tmp_path / "e"), "--overlap", "2"]) == 2
+    assert "overlap must lie in [0, 1]" in capsys.readouterr().err

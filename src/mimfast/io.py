@@ -307,7 +307,9 @@ def to_dataset(result, analysis=None, attrs=None):
                {"long_name": "FP correlation A[k][h][key], per area"}),
         "fp_grad": (per_class, by_class(result.fp_grad),
                     {"long_name": "dL/dA[k][h][key], per area"}),
-        "attention": (per_class, by_class(result.attention),
+        # per category as recorded (Result.attention's "own" sums a named own area's)
+        "attention": (per_class, by_class(lambda k, h, key: result.block()[4][k][
+            :, h, 0 if key == "own" else 1 + key]),
                       {"long_name": "expected attention of a masked query on the unmasked keys "
                                     "of the category"}),
         "patch_loss": (per_class[:3], by_class(result.patch_loss, False),
