@@ -99,10 +99,13 @@ void FlowLoop::event_values(std::vector<double>& out) const {
                 if (i == 0 || v > top) top = v;
             }
             out[j] = std::fabs(row[0]) - top;
-        } else if (ev.kind == FlowEvent::t_eps) {
-            out[j] = eval_.attention()[eval_.att_offset(ev.cls)] - ev.level;
+        } else if (ev.kind == FlowEvent::t_eps) {  // the own area's categories, in order
+            const double* att = &eval_.attention()[eval_.att_offset(ev.cls)];
+            double own = 0.0;
+            for (const int c : ev.others) own += att[c];
+            out[j] = own - ev.level;
         } else {
-            out[j] = -row[1];
+            out[j] = -row[ev.others[0]];
         }
     }
 }

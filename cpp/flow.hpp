@@ -32,7 +32,9 @@ struct FlowEvent {
     enum Kind : int { switch_ = 0, t_eps = 1, global_min = 2 };
     int kind = 0;
     int64_t cls = 0;          // the class, in the FusedLoop's order
-    std::vector<int> others;  // switch: the categories whose |dL/dA| the own one must reach
+    // Key categories: switch, those whose |dL/dA| the own one must reach; T_eps, those of the
+    // own area (their attention is summed); global_min, the global area's (the first counts).
+    std::vector<int> others;
     double level = 0;         // T_eps: 1 - epsilon
 };
 

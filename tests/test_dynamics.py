@@ -4,21 +4,9 @@ import numpy as np
 import pytest
 
 import mimfast as mf
+from helpers import pp_row_sums
 
 G, C = mf.Group, mf.Cluster
-
-
-def pp_row_sums(result):
-    """sum_q B_{p,q} for a query of each group h, at every recorded step (docs/model.md §3)."""
-    s = result.setting
-    groups = s.clusters[0].groups
-    out = []
-    for h, own in enumerate(groups):
-        total = result.pp(h, "self") + (own.size - 1) * result.pp(h, "own")
-        for g, grp in enumerate(groups):
-            total = total + (grp.areas - (g == h)) * grp.size * result.pp(h, g)
-        out.append(total)
-    return np.array(out)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import mimfast as mf
+from helpers import relative_difference as _rel
+from helpers import true_error
 from mimfast.grid import class_categories
 from mimfast.model import State, evaluate
 from mimfast.quadrature import (
@@ -175,31 +177,6 @@ def state_at(r, i):
             if s.pp == "exact":
                 assert list(st.pp[h]) == [r.pp(h, key)[i] for key in ["self", "own"] + keys[1:]]
     return st
-
-
-def _rel(a, b):
-    """Normwise relative difference; inf when either side is not finite (so that a NaN can
-    never pass a bound, nor vanish in a max)."""
-    a, b = np.ravel(a), np.ravel(b)
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return math.inf
-    d = np.linalg.norm(a - b)
-    return 0.0 if d == 0 else d / np.linalg.norm(b)
-
-
-def true_error(a, b, setting):
-    """Largest normwise relative difference of two gradients, class by class, in the sense of
-    :func:`mimfast.quadrature.sums_error` (gradient, attention, patch loss)."""
-    out = 0.0
-    for k, h in setting.classes():
-        ga, gb = [a.fp[k][h]], [b.fp[k][h]]
-        if a.pp is not None:
-            ga.append(a.pp[h])
-            gb.append(b.pp[h])
-        out = max(out, _rel(np.concatenate(ga), np.concatenate(gb)),
-                  _rel(a.attention[k][h], b.attention[k][h]),
-                  _rel(a.patch_loss[k][h], b.patch_loss[k][h]))
-    return out
 
 
 def three_groups(z=(1.0, 1.5, 0.7), gamma=0.5):

@@ -23,6 +23,7 @@ from functools import lru_cache
 import numpy as np
 
 from .grid import class_categories, log_hg_pmf
+from .model import own_area
 
 __all__ = [
     "Analysis",
@@ -36,15 +37,21 @@ __all__ = [
     "delta_boundary",
     "event_time",
     "evolution",
+    "class_kind",
     "fp_keys",
     "global_fp_min",
+    "global_key",
+    "logit_gap_parts",
+    "one_global_area",
     "grad_ratio0",
     "irreducible_loss",
     "largest_step_move",
     "loss_gap",
     "paper_shaped",
     "phase_switch",
+    "pp_across_clusters",
     "pp_fp_sizes",
+    "rival_keys",
 ]
 
 EPSILON = 0.05
@@ -58,8 +65,48 @@ PHASES = "§5 / Lemma 5.3 / App. F"
 
 
 def paper_shaped(setting):
-    """Whether ``setting`` has the paper's shape: group 0 one global area, group 1 local areas."""
-    return all(len(c.groups) == 2 and c.groups[0].areas == 1 for c in setting.clusters)
+    """Whether ``setting`` has the paper's shape: group 0 one global area, group 1 local areas
+    (and no named areas: see :func:`one_global_area` for tiled settings)."""
+    return all(len(c.groups) == 2 and c.groups[0].areas == 1 and c.roles is None
+               for c in setting.clusters)
+
+
+def one_global_area(setting):
+    """Whether ``setting`` is tiled like :meth:`Setting.paper_clusters`: every cluster names
+    exactly one area (its global area) and has one-tile areas (its local areas)."""
+    return all(c.roles is not None and len({r for r in c.roles if r is not None}) == 1
+               and None in c.roles for c in setting.clusters)
+
+
+def class_kind(setting, k, h, paper=None):
+    """``"global"`` or ``"local"``: whether a query of class (k, h) lies in its cluster's
+    global area, in the paper's shape (:func:`paper_shaped`) or tiled with one global area per
+    cluster (:func:`one_global_area`); None for other settings.
+
+    ``paper`` is :func:`paper_shaped` of the setting, when the caller knows it already.
+    """
+    if paper_shaped(setting) if paper is None else paper:
+        return ("global", "local")[h]
+    if one_global_area(setting):  # O(1) for a setting without roles
+        return "local" if setting.clusters[k].roles[h] is None else "global"
+    return None
+
+
+def global_key(setting, k, h):
+    """The FP key (a group index) of class (k, h)'s correlation with its cluster's global
+    area, or None when the query lies in it or there is none.
+
+    Without roles: group 0 when it has areas other than the query's own. With roles: the
+    first tile group of the cluster's one named area, for a query outside it (the columns of
+    an area's groups are equal); None when the cluster names several areas or none.
+    """
+    roles = setting.clusters[k].roles
+    if roles is None:
+        return 0 if 0 in fp_keys(setting, k, h) else None
+    names = {r for r in roles if r is not None}
+    if len(names) != 1 or roles[h] is not None:
+        return None
+    return roles.index(names.pop())
 
 
 def fp_keys(setting, k, h):
@@ -69,16 +116,36 @@ def fp_keys(setting, k, h):
     return ["own"] + [g for g in range(len(areas) - 1) if areas[1 + g] > 0]
 
 
+def rival_keys(setting, k, h):
+    """The FP keys of class (k, h) outside its own area: :func:`fp_keys` less ``"own"`` and
+    the groups that lie in the query's named own area (their columns are the own area's)."""
+    own = own_area(setting, k, h)
+    return [g for g in fp_keys(setting, k, h)[1:] if 1 + g not in own]
+
+
 def class_name(setting, k, h, paper=None):
     """Readable name of query class (k, h): ``"global"``/``"local"`` in the paper's shape,
-    else ``"group h"``; prefixed with the cluster when K > 1.
+    ``"global gh"``/``"local gh"`` (tile group h) with one global area per cluster
+    (:func:`one_global_area`), else ``"group h"``; prefixed with the cluster when K > 1.
 
     ``paper`` is :func:`paper_shaped` of the setting, when the caller knows it already (naming
     every class then costs O(K), not O(K^2)).
     """
     paper = paper_shaped(setting) if paper is None else paper
-    name = ("global", "local")[h] if paper else f"group {h}"
+    if paper:
+        name = ("global", "local")[h]
+    elif setting.clusters[k].roles is not None and one_global_area(setting):
+        name = f"{class_kind(setting, k, h, False)} g{h}"
+    else:
+        name = f"group {h}"
     return name if setting.K == 1 else f"k{k} {name}"
+
+
+def own_keys(setting, k, h):
+    """Number of other positions in the own area of a query of class (k, h): c_h - 1, or for
+    a query in a named area of a tiled setting, the area's positions less one."""
+    sizes, _ = class_categories(setting, k, h)
+    return int(sum(sizes[c] for c in own_area(setting, k, h)))
 
 
 def irreducible_loss(setting, k, h):
@@ -86,8 +153,9 @@ def irreducible_loss(setting, k, h):
 
     When every other position of the query's own area is masked, no attention pattern can
     reconstruct the patch. ``U_own`` is hypergeometric: u = P - m unmasked keys drawn from the
-    P - 1 other positions, c_h - 1 of them in the own area. The probability is evaluated as a
-    ratio of binomial densities (any p gives the same ratio), accurate at any P.
+    P - 1 other positions, c_h - 1 of them in the own area (:func:`own_keys`). The probability
+    is evaluated as a ratio of binomial densities (any p gives the same ratio), accurate at
+    any P.
 
     Parameters
     ----------
@@ -100,7 +168,8 @@ def irreducible_loss(setting, k, h):
     float
     """
     group = setting.clusters[k].groups[h]
-    return 0.5 * group.z**2 * _pr_own_empty(setting.P - 1, setting.unmasked, group.size - 1)
+    return 0.5 * group.z**2 * _pr_own_empty(setting.P - 1, setting.unmasked,
+                                            own_keys(setting, k, h))
 
 
 @lru_cache(maxsize=4096)
@@ -138,7 +207,7 @@ def phase_switch(result, k, h):
         earlier phase came first (two phases), None when it never leads in the recorded run.
     """
     own = np.abs(result.fp_grad(k, h, "own"))
-    others = [np.abs(result.fp_grad(k, h, g)) for g in fp_keys(result.setting, k, h)[1:]]
+    others = [np.abs(result.fp_grad(k, h, g)) for g in rival_keys(result.setting, k, h)]
     rival = np.max(others, axis=0) if others else np.zeros_like(own)
     return _first(result.steps, own >= rival)
 
@@ -163,7 +232,7 @@ def grad_ratio0(result, k, h):
     """R(0): the largest per-area FP gradient of class (k, h) other than its own feature's,
     over the own feature's, at Q = 0 (for a local query: |dL/dA_global| / |dL/dA_own|, about
     P^Delta; above 1 the own feature does not lead at first). None without another key."""
-    others = fp_keys(result.setting, k, h)[1:]
+    others = rival_keys(result.setting, k, h)
     if not others:
         return None
     own = abs(float(result.fp_grad(k, h, "own")[0]))
@@ -201,8 +270,7 @@ def largest_step_move(result, k, h, until=None):
 def attention_ceiling(setting, k, h):
     """1 - Pr(U_own = 0): the most own-area attention a masked query of class (k, h) can have
     on average (a query whose whole own area is masked has none there)."""
-    group = setting.clusters[k].groups[h]
-    return 1.0 - _pr_own_empty(setting.P - 1, setting.unmasked, group.size - 1)
+    return 1.0 - _pr_own_empty(setting.P - 1, setting.unmasked, own_keys(setting, k, h))
 
 
 def delta_boundary(setting):
@@ -214,17 +282,19 @@ def delta_boundary(setting):
 def global_fp_min(result, k, h):
     """Minimum over the recorded steps of the global FP correlation of class (k, h).
 
-    The correlation of the query with the feature of group 0's (other) areas.
+    The correlation of the query with the feature of its cluster's global area
+    (:func:`global_key`: group 0's other areas without roles).
 
     Returns
     -------
     (float, int) or None
-        The minimum and the first recorded step where it is reached; None when group 0 has
-        no other area seen from this class (the global class itself).
+        The minimum and the first recorded step where it is reached; None when the class has
+        no global area other than its own (the global class itself).
     """
-    if 0 not in fp_keys(result.setting, k, h):
+    key = global_key(result.setting, k, h)
+    if key is None:
         return None
-    a = result.fp(k, h, 0)
+    a = result.fp(k, h, key)
     i = int(np.argmin(a))
     return float(a[i]), int(result.steps[i])
 
@@ -239,7 +309,8 @@ class ClassSummary:
     (:func:`event_time`); ``grad_ratio0`` is R(0) (:func:`grad_ratio0`);
     ``fp_global_at_switch`` and ``fp_own_at_switch`` the FP correlations at the switch;
     ``step_move`` the largest move of one GD step before the switch
-    (:func:`largest_step_move`: the steps the phase verdict rests on).
+    (:func:`largest_step_move`: the steps the phase verdict rests on); ``kind`` is
+    :func:`class_kind` (``"global"``, ``"local"`` or None).
     """
 
     k: int
@@ -263,6 +334,7 @@ class ClassSummary:
     fp_global_at_switch: float | None = None
     fp_own_at_switch: float | None = None
     step_move: float = 0.0
+    kind: str | None = None
 
     @property
     def decoupled(self):
@@ -316,6 +388,7 @@ class Analysis:
     last_step: int = 0
     flow: bool = False
     warning: str = ""
+    pp_report: str = ""
 
     def table(self):
         """The summary table, the phase-I observables and the claims, as text."""
@@ -368,6 +441,8 @@ class Analysis:
                     "R(0): |dL/dA_global| / |dL/dA_own| at Q = 0 (above 1: the global "
                     "decoupling leads at first);\ndecoupled: at the switch A_global has fallen "
                     "by more than A_own has risen (-: no switch after Q = 0)"]
+        if self.pp_report:
+            out += ["", self.pp_report]
         out += [""] + ([self.warning] if self.warning else [])
         out.append(f"Claims with eps = {self.epsilon:g}, and where the paper makes them:")
         out += [f"  [{c.mark:>5}] {c.source}: {c.statement}: {c.detail}" for c in self.claims]
@@ -413,6 +488,72 @@ def pp_fp_sizes(result):
     return pp, fp
 
 
+def logit_gap_parts(result, k, h):
+    """The attention logit gap of class (k, h) between its own area and the rest, split into
+    what FP and what PP contribute, at each recorded step (docs/model.md §2).
+
+    The logit of an unmasked key of category c is ``z_c A_c + B_c``. The gap is the smallest
+    such logit over the categories of the own area (:func:`~mimfast.model.own_area`) less the
+    largest over the other categories with keys; its FP part is the difference of the
+    ``z A`` terms of those two categories, its PP part the difference of their ``B``.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray) or None
+        FP part and PP part (their sum is the gap); None when every key lies in the own area
+        or PP is frozen.
+    """
+    s = result.setting
+    if s.pp != "exact":
+        return None
+    sizes, _ = class_categories(s, k, h)
+    own = [c for c in own_area(s, k, h) if sizes[c] > 0]
+    rest = [c for c in range(len(sizes)) if sizes[c] > 0 and c not in own_area(s, k, h)]
+    if not own or not rest:
+        return None
+    z = s.class_z(k, h)
+    key = lambda c: "own" if c == 0 else c - 1  # noqa: E731 (category -> accessor key)
+    fp = np.array([z[c] * result.fp(k, h, key(c)) for c in range(len(sizes))])
+    pp = np.array([result.pp(h, key(c)) for c in range(len(sizes))])
+    logit = fp + pp
+    steps = np.arange(fp.shape[1])
+    low = np.array(own)[np.argmin(logit[own], axis=0)]
+    high = np.array(rest)[np.argmax(logit[rest], axis=0)]
+    return fp[low, steps] - fp[high, steps], pp[low, steps] - pp[high, steps]
+
+
+def pp_across_clusters(result):
+    """What learned PP does across the clusters of a tiled setting with K > 1, as text: the
+    largest |PP| over the largest |FP| over the run, and per query class the share of its
+    own-area logit gap that comes from PP (:func:`logit_gap_parts`) at the last step and at
+    most over the run. Empty for other settings."""
+    s = result.setting
+    if s.K == 1 or s.pp != "exact":
+        return ""
+    pp, fp = pp_fp_sizes(result)
+    paper = paper_shaped(s)
+    ratio = "inf" if fp == 0 < pp else "-" if fp == 0 else f"{pp / fp:.3g}"
+    rows = []
+    for k, h in s.classes():
+        parts = logit_gap_parts(result, k, h)
+        if parts is None:
+            continue
+        a, b = parts
+        mag = np.abs(a) + np.abs(b)
+        share = np.divide(np.abs(b), mag, out=np.full_like(mag, np.nan), where=mag > 0)
+        rows.append([class_name(s, k, h, paper), f"{a[-1] + b[-1]:.4g}", f"{a[-1]:.4g}", f"{b[-1]:.4g}",
+                     "-" if np.isnan(share[-1]) else f"{share[-1]:.3g}",
+                     "-" if np.all(np.isnan(share)) else f"{np.nanmax(share):.3g}"])
+    cols = ["PP across clusters", "logit gap", "from FP", "from PP", "PP share",
+            "max PP share"]
+    return "\n".join(
+        [f"PP learned and shared by the {s.K} clusters: max|PP| / max|FP| over the run = "
+         f"{ratio}", *_columns(cols, rows),
+         "logit gap: smallest own-area unmasked-key logit z A + B less the largest other one, "
+         "at the last step;\nfrom FP, from PP: its z A and B parts; PP share: |PP part| / "
+         "(|FP part| + |PP part|), at the last step\n  and its largest over the run"])
+
+
 def analyze(result, epsilon=EPSILON, pp_ratio=PP_RATIO, max_move=MAX_MOVE):
     """Measure a run in the terms of the paper and check each of its claims.
 
@@ -442,7 +583,8 @@ def analyze(result, epsilon=EPSILON, pp_ratio=PP_RATIO, max_move=MAX_MOVE):
     s = result.setting
     paper = paper_shaped(s)
     rows = [_summary(result, k, h, paper, epsilon) for k, h in s.classes()]
-    delta = s.delta if paper else None
+    shaped = paper or one_global_area(s)
+    delta = s.delta if shaped else None
     if result.is_flow:
         header = (f"{s!r}\ngradient flow to tau = {result.tau[-1]:.6g}, {result.last_step} "
                   f"accepted steps (Dormand-Prince 5(4), rtol "
@@ -458,8 +600,9 @@ def analyze(result, epsilon=EPSILON, pp_ratio=PP_RATIO, max_move=MAX_MOVE):
                    f"than {max_move:g}), so the phase claims are untrusted; lower eta or run "
                    "the gradient flow\n(mimfast run --flow TAU)")
     claims = _claims(result, rows, epsilon, pp_ratio, delta, trusted=not warning)
-    return Analysis(float(epsilon), delta, s.delta_actual if paper else None, tuple(rows),
-                    claims, header, int(result.steps[-1]), result.is_flow, warning)
+    return Analysis(float(epsilon), delta, s.delta_actual if shaped else None, tuple(rows),
+                    claims, header, int(result.steps[-1]), result.is_flow, warning,
+                    pp_across_clusters(result))
 
 
 def _summary(result, k, h, paper, epsilon):
@@ -471,11 +614,11 @@ def _summary(result, k, h, paper, epsilon):
     switch = phase_switch(result, k, h)
     t_eps = convergence_time(result, k, h, epsilon)
     switch_tau = event_time(result, "switch", k, h, switch)
-    sees_global = 0 in fp_keys(s, k, h)
+    glob = global_key(s, k, h)
     at_switch = [None, None]
-    if sees_global and switch:  # a switch after Q = 0 (at 0 both are 0)
+    if glob is not None and switch:  # a switch after Q = 0 (at 0 both are 0)
         at_switch = [at_time(result, result.fp(k, h, key), switch_tau, switch)
-                     for key in (0, "own")]
+                     for key in (glob, "own")]
     low_tau = None
     if low is not None:
         low_tau = result.events.get(("global_min", k, h),
@@ -484,12 +627,13 @@ def _summary(result, k, h, paper, epsilon):
     return ClassSummary(
         k, h, class_name(s, k, h, paper), group.areas, group.size,
         float(result.fp(k, h, "own")[-1]),
-        float(result.fp(k, h, 0)[-1]) if sees_global else None,
+        float(result.fp(k, h, glob)[-1]) if glob is not None else None,
         switch, t_eps, float(result.attention(k, h, "own")[-1]),
         float(loss_gap(result, k, h, irreducible)[-1]), irreducible,
         None if low is None else low[0], None if low is None else low[1],
         switch_tau, event_time(result, "T_eps", k, h, t_eps), low_tau,
-        grad_ratio0(result, k, h), *at_switch, largest_step_move(result, k, h, switch))
+        grad_ratio0(result, k, h), *at_switch, largest_step_move(result, k, h, switch),
+        class_kind(s, k, h, paper))
 
 
 def _claims(result, rows, epsilon, pp_ratio, delta, trusted=True):
@@ -527,8 +671,8 @@ def _claims(result, rows, epsilon, pp_ratio, delta, trusted=True):
         claims += [Claim("local_phases", local_text, None, why, PHASES),
                    Claim("global_phases", global_text, None, why, PHASES)]
     else:
-        local = [r for r in rows if r.h == 1]
-        glob = [r for r in rows if r.h == 0]
+        local = [r for r in rows if r.kind == "local"]
+        glob = [r for r in rows if r.kind == "global"]
         want = 2 if delta > 0 else 1
         # no switch in the run (yet): the run ended before the own feature took the lead
         early_local = any(r.phases is None for r in local)
@@ -650,9 +794,10 @@ def evolution(result, rows=8, epsilon=EPSILON):
         name = class_name(s, k, h, paper)
         cols.append(f"{name} A_own")
         series.append(result.fp(k, h, "own"))
-        if paper and h == 1:
+        glob = global_key(s, k, h)
+        if class_kind(s, k, h, paper) == "local" and glob is not None:
             cols.append(f"{name} A_global")
-            series.append(result.fp(k, h, 0))
+            series.append(result.fp(k, h, glob))
         cols.append(f"{name} attention")
         series.append(result.attention(k, h, "own"))
     cols.append("L")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ._cli_values import count as _count
 from ._cli_values import number as _number
+from .model import own_attention
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 # largest step count, record interval and checkpoint interval (as mimfast.simulate takes them)
@@ -33,6 +34,11 @@ MAX_COUNT = 2**53
 PRESETS = {
     "paper-positive": {"P": 10**6, "kappa_c": 0.9, "kappa_s": 0.3},
     "paper-negative": {"P": 10**6, "kappa_c": 0.6, "kappa_s": 0.3},
+    # K = 2 clusters over one tiling with learned PP (Setting.paper_clusters)
+    "paper-clusters-positive": {"P": 10**6, "kappa_c": 0.9, "kappa_s": 0.3, "K": 2,
+                                "overlap": 0.5},
+    "paper-clusters-negative": {"P": 10**6, "kappa_c": 0.6, "kappa_s": 0.3, "K": 2,
+                                "overlap": 0.5},
 }
 # Preset learning rate at P <= 10^6; above, the own-feature gradient shrinks like P^-(1-kappa_s)
 # and eta grows with it, so the phases happen at the same steps for every P.
@@ -47,7 +53,7 @@ RESUME_KEYS = {"resume", "steps", "threads", "checkpoint_every", "checkpoint_sec
                "plots", "epsilon",
                "step_axis"}
 RESULT, CHECKPOINT = "result.nc", "checkpoint.nc"
-PAPER_KEYS = ("P", "kappa_c", "kappa_s", "K", "z")
+PAPER_KEYS = ("P", "kappa_c", "kappa_s", "K", "z", "overlap")
 # what each config key must hold
 _INT, _NUM, _STR, _BOOL = (int,), (int, float), (str,), (bool,)
 CONFIG_TYPES = {
@@ -56,7 +62,7 @@ CONFIG_TYPES = {
     "eta": _NUM, "tail_tol": _NUM, "epsilon": _NUM, "z": _NUM + (list,), "preset": _STR,
     "pp": _STR, "backend": _STR, "method": _STR, "out": _STR, "plots": _BOOL, "progress": _BOOL,
     "step_axis": _STR, "flow": _NUM, "stop_at": _STR, "rtol": _NUM,
-    "clusters": (list,),
+    "clusters": (list,), "overlap": _NUM, "tile_groups": (list,),
 }
 
 EPILOG = """\
@@ -97,6 +103,18 @@ or, instead of the paper's setting, any setting (then eta is required):
   weight = 1.0
   groups = [{areas = 1, size = 4}, {areas = 3, size = 2, z = 1.0}]
 
+or clusters over one tiling (Setting.tiled; roles: an area name or "tiles"):
+
+  masked = 4
+  eta = 1.0
+  tile_groups = [[1, 2], [1, 2], [2, 2]]     # [n_tiles, tile_size]
+  [[clusters]]
+  roles = ["G", "tiles", "tiles"]
+  z = {G = 1.2, tiles = 0.8}                 # or one number (default 1)
+  [[clusters]]
+  roles = ["tiles", "G", "tiles"]
+  weight = 2.0
+
 options on the command line override the file; the file overrides the preset.
 """
 
@@ -126,7 +144,8 @@ def _parser():
     run.add_argument("--preset", choices=sorted(PRESETS),
                      help="the paper's regime: positive (kappa_c 0.9, Delta = 0.5) or negative "
                           "(kappa_c 0.6, Delta = -0.1) information gap, P = 10^6, kappa_s 0.3 "
-                          "(default: paper-positive)")
+                          "(default: paper-positive); paper-clusters-*: the same with K = 2 "
+                          "clusters whose global areas share half their tiles, PP learned")
     run.add_argument("--config", type=Path, metavar="FILE", help="TOML file of options")
     g = run.add_argument_group("setting (Setting.paper)")
     g.add_argument("--P", type=_count, help="number of patches (accepts 1e6, 10**6)")
@@ -136,11 +155,15 @@ def _parser():
     g.add_argument("--K", type=_count, help="number of clusters (default 1)")
     g.add_argument("--z", type=_number, nargs="+", metavar="Z",
                    help="latent of the features: one value, or global and local (default 1)")
+    g.add_argument("--overlap", type=_number,
+                   help="K clusters over one tiling (Setting.paper_clusters, PP learned): the "
+                        "fraction of a global area every other cluster's shares, in [0, 1]")
     g.add_argument("--pp", choices=["auto", "exact", "frozen"],
                    help="PP correlations: learned exactly (K = 1) or frozen at 0 (default auto)")
     g = run.add_argument_group("gradient descent")
     g.add_argument("--eta", type=_number, help="learning rate (preset: 100 up to P = 10^6, "
-                                               "times (P/10^6)^(1 - kappa_s) above)")
+                                               "times (P/10^6)^(1 - kappa_s) above, times K "
+                                               "with --overlap)")
     g.add_argument("--steps", type=_count, help="GD steps (default 1000)")
     g.add_argument("--record-every", type=_count, dest="record_every",
                    help="record every N steps (default 1; phase switch and T_eps are "
@@ -259,8 +282,13 @@ def _options(args):
     elif "masked" in opts:
         raise UsageError("masked applies to a setting given by clusters; the paper's setting "
                          "takes gamma")
+    elif "tile_groups" in opts:
+        raise UsageError("tile_groups needs [[clusters]] tables with the roles of each cluster")
     elif "eta" not in opts:
-        opts["eta"] = preset_eta(opts["P"], opts["kappa_s"])
+        # each of K clusters carries 1/K of the gradient: K times the step keeps the phases'
+        # steps those of one cluster
+        opts["eta"] = preset_eta(opts["P"], opts["kappa_s"]) * (
+            opts["K"] if "overlap" in opts else 1)
     return opts
 
 
@@ -270,6 +298,7 @@ def preset_eta(P, kappa_s):
 
 
 CLUSTER_KEYS = {"groups": True, "weight": False}  # key: required
+TILED_CLUSTER_KEYS = {"roles": True, "z": False, "weight": False}  # with tile_groups
 GROUP_KEYS = {"areas": True, "size": True, "z": False}
 
 
@@ -292,6 +321,17 @@ def _setting(opts):
 
     pp = None if opts.get("pp", "auto") == "auto" else opts["pp"]
     try:
+        if "tile_groups" in opts:
+            tables = [_keys(c, TILED_CLUSTER_KEYS, "a [[clusters]] entry")
+                      for c in opts["clusters"]]
+            roles = [c["roles"] for c in tables]
+            z = [c.get("z", 1.0) for c in tables]
+            z = [zk if isinstance(zk, dict) else dict.fromkeys(rk, zk)
+                 for zk, rk in zip(z, roles)]
+            kw = ({"masked": opts["masked"]} if "masked" in opts else {"gamma": opts["gamma"]})
+            return mf.Setting.tiled(opts["tile_groups"], roles, z,
+                                    [c.get("weight", 1.0) for c in tables],
+                                    pp=pp or "exact", **kw)
         if "clusters" in opts:
             clusters = [mf.Cluster([mf.Group(**_keys(g, GROUP_KEYS, "a group")) for g in
                                     _keys(c, CLUSTER_KEYS, "a [[clusters]] entry")["groups"]],
@@ -305,6 +345,13 @@ def _setting(opts):
             if not 1 <= len(z) <= 2:
                 raise ValueError(f"z takes one value or two (global, local), got {len(z)}")
             z = z[0] if len(z) == 1 else tuple(z)
+        if "overlap" in opts:
+            if pp == "frozen":
+                raise ValueError("the clusters over one tiling (overlap) learn PP; drop "
+                                 "pp = frozen")
+            return mf.Setting.paper_clusters(opts["P"], opts["kappa_c"], opts["kappa_s"],
+                                             K=opts["K"], overlap=opts["overlap"],
+                                             gamma=opts["gamma"], z=z)
         return mf.Setting.paper(opts["P"], opts["kappa_c"], opts["kappa_s"],
                                 gamma=opts["gamma"], K=opts["K"], z=z, pp=pp)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -393,13 +440,14 @@ class _Progress:
     """
 
     def __init__(self, show, start, total, checkpoint, every, interrupts, seconds=0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, setting=None):
         from ._extras import require
 
         self.bar = require("tqdm", "the progress bar", "cli").tqdm(total=total, initial=start, unit="step", disable=not show,
                         file=sys.stderr, dynamic_ncols=True, mininterval=0.25)
         self.checkpoint, self.every, self.interrupts = checkpoint, every, interrupts
         self.seconds, self.clock = seconds, clock
+        self.setting = setting  # own-area attention per class; None: category 0's
         self.t, self.saved_at = start, clock()
 
     def __call__(self, t, grad, partial):
@@ -407,7 +455,9 @@ class _Progress:
             self.bar.update(t - self.t)
             last, self.t = self.t, t
             if not self.bar.disable:
-                own = min(float(a[:, 0].min()) for a in grad.attention)
+                att = grad.attention if self.setting is None else own_attention(
+                    self.setting, grad.attention)
+                own = min(float(a.min() if self.setting else a[:, 0].min()) for a in att)
                 self.bar.set_postfix_str(f"own-area attention (min) {own:.4f}", refresh=False)
         if ((self.every and t // self.every > last // self.every)
                 or (self.seconds and self.clock() - self.saved_at >= self.seconds)):
@@ -582,7 +632,8 @@ def _run(args):
                 progress.close(len(result) - 1)
                 return _finish(result, opts, out, attrs, save_and_stop)
             progress = _Progress(show, start, opts["steps"], checkpoint, opts["checkpoint_every"],
-                                 interrupts, opts.get("checkpoint_seconds", 0))
+                                 interrupts, opts.get("checkpoint_seconds", 0),
+                                 setting=setting)
             try:
                 result = mf.simulate(setting, float(opts["eta"]), opts["steps"],
                                      opts["record_every"], backend=opts["backend"],

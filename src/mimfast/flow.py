@@ -12,6 +12,7 @@ from numbers import Real
 
 import numpy as np
 
+from .analysis import global_key, rival_keys
 from .backends import DEFAULT, check_threads, get_kernel
 from .driver import (
     FUSED,
@@ -24,8 +25,8 @@ from .driver import (
     own_logit_gap,
     saved_run,
 )
-from .grid import DEFAULT_MAX_BYTES, check_tail_tol, class_categories
-from .model import State, StateLayout, evaluate
+from .grid import DEFAULT_MAX_BYTES, check_tail_tol
+from .model import State, StateLayout, evaluate, own_area
 from .quadrature import choose_method
 from .setting import Setting
 
@@ -142,16 +143,18 @@ class _Field:
 
 
 def _events(setting, epsilon):
-    """``[(name, k, h, others, level)]``, the events of every class in the order of
+    """``[(name, k, h, cols, level)]``, the events of every class in the order of
     ``setting.classes()``; :func:`_event_value` gives each one's function, which rises through
-    0 at the event (docs/model.md §9)."""
+    0 at the event (docs/model.md §9). ``cols`` are key categories: for the switch those
+    outside the own area, for T_eps those of the own area, for global_min the global area's."""
     out = []
     for k, h in setting.classes():
-        _, areas = class_categories(setting, k, h)
-        others = [1 + g for g in range(len(areas) - 1) if areas[1 + g] > 0]
-        out += [("switch", k, h, others, 0.0), ("T_eps", k, h, others, 1 - epsilon)]
-        if 1 in others:  # group 0 has areas other than the query's own: the global FP
-            out.append(("global_min", k, h, others, 0.0))
+        others = [1 + g for g in rival_keys(setting, k, h)]
+        out += [("switch", k, h, others, 0.0),
+                ("T_eps", k, h, own_area(setting, k, h), 1 - epsilon)]
+        glob = global_key(setting, k, h)
+        if glob is not None:  # the class's global FP correlation
+            out.append(("global_min", k, h, [1 + glob], 0.0))
     return out
 
 
@@ -163,13 +166,13 @@ def _event_value(event, grad):
     """An event's function at a :class:`Gradient` (as cpp/flow.cpp, event_values): the own FP
     gradient less the largest other one (switch), the own attention less 1 - epsilon (T_eps),
     minus the global FP gradient (global_min)."""
-    name, k, h, others, level = event
+    name, k, h, cols, level = event
     if name == "switch":
         row = np.abs(grad.fp[k][h])
-        return row[0] - (max(row[c] for c in others) if others else 0.0)
+        return row[0] - (max(row[c] for c in cols) if cols else 0.0)
     if name == "T_eps":
-        return grad.attention[k][h][0] - level
-    return -grad.fp[k][h][1]
+        return sum(float(grad.attention[k][h][c]) for c in cols) - level  # as cpp/flow.cpp
+    return -grad.fp[k][h][cols[0]]
 
 
 def _locate(g, lo, hi, glo, ghi, xtol):

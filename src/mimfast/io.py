@@ -307,7 +307,9 @@ def to_dataset(result, analysis=None, attrs=None):
                {"long_name": "FP correlation A[k][h][key], per area"}),
         "fp_grad": (per_class, by_class(result.fp_grad),
                     {"long_name": "dL/dA[k][h][key], per area"}),
-        "attention": (per_class, by_class(result.attention),
+        # per category as recorded (Result.attention's "own" sums a named own area's)
+        "attention": (per_class, by_class(lambda k, h, key: result.block()[4][k][
+            :, h, 0 if key == "own" else 1 + key]),
                       {"long_name": "expected attention of a masked query on the unmasked keys "
                                     "of the category"}),
         "patch_loss": (per_class[:3], by_class(result.patch_loss, False),
@@ -360,6 +362,9 @@ def to_dataset(result, analysis=None, attrs=None):
     }
     if s.kappa is not None:
         info["kappa_c"], info["kappa_s"] = map(float, s.kappa)
+    if any(c.roles is not None for c in s.clusters):  # tiled: per cluster the groups' roles
+        info["roles"] = json.dumps([None if c.roles is None else list(c.roles)
+                                    for c in s.clusters])
     if result.is_flow:  # what mimfast.flow needs to resume (and the events it located)
         info.update(flow_rtol=float(result.rtol), flow_epsilon=float(result.epsilon),
                     flow_next_step=float(result.next_step),
@@ -374,7 +379,8 @@ def to_dataset(result, analysis=None, attrs=None):
     extra = dict(attrs or {})
     clash = sorted(set(extra) & (set(ds.attrs) | {DIGEST, "information_gap",
                                                    "information_gap_actual", "analysis_epsilon",
-                                                   "analysis_summary", "kappa_c", "kappa_s"}))
+                                                   "analysis_summary", "kappa_c", "kappa_s",
+                                                   "roles"}))
     if clash:
         raise ValueError(f"attrs may not override the attributes mimfast writes: {clash}")
     for key, value in extra.items():
@@ -639,11 +645,18 @@ def _from_dataset(ds):
 def _result_from_dataset(ds):
     a = ds.attrs
     areas, size, z = ds["areas"].values, ds["size"].values, ds["z"].values
+    weights = ds["weight"].values
+    roles = json.loads(str(a["roles"])) if "roles" in a else [None] * len(weights)
+    if not isinstance(roles, list) or len(roles) != len(weights):
+        raise ValueError(f"roles {a['roles']!r} is not one role list (or null) per cluster")
     clusters, sizes = [], []
-    for k, w in enumerate(ds["weight"].values):
+    for k, w in enumerate(weights):
         G = int(np.count_nonzero(areas[k]))
+        if roles[k] is not None and not isinstance(roles[k], list):
+            raise ValueError(f"roles of cluster {k} is {roles[k]!r}, not a list")
         clusters.append(Cluster([Group(int(areas[k, h]), int(size[k, h]), float(z[k, h]))
-                                 for h in range(G)], weight=float(w)))
+                                 for h in range(G)], weight=float(w),
+                                roles=None if roles[k] is None else tuple(roles[k])))
         sizes.append(G)
     setting = Setting(clusters, masked=int(a["masked"]), pp=str(a["pp"]))
     if "kappa_c" in a:

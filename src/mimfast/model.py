@@ -14,7 +14,7 @@ import numpy as np
 
 
 __all__ = ["State", "Gradient", "ClassInputs", "StateLayout", "sum_layout", "evaluate",
-           "rounding"]
+           "rounding", "units", "own_area", "own_attention"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,42 @@ def rounding(sums, n_cat):
     return float(max(np.asarray(sums)[sum_layout(n_cat).bound]))
 
 
+def units(n_cat, named):
+    """The areas of a class as *units* of its key categories: ``(members, kind)`` with kind
+    ``"own"`` (the query's own area, unit 0), ``"named"`` (another area spanning its members)
+    or ``"tiles"`` (one category of one-tile areas); ``named`` as :attr:`ClassInputs.named`."""
+    if named is None:
+        return [([0], "own")] + [([c], "tiles") for c in range(1, n_cat)]
+    out, first = [], {}
+    for c, a in enumerate(named):
+        if a < 0:
+            out.append(([c], "tiles"))
+        elif a in first:
+            out[first[a]][0].append(c)
+        else:
+            first[a] = len(out)
+            out.append(([c], "own" if a == 0 else "named"))
+    return out
+
+
+def own_area(setting, k, h):
+    """The key categories that hold the own area of query class (k, h): ``[0]``, and for a
+    query in a named area the other categories of that area (unit 0 of :func:`units`)."""
+    return units(1 + len(setting.clusters[k].groups), setting.class_named(k, h))[0][0]
+
+
+def own_attention(setting, attention):
+    """Own-area attention of every class: per cluster k, ``attention[k][..., h, :]`` (per
+    key category, as :attr:`Gradient.attention`) summed over :func:`own_area` ``(k, h)``,
+    shape ``attention[k].shape[:-1]``."""
+    out = []
+    for k, a in enumerate(attention):
+        a = np.asarray(a)
+        out.append(np.stack([a[..., h, own_area(setting, k, h)].sum(axis=-1)
+                             for h in range(a.shape[-2])], axis=-1))
+    return out
+
+
 @dataclass
 class State:
     """Reduced state of Q (docs/model.md §3).
@@ -152,6 +188,40 @@ class State:
             )
         if not self.finite():
             raise ValueError("state has non-finite values")
+
+    def expanded(self, setting):
+        """The full matrices of this state, position by position (docs/model.md §2).
+
+        Positions and areas are numbered as in :meth:`Setting.explicit` (P at most
+        :data:`~mimfast.setting.MAX_EXPLICIT_P`). An area spanning several key categories
+        of a query (a named area other than its own) takes the value of its first category's
+        column (the columns of one area are equal along a run).
+
+        Returns
+        -------
+        A : numpy.ndarray
+            Shape (P, K, n), n the most areas of a cluster: ``A[p, k, a] = e_p^T Q v_{k,a}``,
+            0 beyond cluster k's areas.
+        B : numpy.ndarray
+            Shape (P, P): ``B[p, q] = e_p^T Q e_q`` (0 with frozen PP).
+        """
+        self.check(setting)
+        layout = setting._layout()
+        P = setting.P
+        A = np.zeros((P, setting.K, max(len(z) for *_, z in layout)))
+        for k, (group, _, labels, z) in enumerate(layout):
+            n = len(z)
+            first = np.unique(labels, return_index=True)[1]  # first position of each area
+            cols = np.where(labels[:, None] == np.arange(n), 0, 1 + group[first][None, :])
+            A[:, k, :n] = np.asarray(self.fp[k], dtype=np.float64)[group[:, None], cols]
+        B = np.zeros((P, P))
+        if self.pp is not None:
+            group, tile = layout[0][:2]
+            same = (group[:, None] == group) & (tile[:, None] == tile)
+            cols = np.where(same, 1, 2 + group[None, :])
+            np.fill_diagonal(cols, 0)
+            B = np.asarray(self.pp, dtype=np.float64)[group[:, None], cols]
+        return A, B
 
     def finite(self):
         """Whether every value is finite."""

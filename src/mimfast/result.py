@@ -6,7 +6,7 @@ from numbers import Integral
 
 import numpy as np
 
-from .model import State
+from .model import State, own_area
 
 __all__ = ["Result"]
 
@@ -174,10 +174,14 @@ class Result:
     def attention(self, k, h, key):
         """Expected attention of a masked query of group h on the unmasked keys of ``key``.
 
-        ``key="own"`` is the theorem's attention on the query's own area; a group index g is
-        the total attention on the unmasked keys of group g's other areas.
+        ``key="own"`` is the theorem's attention on the query's own area (for a query in a
+        named area of a tiled setting, the sum over the area's key categories:
+        :func:`~mimfast.model.own_area`); a group index g is the total attention on the
+        unmasked keys of group g's other areas (tiles).
         """
         G = self._class(k, h)
+        if key == "own":
+            return self._attention[k][:, h, own_area(self.setting, k, h)].sum(axis=1)
         return self._attention[k][:, h, _fp_column(G, key)].copy()
 
     def patch_loss(self, k, h):
@@ -205,6 +209,11 @@ class Result:
                 *([a[:n] for a in arrays] for arrays in
                   (self._fp, self._fp_grad, self._attention, self._patch_loss)),
                 None if self._pp is None else self._pp[:n], self.error[:n])
+
+    def expanded(self, i):
+        """The full matrices (A, B) of the state recorded at index ``i``, position by position
+        (:meth:`State.expanded`)."""
+        return self.recorded_state(i).expanded(self.setting)
 
     def recorded_state(self, i):
         """The :class:`State` recorded at index ``i`` (step ``steps[i]``), a copy."""

@@ -242,6 +242,7 @@ def _flow(setting, task, threads):
 
 def _simulate(setting, task, threads):
     import mimfast as mf
+    from .model import own_attention
 
     if task["flow"]:
         return _flow(setting, task, threads)
@@ -258,7 +259,8 @@ def _simulate(setting, task, threads):
 
     def stop(t, grad, partial):
         # grad holds the observables at step t - 1
-        if (t - 1) % every == 0 and min(float(a[:, 0].min()) for a in grad.attention) >= target:
+        if (t - 1) % every == 0 and min(float(a.min()) for a in
+                                         own_attention(setting, grad.attention)) >= target:
             raise _Converged(partial())
 
     callback = stop if task["until"] else None
@@ -289,8 +291,8 @@ def _measure(result, analysis):
     from .analysis import pp_fp_sizes
 
     row = {}
-    for h, name in enumerate(("global", "local")):
-        rows = [c for c in analysis.classes if c.h == h]
+    for name in ("global", "local"):
+        rows = [c for c in analysis.classes if c.kind == name]
         row[f"{name}_switch"] = _worst([c.phase_switch for c in rows])
         row[f"{name}_switch_tau"] = _worst([c.switch_tau for c in rows])
         row[f"{name}_phases"] = _worst([c.phases for c in rows])
@@ -300,7 +302,7 @@ def _measure(result, analysis):
         row[f"{name}_loss_gap"] = max(c.loss_gap for c in rows)
         # the scale below which a quadrature run's loss gap is not resolved (scaling.fits)
         row[f"{name}_irreducible"] = max(c.irreducible for c in rows)
-    local = [c for c in analysis.classes if c.h == 1]
+    local = [c for c in analysis.classes if c.kind == "local"]
     # R(0) of docs/model.md §4: |dL/dA_global| / |dL/dA_own| of a local query at Q = 0
     row["local_grad_ratio0"] = _worst([c.grad_ratio0 for c in local])
     low = min(local, key=lambda c: c.global_fp_min)

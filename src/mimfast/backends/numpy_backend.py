@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model import TINY_MAG, rounding_parts, sum_layout, underflow_gain
+from ..model import TINY_MAG, rounding_parts, sum_layout, underflow_gain, units
 
 NAME = "numpy"
 
@@ -43,24 +43,6 @@ NAME = "numpy"
 def available():
     """The numpy backend is always available; it runs single-threaded."""
     return True, {}
-
-
-def units(n_cat, named):
-    """The areas of a class as *units* of its key categories: ``(members, kind)`` with kind
-    ``"own"`` (the query's own area, unit 0), ``"named"`` (another area spanning its members)
-    or ``"tiles"`` (one category of one-tile areas); ``named`` as :attr:`ClassInputs.named`."""
-    if named is None:
-        return [([0], "own")] + [([c], "tiles") for c in range(1, n_cat)]
-    out, first = [], {}
-    for c, a in enumerate(named):
-        if a < 0:
-            out.append(([c], "tiles"))
-        elif a in first:
-            out[first[a]][0].append(c)
-        else:
-            first[a] = len(out)
-            out.append(([c], "own" if a == 0 else "named"))
-    return out
 
 
 def kernel(grid, inputs, threads=None):
