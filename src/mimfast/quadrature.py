@@ -523,16 +523,22 @@ class ClassQuadrature:
         share them; :func:`build_quadratures` passes one per setting).
     own : tuple of int, optional
         The categories of the query's own area (:func:`build_points`).
+    coarse : bool, optional
+        Start every dimension at the coarsest level instead of :func:`start_levels` (the
+        classes of settings over tile groups, see :func:`build_quadratures`).
     """
 
-    def __init__(self, sizes, areas, unmasked, levels=None, shared=None, own=(0,)):
+    def __init__(self, sizes, areas, unmasked, levels=None, shared=None, own=(0,),
+                 coarse=False):
         self._shared = {} if shared is None else shared
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.areas = np.asarray(areas, dtype=np.int64)
         self.unmasked = int(unmasked)
         self.own = tuple(own)
         self.dims = chain_order([int(v) for v in self.sizes], self.unmasked, self.own)[:-1]
-        self.levels = list(levels) if levels is not None else start_levels(len(self.dims))
+        if levels is None:
+            levels = [0] * len(self.dims) if coarse else start_levels(len(self.dims))
+        self.levels = list(levels)
         if len(self.levels) != len(self.dims):
             raise ValueError(f"need {len(self.dims)} start levels, got {len(self.levels)}")
         self._cache = {}
@@ -638,18 +644,27 @@ def build_quadratures(setting, levels=None):
     alike, but each grows its rules only for its own error): what one class needs never
     changes another's sums, whichever loop runs them. ``levels`` maps a class to its start
     levels (from an earlier run, for an identical resume).
+
+    The classes of a setting over tile groups (a cluster with roles, docs/model.md §3) start
+    every dimension at the coarsest level: their categories are whole tile groups, mostly far
+    larger than their spread, where two nodes already integrate to rounding; the error
+    control grows the dimensions that need more (the own tile's, typically) as for any class.
+    Started at :func:`start_levels`, a class of four tile groups would evaluate 6^4 + 9^4
+    points per step.
     """
     from .grid import class_categories
 
     out, shared = {}, weakref.WeakValueDictionary()
     classes = setting.classes()
+    coarse = any(c.roles is not None for c in setting.clusters)
     report = _SetupProgress(len(classes))
     for i, (k, h) in enumerate(classes):
         sizes, areas = class_categories(setting, k, h)
         start = None if levels is None else levels.get((k, h))
         named = setting.class_named(k, h)
         own = (0,) if named is None else tuple(c for c, a in enumerate(named) if a == 0)
-        q = out[k, h] = ClassQuadrature(sizes, areas, setting.unmasked, start, shared, own)
+        q = out[k, h] = ClassQuadrature(sizes, areas, setting.unmasked, start, shared, own,
+                                        coarse=coarse)
         q.base(), q.rich()  # built now, where a long set-up can show its progress
         report(i + 1)
     return out
