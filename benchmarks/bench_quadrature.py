@@ -1,5 +1,5 @@
-"""The Gauss–Hahn quadrature (docs/model.md §8): one step's expectation at P up to 10^18, and a
-whole run of 1000 steps at P = 10^18."""
+"""The Gauss–Hahn quadrature (docs/model.md §8): one step's expectation at P up to 10^18, a
+whole run of 1000 steps at P = 10^18, and settings of several clusters over tile groups."""
 
 # asv reads params/param_names as plain class-level lists.
 # ruff: noqa: RUF012
@@ -58,3 +58,48 @@ class QuadratureRun:
     def time_run(self, P):
         mf.simulate(self.setting, eta=1.0, steps=1000, record_every=100, method="quadrature",
                     threads=1)
+
+
+class TiledStep:
+    """Several clusters with learned PP over tile groups (:func:`common.tiled_setting`) at
+    P = 10^12, cpp kernel, one thread, rules prebuilt: ``track_ratio`` is one quadrature
+    gradient of the K = 2 setting over one of the K = 1 paper setting (best of 20 each, in the
+    same process), ``time_gradient`` the K = 2 gradient itself."""
+
+    params = [10**12]
+    param_names = ["P"]
+    timeout = 120
+
+    def setup(self, P):
+        self.kernel = common.kernel("cpp")
+        self.cases = []
+        for s in (common.tiled_setting(P, K=2), common.setting(P)):
+            case = (s, build_quadratures(s), common.state(s), self.kernel, 1)
+            common.warm(*case)
+            self.cases.append(case)
+
+    def time_gradient(self, P):
+        common.gradient(*self.cases[0])
+
+    def track_ratio(self, P):
+        tiled, paper = (common.best_time(lambda c=c: common.gradient(*c), 20)
+                        for c in self.cases)
+        return tiled / paper
+
+    track_ratio.unit = "K = 2 step / K = 1 step"
+
+
+class TiledRun:
+    """1000 GD steps of the K = 3 tiled setting at P = 10^12 (rules built inside), C++ loop,
+    one thread, at the presets' learning rate."""
+
+    params = [10**12]
+    param_names = ["P"]
+    timeout = 300
+
+    def setup(self, P):
+        self.setting = common.tiled_setting(P, K=3)
+
+    def time_run(self, P):
+        mf.simulate(self.setting, eta=common.preset_eta(P), steps=1000, record_every=100,
+                    method="quadrature", threads=1)

@@ -28,6 +28,7 @@ __all__ = [
     "preset_eta",
     "setting",
     "state",
+    "tiled_setting",
     "warm",
 ]
 
@@ -39,6 +40,34 @@ SEED = 20250101
 def setting(P):
     """The paper's setting ``Setting.paper(P, 0.9, 0.3)`` (gamma = 0.5, K = 1, exact PP)."""
     return mf.Setting.paper(P, KAPPA_C, KAPPA_S)
+
+
+def tiled_setting(P, K=2, overlap=0.5):
+    """K clusters of the paper's shape over shared tile groups (docs/model.md §3): local tiles of
+    ``c = round(P**0.3)`` positions, and per cluster a global area of about ``P**0.9``
+    positions made of whole tiles. K = 2: tile groups in neither global area, in cluster 0's
+    only, in cluster 1's only and in both (``overlap`` of each global area); K = 3: in none, in
+    one only (three groups) and in two (three groups, ``overlap / 2`` of each global area per
+    pair). P is the tiles' total, within c of the argument."""
+    from mimfast.setting import Cluster, Group
+
+    c = max(2, round(P**KAPPA_S))
+    tiles, area = P // c, max(1, round(P**KAPPA_C / c))
+    if K == 2:
+        both = round(overlap * area)
+        counts = [tiles - 2 * area + both, area - both, area - both, both]
+        roles = [(None, "G0", None, "G0"), (None, None, "G1", "G1")]
+    elif K == 3:
+        pair = round(overlap * area / 2)
+        one = area - 2 * pair
+        counts = [tiles - 3 * one - 3 * pair] + [one] * 3 + [pair] * 3
+        roles = [(None, "A", None, None, "A", "A", None), (None, None, "B", None, "B", None, "B"),
+                 (None, None, None, "C", None, "C", "C")]
+    else:
+        raise ValueError("K must be 2 or 3")
+    keep = [j for j, n in enumerate(counts) if n > 0]  # (overlap 0: no shared tiles)
+    groups = [Group(counts[j], c) for j in keep]
+    return mf.Setting([Cluster(groups, roles=[r[j] for j in keep]) for r in roles])
 
 
 def preset_eta(P):
@@ -57,7 +86,8 @@ def state(s, seed=SEED):
     """A fixed non-zero state of setting ``s``.
 
     FP correlations ~ N(0, 0.5^2) with the own-area entry shifted by +1 (the direction
-    training goes), PP correlations ~ N(0, 0.1^2); the same numbers for the same shapes.
+    training goes), PP correlations ~ N(0, 0.1^2); the same numbers for the same shapes. The
+    columns of an area spanning several key categories take its first one's value.
     """
     rng = np.random.default_rng(seed)
     st = State.zeros(s)
@@ -66,6 +96,10 @@ def state(s, seed=SEED):
         a[:, 0] += 1.0
     if st.pp is not None:
         st.pp[...] = rng.normal(0.0, 0.1, st.pp.shape)
+    for k, h in s.classes():  # the columns of a named area are one correlation
+        named = s.class_named(k, h)
+        if named is not None:
+            st.fp[k][h] = [st.fp[k][h][a] if a >= 0 else v for a, v in zip(named, st.fp[k][h])]
     st.check(s)
     return st
 

@@ -113,7 +113,7 @@ std::shared_ptr<mimfast::PointSet> make_points(
 py::array_t<double> eval_sums(const mimfast::ClassEval& e, Arr<double> z, Arr<double> wu,
                               Arr<double> wm, double wself, int threads,
                               std::optional<Arr<double>> wu0, std::optional<Arr<double>> wm0,
-                              double wself0) {
+                              double wself0, std::optional<Arr<int64_t>> named) {
     if (threads < 1) throw std::invalid_argument("threads must be at least 1");
     const py::ssize_t n = e.n_cat();
     const double* pz = data(z, n, "z");
@@ -123,11 +123,13 @@ py::array_t<double> eval_sums(const mimfast::ClassEval& e, Arr<double> z, Arr<do
         throw std::invalid_argument("wu0 and wm0 come together");
     const double* pu0 = wu0 ? data(*wu0, n, "wu0") : nullptr;
     const double* pm0 = wm0 ? data(*wm0, n, "wm0") : nullptr;
+    const int64_t* pn = named ? data(*named, n, "named") : nullptr;
+    if (pn) mimfast::validate_named(pn, static_cast<int>(n));
     py::array_t<double> out(mimfast::n_out(e.n_cat()));
     double* o = out.mutable_data();
     {
         py::gil_scoped_release release;
-        e.sums(pz, pu, pm, wself, threads, o, pu0, pm0, wself0);
+        e.sums(pz, pu, pm, wself, threads, o, pu0, pm0, wself0, pn);
     }
     return out;
 }
@@ -191,6 +193,10 @@ class Fused {
     }
     void set_evaluators(int64_t i, EvalPtr eval, EvalPtr check, double tol, int64_t accept) {
         loop_.set_evaluators(i, std::move(eval), std::move(check), tol, accept);
+    }
+    void set_named(int64_t i, Arr<int64_t> named) {
+        if (named.ndim() != 1) throw std::invalid_argument("fused loop: named must be 1-D");
+        loop_.set_named(i, copy(named));
     }
     int run(int64_t steps, int64_t record_every, double eta, int threads, int64_t stop_every,
             double seconds, double poll_seconds) {
@@ -365,7 +371,7 @@ void bind_kernel(py::module_& m) {
         .def_property_readonly("n_cat", &mimfast::ClassEval::n_cat)
         .def("sums", &eval_sums, py::arg("z"), py::arg("wu"), py::arg("wm"), py::arg("wself"),
              py::arg("threads"), py::arg("wu0") = py::none(), py::arg("wm0") = py::none(),
-             py::arg("wself0") = 0.0,
+             py::arg("wself0") = 0.0, py::arg("named") = py::none(),
              "Sums of docs/model.md §3: [mass, loss, dB_self, alpha[n], dA[n], dB[n]].");
     py::class_<mimfast::ExactGrid, mimfast::ClassEval, std::shared_ptr<mimfast::ExactGrid>>(
         m, "ClassGrid", "A class count grid, copied and validated for the kernel.")
@@ -385,6 +391,7 @@ void bind_kernel(py::module_& m) {
              py::arg("last_recorded"))
         .def("set_evaluators", &Fused::set_evaluators, py::arg("i"), py::arg("eval"),
              py::arg("check") = nullptr, py::arg("tol") = 0.0, py::arg("accept") = -1)
+        .def("set_named", &Fused::set_named, py::arg("i"), py::arg("named"))
         .def("run", &Fused::run, py::arg("steps"), py::arg("record_every"), py::arg("eta"),
              py::arg("threads"), py::arg("stop_every") = 0, py::arg("seconds") = 0.0,
              py::arg("poll_seconds") = 0.05)

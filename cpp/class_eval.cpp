@@ -24,7 +24,7 @@ void KernelEval::set_categories(const CategoryArrays& c, const std::string& what
 
 void KernelEval::sums(const double* z, const double* wu, const double* wm, double wself,
                       int threads, double* out, const double* wu0, const double* wm0,
-                      double wself0) const {
+                      double wself0, const int64_t* named) const {
     Inputs in = in_;
     in.z = z;
     in.wu = wu;
@@ -33,6 +33,7 @@ void KernelEval::sums(const double* z, const double* wu, const double* wm, doubl
     in.wu0 = wu0;
     in.wm0 = wm0;
     in.wself0 = wself0;
+    in.named = named;
     class_sums(g_, in, threads, out);
 }
 

@@ -19,11 +19,12 @@ class ClassEval {
     // The n_out(n) outputs [mass, loss, dB_self, alpha[n], dA[n], dB[n], rounding[3]] into
     // out (kernel.hpp), for latents
     // z[n], key weights wu[n], wm[n] and wself, and optionally the weights of the points
-    // without an unmasked own-area key (Inputs in kernel.hpp). The result must not depend on
-    // `threads`.
+    // without an unmasked own-area key, and the class's named areas (Inputs in kernel.hpp).
+    // The result must not depend on `threads`.
     virtual void sums(const double* z, const double* wu, const double* wm, double wself,
                       int threads, double* out, const double* wu0 = nullptr,
-                      const double* wm0 = nullptr, double wself0 = 0.0) const = 0;
+                      const double* wm0 = nullptr, double wself0 = 0.0,
+                      const int64_t* named = nullptr) const = 0;
 };
 
 // The per-category constants of a class (see mimfast/grid.py, category_constants), owned.
@@ -37,7 +38,8 @@ class KernelEval : public ClassEval {
    public:
     int n_cat() const override { return g_.n_cat; }
     void sums(const double* z, const double* wu, const double* wm, double wself, int threads,
-              double* out, const double* wu0, const double* wm0, double wself0) const override;
+              double* out, const double* wu0, const double* wm0, double wself0,
+              const int64_t* named) const override;
 
    protected:
     // Point the inputs at `c` (owned by the derived class), after checking that each constant

@@ -116,6 +116,15 @@ void FusedLoop::set_evaluators(int64_t i, std::shared_ptr<const ClassEval> eval,
     c.accept = accept;
 }
 
+void FusedLoop::set_named(int64_t i, std::vector<int64_t> named) {
+    if (i < 0 || i >= n_classes()) throw std::invalid_argument("fused loop: no such class");
+    FusedClass& c = classes_[i];
+    if (named.size() != c.z.size())
+        throw std::invalid_argument("fused loop: named must have one entry per category");
+    validate_named(named.data(), static_cast<int>(named.size()));
+    c.named = std::move(named);
+}
+
 // mimfast/model.py: class_inputs, then evaluate's accumulation, class by class.
 void FusedLoop::evaluate(int threads) {
     std::fill(grad_.begin(), grad_.end(), 0.0);
@@ -161,10 +170,12 @@ void FusedLoop::evaluate(int threads) {
         const double* pu0 = alt ? wu0_.data() : nullptr;
         const double* pm0 = alt ? wm0_.data() : nullptr;
         double* s = sums_.data();
-        c.eval->sums(c.z.data(), wu_.data(), wm_.data(), wself, threads, s, pu0, pm0, wself0);
+        const int64_t* named = c.named.empty() ? nullptr : c.named.data();
+        c.eval->sums(c.z.data(), wu_.data(), wm_.data(), wself, threads, s, pu0, pm0, wself0,
+                     named);
         if (c.check) {
             c.check->sums(c.z.data(), wu_.data(), wm_.data(), wself, threads, check_.data(), pu0,
-                          pm0, wself0);
+                          pm0, wself0, named);
             err_[i] = std::max(difference(n, s, check_.data()), rounding(n, s));
         } else {
             err_[i] = rounding(n, s);

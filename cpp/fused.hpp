@@ -27,6 +27,7 @@ struct FusedClass {
     double tol = 0.0;  // run() returns before a step whose error estimate exceeds it (0: never)
     int64_t accept = -1;  // a step whose estimate passes whatever it is (the caller found that
                           // no refinement meets tol there)
+    std::vector<int64_t> named;  // the class's named areas (Inputs::named), empty: none
 };
 
 // How far the own area's unmasked logit must lead every other logit of a class before the count
@@ -58,6 +59,8 @@ class FusedLoop {
     // category count.
     void set_evaluators(int64_t i, std::shared_ptr<const ClassEval> eval,
                         std::shared_ptr<const ClassEval> check, double tol, int64_t accept = -1);
+    // Give class i named areas (Inputs::named in kernel.hpp; one entry per category).
+    void set_named(int64_t i, std::vector<int64_t> named);
     int64_t t() const { return t_; }
     const std::vector<double>& state() const { return state_; }
 

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <array>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -147,6 +148,14 @@ double underflow_gain(const Inputs& in, int n) {
     return 2.0 * z;
 }
 
+// The offset x (from x0) and weight w of point j of a block of row `row`.
+MIMFAST_INLINE std::pair<double, double> point_at(const Grid& g, int64_t row, int64_t j,
+                                                  double x0) {
+    if (g.node_x) return {g.node_x[j], g.node_w[j]};
+    return {static_cast<double>(j) - x0,
+            g.row_weight[row] * g.t_inner[j - g.off_inner] * g.t_last[g.rest[row] - j - g.off_last]};
+}
+
 // The sums of one block point by point (the lines of block_sums below at every point): for a
 // short block (SHORT_BLOCK), and the fallback for a block whose moments are ill-conditioned.
 // mag gets sum w (|t1| + |t2|) of each line's terms and, if that is not 0, per point TINY_MAG
@@ -168,15 +177,7 @@ void point_sums_n(const Grid& g, const Inputs& in, int64_t row, int64_t first, i
     for (int c = 0; c < n; ++c) z2[c] = in.z[c] * in.z[c];
     const double z0 = in.z[0], z02 = z2[0];
     for (int64_t j = first; j < stop; ++j) {
-        double x, w;
-        if (g.node_x) {
-            x = g.node_x[j];
-            w = g.node_w[j];
-        } else {
-            x = static_cast<double>(j) - x0;
-            w = g.row_weight[row] * g.t_inner[j - g.off_inner] *
-                g.t_last[g.rest[row] - j - g.off_last];
-        }
+        const auto [x, w] = point_at(g, row, j, x0);
         for (int c = 0; c < n; ++c) {
             U[c] = u[c] + a[c] * x;
             un[c] = wu[c] * U[c];
@@ -250,6 +251,189 @@ void point_sums(const Grid& g, const Inputs& in, int64_t row, int64_t first, int
     }
 }
 
+// The areas of a class with named areas as *units* of its key categories
+// (mimfast/backends/numpy_backend.py, units): unit 0 the query's own area, then in order of
+// first category the other named areas and the categories of one-tile areas.
+struct Units {
+    enum Kind { own, named, tiles };
+    int n = 0;
+    int of[MAX_CAT];            // unit of each category
+    Kind kind[MAX_CAT];         // kind of each unit
+    int lead[MAX_CAT];          // first category of each unit (its latent, its 1 / areas)
+    int start[MAX_CAT + 1];     // unit u's categories: cats[start[u] .. start[u + 1])
+    int cats[MAX_CAT];
+    Units(const int64_t* map, int n_cat) {
+        int unit_of_first[MAX_CAT];
+        for (int c = 0; c < n_cat; ++c) unit_of_first[c] = -1;
+        for (int c = 0; c < n_cat; ++c) {
+            const int64_t a = map[c];
+            if (a >= 0 && unit_of_first[a] >= 0) {
+                of[c] = unit_of_first[a];
+                continue;
+            }
+            of[c] = n;
+            lead[n] = c;
+            kind[n] = a < 0 ? tiles : a == 0 ? own : named;
+            if (a >= 0) unit_of_first[a] = n;
+            ++n;
+        }
+        int k = 0;
+        for (int u = 0; u < n; ++u) {
+            start[u] = k;
+            for (int c = 0; c < n_cat; ++c)
+                if (of[c] == u) cats[k++] = c;
+        }
+        start[n] = k;
+    }
+};
+
+// The sums of one block of a class with named areas, point by point: the per-point formulas of
+// mimfast/backends/numpy_backend.py (kernel) over the units of `un_`, each line's rounding
+// magnitude as in point_sums (|t1| + |t2|, rest's terms taken by absolute value). A point
+// without an unmasked own-area key (U_0 = 0) takes the weights wu0, wm0, wself0 when given.
+// NC > 0: compiled for that many categories, else for g.n_cat.
+template <int NC>
+void named_sums_n(const Grid& g, const Inputs& in, const Units& un_, int64_t row, int64_t first,
+                  int64_t stop, double x0, const double* u, const double* a, double* out,
+                  double* mag) {
+    const int n = NC > 0 ? NC : g.n_cat;
+    const int nu = un_.n;
+    const int ns = n_sums(n);
+    double o[3 + 3 * MAX_CAT], m[3 + 3 * MAX_CAT];
+    for (int s = 0; s < ns; ++s) o[s] = m[s] = 0.0;
+    double U[MAX_CAT], un[MAX_CAT], ms[MAX_CAT], al[MAX_CAT], mu[MAX_CAT], y[MAX_CAT];
+    double ua[MAX_CAT], au[MAX_CAT], xu[MAX_CAT], e[MAX_CAT], rest[MAX_CAT], rabs[MAX_CAT];
+    double zl[MAX_CAT], z2[MAX_CAT];  // the latent of each unit (its first category's), squared
+    for (int i = 0; i < nu; ++i) {
+        zl[i] = in.z[un_.lead[i]];
+        z2[i] = zl[i] * zl[i];
+    }
+    const double z0 = zl[0], z02 = z2[0];
+    for (int64_t j = first; j < stop; ++j) {
+        const auto [x, w] = point_at(g, row, j, x0);
+        for (int c = 0; c < n; ++c) U[c] = u[c] + a[c] * x;
+        const bool alt = in.wu0 && U[0] == 0.0;
+        const double* wu = alt ? in.wu0 : in.wu;
+        const double* wm = alt ? in.wm0 : in.wm;
+        const double wself = alt ? in.wself0 : in.wself;
+        for (int c = 0; c < n; ++c) {
+            un[c] = wu[c] * U[c];
+            ms[c] = wm[c] * (in.sizes[c] - U[c]);
+        }
+        for (int i = 0; i < nu; ++i) {
+            ua[i] = 0.0;
+            for (int k = un_.start[i]; k < un_.start[i + 1]; ++k) ua[i] += un[un_.cats[k]];
+        }
+        // D without the unmasked keys of a unit (X), and without them and the masked keys of
+        // one category of it (Y): sums of positive terms
+        double msum = wself;
+        for (int c = 0; c < n; ++c) msum += ms[c];
+        for (int i = 0; i < nu; ++i) {
+            double v = msum;
+            for (int k = 0; k < nu; ++k)
+                if (k != i) v += ua[k];
+            xu[i] = v;
+        }
+        const double D = xu[0] + ua[0], iD = 1.0 / D;
+        for (int c = 0; c < n; ++c) {
+            double v = wself;
+            for (int k = 0; k < n; ++k)
+                if (k != c) v += ms[k];
+            for (int k = 0; k < nu; ++k)
+                if (k != un_.of[c]) v += ua[k];
+            y[c] = v * iD;
+            al[c] = un[c] * iD;
+            mu[c] = ms[c] * iD;
+        }
+        for (int i = 0; i < nu; ++i) {
+            au[i] = ua[i] * iD;
+            xu[i] *= iD;
+            const int c = un_.lead[i];
+            if (un_.kind[i] == Units::own) {
+                e[i] = -z02 * au[0] * xu[0];
+            } else if (un_.kind[i] == Units::named) {
+                e[i] = z2[i] * au[i] * au[i];
+            } else {
+                const double s2 = in.s_a[c] * U[c] * (in.sizes[c] - U[c]) + in.s_b[c] * U[c] * U[c];
+                const double r = wu[c] * iD;
+                e[i] = z2[i] * s2 * r * r;
+            }
+        }
+        for (int i = 0; i < nu; ++i) {
+            rest[i] = rabs[i] = 0.0;
+            for (int k = 0; k < nu; ++k)
+                if (k != i) {
+                    rest[i] += e[k];
+                    rabs[i] += std::fabs(e[k]);
+                }
+        }
+        const double loss = 0.5 * (z02 * xu[0] * xu[0] + rest[0]);
+        const double gbar = e[0] + rest[0];
+        o[0] += w;
+        m[0] += w;
+        o[1] += w * loss;
+        m[1] += w * loss;
+        o[2] += -w * gbar * wself * iD;
+        m[2] += w * (std::fabs(e[0]) + rabs[0]) * wself * iD;
+        for (int c = 0; c < n; ++c) {
+            o[3 + c] += w * al[c];
+            m[3 + c] += w * al[c];
+        }
+        for (int i = 0; i < nu; ++i) {
+            const int c0 = un_.lead[i];
+            double dA, mA;
+            if (un_.kind[i] == Units::own) {
+                dA = -2.0 * z0 * au[0] * loss;
+                mA = std::fabs(dA);
+            } else {
+                const double inv = un_.kind[i] == Units::tiles ? in.inv_areas[c0] : 1.0;
+                const double t1 = e[i] * xu[i], t2 = rest[i] * au[i];
+                dA = zl[i] * (t1 - t2) * inv;
+                mA = zl[i] * (std::fabs(t1) + rabs[i] * au[i]) * inv;
+            }
+            // the area's gradient in every member column (tied columns, docs/model.md §3)
+            const double f = un_.kind[i] == Units::own     ? -z02 * xu[0]
+                             : un_.kind[i] == Units::named ? z2[i] * au[i]
+                                                           : 0.0;
+            for (int k = un_.start[i]; k < un_.start[i + 1]; ++k) {
+                const int c = un_.cats[k];
+                o[3 + n + c] += w * dA;
+                m[3 + n + c] += w * mA;
+                const double t2 = rest[i] * (al[c] + mu[c]);
+                double t1, m1;
+                if (un_.kind[i] == Units::tiles) {
+                    t1 = e[i] * y[c];
+                    m1 = std::fabs(t1);
+                } else {  // category c's share of its area's attention term
+                    double others = 0.0;
+                    for (int l = un_.start[i]; l < un_.start[i + 1]; ++l)
+                        if (l != k) others += al[un_.cats[l]];
+                    t1 = f * (al[c] * y[c] - others * mu[c]);
+                    m1 = std::fabs(f) * (al[c] * y[c] + others * mu[c]);
+                }
+                o[3 + 2 * n + c] += w * (t1 - t2) * in.inv_sizes[c];
+                m[3 + 2 * n + c] += w * (m1 + rabs[i] * (al[c] + mu[c])) * in.inv_sizes[c];
+            }
+        }
+    }
+    const double floor = static_cast<double>(stop - first) * underflow_gain(in, n) * TINY_MAG;
+    for (int s = 0; s < ns; ++s) {
+        out[s] = o[s];
+        mag[s] = (m[s] > 0 ? m[s] + floor : 0.0) * (8.0 + 2.0 * n);
+    }
+}
+
+void named_sums(const Grid& g, const Inputs& in, const Units& un, int64_t row, int64_t first,
+                int64_t stop, double x0, const double* u, const double* a, double* out,
+                double* mag) {
+    switch (g.n_cat) {
+        case 3: return named_sums_n<3>(g, in, un, row, first, stop, x0, u, a, out, mag);
+        case 4: return named_sums_n<4>(g, in, un, row, first, stop, x0, u, a, out, mag);
+        case 5: return named_sums_n<5>(g, in, un, row, first, stop, x0, u, a, out, mag);
+        default: return named_sums_n<0>(g, in, un, row, first, stop, x0, u, a, out, mag);
+    }
+}
+
 // A block is summed again point by point when its combination's rounding estimate exceeds this
 // share of a part's norm (docs/model.md §3, conditioning).
 constexpr double BLOCK_SHARE = 0x1p-48;
@@ -285,8 +469,8 @@ struct AbsMoments {
 // estimates its rounding: by moments, or point by point when `points` is set. Returns whether
 // the moments lose much more than point-by-point evaluation would: D is ill-conditioned on the
 // block, or a line's magnitude exceeds ILL times the magnitude of its terms' values.
-bool block_sums(const Grid& g, const Inputs& in, int64_t b, double* out, double* mag,
-                bool points) {
+bool block_sums(const Grid& g, const Inputs& in, const Units* units, int64_t b, double* out,
+                double* mag, bool points) {
     const int n = g.n_cat;
     const int64_t row = g.blocks[3 * b], first = g.blocks[3 * b + 1], stop = g.blocks[3 * b + 2];
     // counts U_c(x) = u[c] + a[c] x and free keys V_c(x) = C_c - U_c(x); the inner count is
@@ -309,6 +493,10 @@ bool block_sums(const Grid& g, const Inputs& in, int64_t b, double* out, double*
     u[g.inner] = x0;
     a[g.inner] = 1.0;
     a[g.last] = -1.0;
+    if (units) {  // named areas: point by point on every block
+        named_sums(g, in, *units, row, first, stop, x0, u, a, out, mag);
+        return false;
+    }
     // a block whose points have no unmasked own-area key uses the weights scaled for them
     const bool none_own = in.wu0 && u[0] == 0.0 && a[0] == 0.0;
     const double* wu = none_own ? in.wu0 : in.wu;
@@ -470,6 +658,18 @@ void validate(const Grid& g) {
     }
 }
 
+void validate_named(const int64_t* named, int n) {
+    auto fail = [](const std::string& what) { throw std::invalid_argument("named areas: " + what); };
+    if (n < 1 || n > MAX_CAT) fail("the number of key categories must be in [1, " + std::to_string(MAX_CAT) + "]");
+    if (named[0] != 0) fail("category 0 (the own area) must map to 0");
+    for (int c = 1; c < n; ++c) {
+        const int64_t a = named[c];
+        if (a < -1 || a > c || (a >= 0 && named[a] != a))
+            fail("category " + std::to_string(c) + " maps to " + std::to_string(a) +
+                 ", not -1 or the first category of its area");
+    }
+}
+
 // The magnitudes of a block's sums gathered by part: loss, attention, gradient (dB_self, dA, dB),
 // as the error estimate reads them (fused.cpp).
 void part_sums(const double* v, int n, double* p) {
@@ -506,10 +706,13 @@ void class_sums(const Grid& g, const Inputs& in, int threads, double* out) {
     for (int64_t b = 0; b < g.n_blocks; ++b) points += g.blocks[3 * b + 2] - g.blocks[3 * b + 1];
     threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, points / MIN_POINTS_PER_THREAD)));
     (void)threads;
+    std::unique_ptr<Units> named;
+    if (in.named) named = std::make_unique<Units>(in.named, n);
+    const Units* units = named.get();
     const auto run = [&](int64_t b, bool by_points) {
         double mag[3 + 3 * MAX_CAT];
         double* o = &part[b * stride];
-        const bool ill = block_sums(g, in, b, o, mag, by_points);
+        const bool ill = block_sums(g, in, units, b, o, mag, by_points);
         part_sums(mag, n, o + ns);
         o[ns + 3] = ill ? 1.0 : 0.0;
     };

@@ -49,6 +49,10 @@ struct Inputs {
     const double* wu0 = nullptr;
     const double* wm0 = nullptr;
     double wself0 = 0.0;
+    // Named areas (mimfast.model.ClassInputs.named): per category the first category of the
+    // named area it lies in (0: the query's own area), -1 for a category of one-tile areas;
+    // nullptr when only the own area is named. Such a class is summed point by point.
+    const int64_t* named = nullptr;
 };
 
 // Number of sums: mass, loss, dB_self, alpha[n], dA[n], dB[n].
@@ -59,6 +63,9 @@ inline int n_out(int n_cat) { return n_sums(n_cat) + 3; }
 
 // Throws std::invalid_argument when the grid's indices leave its tables.
 void validate(const Grid& grid);
+// Throws std::invalid_argument unless named[0..n) maps category 0 to 0 and every other category
+// to -1 or to the first category of its area (an earlier or the same one, mapped to itself).
+void validate_named(const int64_t* named, int n);
 
 // Sums of docs/model.md §3 over the grid into out[n_out(n_cat)]; each block is summed on its own and
 // the block sums are added in block order, so the result is the same for any thread count.

@@ -18,6 +18,7 @@ class ClassEval:
         wu0: npt.NDArray[np.float64] | None = None,
         wm0: npt.NDArray[np.float64] | None = None,
         wself0: float = 0.0,
+        named: npt.NDArray[np.int64] | None = None,
     ) -> npt.NDArray[np.float64]: ...
 
 class ClassGrid(ClassEval):
@@ -80,6 +81,7 @@ class FusedLoop:
         n_state: int,
     ) -> None: ...
     def set_state(self, t: int, state: npt.NDArray[np.float64], last_recorded: int) -> None: ...
+    def set_named(self, i: int, named: npt.NDArray[np.int64]) -> None: ...
     def set_evaluators(
         self,
         i: int,

@@ -431,7 +431,8 @@ def check_max_bytes(max_bytes):
     return int(max_bytes)
 
 
-def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYTES, name=""):
+def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYTES, name="",
+               own=(0,)):
     """Count grid of one query class.
 
     Parameters
@@ -447,6 +448,9 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
         tables, estimated before anything is allocated) would need more memory.
     name : str
         Query class, for error messages.
+    own : tuple of int
+        The categories of the query's own area (more than category 0 for a named area,
+        docs/model.md §3).
 
     Returns
     -------
@@ -458,7 +462,8 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
     whenever their probability is a normal double, even if they lie in the left-out tail, and
     the other categories' windows cover their law given U_own = 0 too: they carry the
     irreducible loss of docs/model.md §5, and at saturated attention (every other point has
-    α_own within e^-lead of 1) they can carry most of the gradient.
+    α_own within e^-lead of 1) they can carry most of the gradient. An own area of several
+    categories has U_own = 0 where each of them is 0: their windows then reach down to 0.
     """
     sizes = np.asarray(sizes, dtype=np.int64)
     areas = np.asarray(areas, dtype=np.int64)
@@ -489,12 +494,15 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
         last = next(i for i in range(n_cat) if sizes[i] == 0)
         outer = []
         windows[last] = (0, 0)
-    own_zero = 0 in live and log_hg_pmf([0], int(sizes[0]), N, u)[0] > _LOG_TINY
+    own_size = sum(int(sizes[i]) for i in own)
+    own_zero = 0 in live and log_hg_pmf([0], own_size, N, u)[0] > _LOG_TINY
     if own_zero:  # the slice U_own = 0 whole (see Notes): the others' windows given U_own = 0
         for i in live:
-            if i != 0:
-                a, b, _ = _window(N - int(sizes[0]), int(sizes[i]), u, share)
+            if i not in own:
+                a, b, _ = _window(N - own_size, int(sizes[i]), u, share)
                 windows[i] = (min(a, windows[i][0]), max(b, windows[i][1]))
+            elif i != 0:
+                windows[i] = (0, windows[i][1])
     values = {i: np.arange(windows[i][0], windows[i][1] + 1, dtype=np.int64) for i in outer}
     kept_zero = own_zero and windows[0][0] > 0
     if kept_zero:
@@ -620,11 +628,12 @@ def build_grids(setting, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYTES):
     grids, built = {}, {}
     for k, h in setting.classes():
         sizes, areas = class_categories(setting, k, h)
-        key = (sizes.tobytes(), areas.tobytes())
+        named = setting.class_named(k, h)
+        own = (0,) if named is None else tuple(c for c, a in enumerate(named) if a == 0)
+        key = (sizes.tobytes(), areas.tobytes(), own)
         if key not in built:
-            built[key] = build_grid(
-                sizes, areas, setting.unmasked, tail_tol, max_bytes, name=f"(k={k}, h={h})"
-            )
+            built[key] = build_grid(sizes, areas, setting.unmasked, tail_tol, max_bytes,
+                                    name=f"(k={k}, h={h})", own=own)
         grids[k, h] = built[key]
     return grids
 

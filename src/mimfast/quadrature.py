@@ -244,19 +244,23 @@ class ClassPoints(KeyCategories):
 
 
 
-def chain_order(sizes, unmasked=None):
+def chain_order(sizes, unmasked=None, own=(0,)):
     """Live categories in chain order, smallest first (the last one takes the rest), but with
-    the own area (category 0) first when its ``unmasked`` keys can all be masked.
+    the own area's categories ``own`` first (category 0 first of them) when its ``unmasked``
+    keys can all be masked.
 
     The own area then comes first so that its count is drawn from the class's exact law, where
     the point U_own = 0 is enumerated or counted apart with its exact probability
     (:func:`own_atom`, docs/model.md §8); below a Gauss node of another category it could not
-    be. Without ``unmasked``, smallest first.
+    be. An own area of several categories (a named area, docs/model.md §3) has that point where
+    each of them is 0, reached category by category. Without ``unmasked``, smallest first.
     """
     live = [i for i in range(len(sizes)) if sizes[i] > 0]
+    own_size = sum(int(sizes[i]) for i in own)
     own_first = (unmasked is not None and sizes[0] > 0
-                 and int(unmasked) <= sum(int(v) for v in sizes) - int(sizes[0]))
-    return sorted(live, key=lambda i: (not (own_first and i == 0), int(sizes[i]), i))
+                 and int(unmasked) <= sum(int(v) for v in sizes) - own_size)
+    return sorted(live, key=lambda i: (not (own_first and i in own),
+                                      own_first and i != 0, int(sizes[i]), i))
 
 
 # U_own = 0 becomes a point of its own when its probability is at most this (docs/model.md §8)
@@ -334,7 +338,7 @@ def _gauss_children(K, Kc, w, counts, N, Nc, n):
             np.concatenate(off)[order], np.concatenate(wt)[order])
 
 
-def build_points(sizes, areas, unmasked, nodes):
+def build_points(sizes, areas, unmasked, nodes, own=(0,)):
     """The point set of one class with ``nodes[d]`` nodes in chain dimension d.
 
     Parameters
@@ -344,6 +348,8 @@ def build_points(sizes, areas, unmasked, nodes):
         Unmasked keys u drawn from ``sum(sizes)`` positions.
     nodes : sequence of int
         Node counts of the free dimensions of :func:`chain_order` (all but the last).
+    own : tuple of int
+        The categories of the query's own area (more than category 0 for a named area).
 
     Returns
     -------
@@ -352,7 +358,8 @@ def build_points(sizes, areas, unmasked, nodes):
     sizes = np.asarray(sizes, dtype=np.int64)
     areas = np.asarray(areas, dtype=np.int64)
     size_int = [int(v) for v in sizes]
-    order = chain_order(size_int, unmasked)
+    own = tuple(own)
+    order = chain_order(size_int, unmasked, own)
     n_cat = len(size_int)
     N_all = sum(size_int)
     u = int(unmasked)
@@ -393,8 +400,10 @@ def build_points(sizes, areas, unmasked, nodes):
         for w, cnt, N, Nc in exact:
             # the own area with P(U_own = 0) above ATOM is enumerated: no Gauss rule sees that
             # point, which carries the loss once attention saturates (docs/model.md §8)
-            # (P(U_own = 0) formed once: it is the set-up's costliest scalar)
-            p_zero = own_zero(K, Kc, N) if d == 0 else 0.0
+            # (P(U_own = 0) formed once: it is the set-up's costliest scalar); an own area of
+            # several categories: each of them while the ones before are 0
+            p_zero = (own_zero(K, Kc, N) if d in own and all(cnt[c] == 0 for c in own)
+                      else 0.0)
             m = n if p_zero <= ATOM else min(K, N) + 1
             xs, mean, off, ws, enum = hg_rule(K, Kc, N, Nc, max(n, m))
             p0 = own_atom(p_zero) if not enum else 0.0
@@ -512,15 +521,24 @@ class ClassQuadrature:
     shared : mapping, optional
         Point sets already built for classes with the same categories (read only, so classes
         share them; :func:`build_quadratures` passes one per setting).
+    own : tuple of int, optional
+        The categories of the query's own area (:func:`build_points`).
+    coarse : bool, optional
+        Start every dimension at the coarsest level instead of :func:`start_levels` (the
+        classes of settings over tile groups, see :func:`build_quadratures`).
     """
 
-    def __init__(self, sizes, areas, unmasked, levels=None, shared=None):
+    def __init__(self, sizes, areas, unmasked, levels=None, shared=None, own=(0,),
+                 coarse=False):
         self._shared = {} if shared is None else shared
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.areas = np.asarray(areas, dtype=np.int64)
         self.unmasked = int(unmasked)
-        self.dims = chain_order([int(v) for v in self.sizes], self.unmasked)[:-1]
-        self.levels = list(levels) if levels is not None else start_levels(len(self.dims))
+        self.own = tuple(own)
+        self.dims = chain_order([int(v) for v in self.sizes], self.unmasked, self.own)[:-1]
+        if levels is None:
+            levels = [0] * len(self.dims) if coarse else start_levels(len(self.dims))
+        self.levels = list(levels)
         if len(self.levels) != len(self.dims):
             raise ValueError(f"need {len(self.dims)} start levels, got {len(self.levels)}")
         self._cache = {}
@@ -534,11 +552,11 @@ class ClassQuadrature:
         key = tuple(levels)
         if key not in self._cache:
             # point sets are read only: classes with the same categories share them
-            common = (self.sizes.tobytes(), self.areas.tobytes(), self.unmasked, key)
+            common = (self.sizes.tobytes(), self.areas.tobytes(), self.unmasked, self.own, key)
             points = self._shared.get(common)
             if points is None:
                 points = build_points(self.sizes, self.areas, self.unmasked,
-                                      [LEVELS[i] for i in key])
+                                      [LEVELS[i] for i in key], self.own)
                 self._shared[common] = points
             self._cache[key] = points
         return self._cache[key]
@@ -626,16 +644,27 @@ def build_quadratures(setting, levels=None):
     alike, but each grows its rules only for its own error): what one class needs never
     changes another's sums, whichever loop runs them. ``levels`` maps a class to its start
     levels (from an earlier run, for an identical resume).
+
+    The classes of a setting over tile groups (a cluster with roles, docs/model.md §3) start
+    every dimension at the coarsest level: their categories are whole tile groups, mostly far
+    larger than their spread, where two nodes already integrate to rounding; the error
+    control grows the dimensions that need more (the own tile's, typically) as for any class.
+    Started at :func:`start_levels`, a class of four tile groups would evaluate 6^4 + 9^4
+    points per step.
     """
     from .grid import class_categories
 
     out, shared = {}, weakref.WeakValueDictionary()
     classes = setting.classes()
+    coarse = any(c.roles is not None for c in setting.clusters)
     report = _SetupProgress(len(classes))
     for i, (k, h) in enumerate(classes):
         sizes, areas = class_categories(setting, k, h)
         start = None if levels is None else levels.get((k, h))
-        q = out[k, h] = ClassQuadrature(sizes, areas, setting.unmasked, start, shared)
+        named = setting.class_named(k, h)
+        own = (0,) if named is None else tuple(c for c, a in enumerate(named) if a == 0)
+        q = out[k, h] = ClassQuadrature(sizes, areas, setting.unmasked, start, shared, own,
+                                        coarse=coarse)
         q.base(), q.rich()  # built now, where a long set-up can show its progress
         report(i + 1)
     return out

@@ -45,7 +45,7 @@ def backends():
 
 # Backends whose kernels evaluate areas spanning several key categories (docs/model.md §3,
 # tile groups); the others refuse such settings before any work.
-NAMED_AREAS = {"numpy"}
+NAMED_AREAS = {"cpp", "numba", "numpy"}
 
 
 def get_kernel(name, setting=None):

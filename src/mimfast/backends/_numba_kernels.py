@@ -164,10 +164,11 @@ def count(counts, rest, row, c, ci, cl, x0):
 @njit
 def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
                C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre, node_x,
-               node_w, out, mag, by_points):
+               node_w, out, mag, by_points, units):
     """docs/model.md §3 sums of one block: of a count grid, or of a point set when
     ``node_x`` is non-empty (float counts, inner count ``centre[row] + node_x[k]``). With
     ``alt``, a block without unmasked own-area keys takes the weights wu0, wm0, wself0.
+    ``units`` (:func:`units`): the class's named areas, empty for a class without.
 
     By moments, or point by point with ``by_points``; ``mag`` gets each sum's rounding
     magnitude and the result says whether the moments were ill-conditioned
@@ -187,6 +188,11 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
     aa = np.empty(n)
     for c in range(n):
         uu[c], aa[c] = count(counts, rest, row, c, ci, cl, x0)
+    if units[1].shape[0] > 0:  # named areas: point by point on every block
+        named_sums(first, stop, x0, row, uu, aa, points, row_weight, rest, t_in, off_in, t_last,
+                   off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0,
+                   wself0, alt, units, out, mag)
+        return False
     if by_points or stop - first <= SHORT_BLOCK:
         point_sums(first, stop, x0, row, uu, aa, points, row_weight, rest, t_in, off_in, t_last,
                    off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag)
@@ -279,6 +285,20 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
     return not fast and not acc[1] <= ILL * acc[0]
 
 
+@numba.njit(cache=CACHE, inline="always")
+def point_at(j, x0, row, points, row_weight, rest, t_in, off_in, t_last, off_last, node_x,
+             node_w, u, a, U):
+    """The weight of point j of a block of row ``row``; its counts U = u + a x into ``U``."""
+    if points:
+        x, w = node_x[j], node_w[j]
+    else:
+        x = float(j) - x0
+        w = row_weight[row] * t_in[j - off_in] * t_last[int(rest[row]) - j - off_last]
+    for c in range(U.shape[0]):
+        U[c] = u[c] + a[c] * x
+    return w
+
+
 @numba.njit(cache=CACHE, error_model="numpy")
 def point_sums(first, stop, x0, row, u, a, points, row_weight, rest, t_in, off_in, t_last,
                off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag):
@@ -294,13 +314,9 @@ def point_sums(first, stop, x0, row, u, a, points, row_weight, rest, t_in, off_i
     U = np.empty(n)
     z02 = z[0] * z[0]
     for j in range(first, stop):
-        if points:
-            x, w = node_x[j], node_w[j]
-        else:
-            x = float(j) - x0
-            w = row_weight[row] * t_in[j - off_in] * t_last[int(rest[row]) - j - off_last]
+        w = point_at(j, x0, row, points, row_weight, rest, t_in, off_in, t_last, off_last,
+                     node_x, node_w, u, a, U)
         for c in range(n):
-            U[c] = u[c] + a[c] * x
             un[c] = wu[c] * U[c]
             ms[c] = wm[c] * (C[c] - U[c])
         for c in range(n):
@@ -350,6 +366,146 @@ def point_sums(first, stop, x0, row, u, a, points, row_weight, rest, t_in, off_i
             t1, t2 = e[c] * (Y[c] * iD), rst * amu
             out[3 + 2 * n + c] += w * (t1 - t2) * isz[c]
             mag[3 + 2 * n + c] += w * (abs(t1) + rabs * amu) * isz[c]
+    floor = float(stop - first) * underflow_gain(z) * TINY_MAG
+    for s in range(out.shape[0]):
+        mag[s] = (mag[s] + floor if mag[s] > 0 else 0.0) * (8.0 + 2.0 * n)
+
+
+@njit
+def units(named):
+    """The areas of a class with named areas as units of its categories
+    (``numpy_backend.units``): ``(of, kind, lead)``, the unit of each category, and per unit
+    its kind (0 own, 1 named, 2 tiles) and first category. Empty arrays for ``named`` empty."""
+    n = named.shape[0]
+    of = np.empty(n, dtype=np.int64)
+    kind = np.empty(n, dtype=np.int64)
+    lead = np.empty(n, dtype=np.int64)
+    first = np.full(n, -1, dtype=np.int64)
+    nu = 0
+    for c in range(n):
+        a = named[c]
+        if a >= 0 and first[a] >= 0:
+            of[c] = first[a]
+            continue
+        of[c] = nu
+        lead[nu] = c
+        kind[nu] = 2 if a < 0 else 0 if a == 0 else 1
+        if a >= 0:
+            first[a] = nu
+        nu += 1
+    return of, kind[:nu], lead[:nu]
+
+
+@numba.njit(cache=CACHE, error_model="numpy")
+def named_sums(first, stop, x0, row, u, a, points, row_weight, rest, t_in, off_in, t_last,
+               off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu1, wm1, wself1, wu0, wm0,
+               wself0, alt, units, out, mag):
+    """The sums of one block of a class with named areas point by point (cpp/kernel.cpp,
+    named_sums_n): the per-point formulas of ``numpy_backend.kernel`` over the units; a point
+    without an unmasked own-area key takes the weights wu0, wm0, wself0 with ``alt``."""
+    of, kind, lead = units
+    n = C.shape[0]
+    nu = kind.shape[0]
+    out[:] = 0.0
+    mag[:] = 0.0
+    per_cat, per_unit = np.empty((6, n)), np.empty((6, nu))
+    U, un, ms, al, mu, y = (per_cat[0], per_cat[1], per_cat[2], per_cat[3], per_cat[4],
+                            per_cat[5])
+    ua, au, xu, e, rst, rabs = (per_unit[0], per_unit[1], per_unit[2], per_unit[3],
+                                per_unit[4], per_unit[5])
+    z02 = z[0] * z[0]
+    for j in range(first, stop):
+        w = point_at(j, x0, row, points, row_weight, rest, t_in, off_in, t_last, off_last,
+                     node_x, node_w, u, a, U)
+        wu, wm, wself = wu1, wm1, wself1
+        if alt and U[0] == 0.0:
+            wu, wm, wself = wu0, wm0, wself0
+        for c in range(n):
+            un[c] = wu[c] * U[c]
+            ms[c] = wm[c] * (C[c] - U[c])
+        ua[:] = 0.0
+        for c in range(n):
+            ua[of[c]] += un[c]
+        msum = wself
+        for c in range(n):
+            msum += ms[c]
+        for i in range(nu):
+            v = msum
+            for k in range(nu):
+                if k != i:
+                    v += ua[k]
+            xu[i] = v
+        D = xu[0] + ua[0]
+        iD = 1.0 / D
+        for c in range(n):
+            v = wself
+            for k in range(n):
+                if k != c:
+                    v += ms[k]
+            for k in range(nu):
+                if k != of[c]:
+                    v += ua[k]
+            y[c] = v * iD
+            al[c] = un[c] * iD
+            mu[c] = ms[c] * iD
+        for i in range(nu):
+            au[i] = ua[i] * iD
+            xu[i] *= iD
+            c = lead[i]
+            if kind[i] == 0:
+                e[i] = -z02 * au[0] * xu[0]
+            elif kind[i] == 1:
+                e[i] = z[c] * z[c] * au[i] * au[i]
+            else:
+                s2 = sa[c] * U[c] * (C[c] - U[c]) + sb[c] * U[c] * U[c]
+                r = wu[c] * iD
+                e[i] = z[c] * z[c] * s2 * r * r
+        for i in range(nu):
+            rst[i] = 0.0
+            rabs[i] = 0.0
+            for k in range(nu):
+                if k != i:
+                    rst[i] += e[k]
+                    rabs[i] += abs(e[k])
+        loss = 0.5 * (z02 * xu[0] * xu[0] + rst[0])
+        gbar = e[0] + rst[0]
+        out[0] += w
+        mag[0] += w
+        out[1] += w * loss
+        mag[1] += w * loss
+        out[2] += -w * gbar * wself * iD
+        mag[2] += w * (abs(e[0]) + rabs[0]) * wself * iD
+        for c in range(n):
+            out[3 + c] += w * al[c]
+            mag[3 + c] += w * al[c]
+        for c in range(n):
+            i = of[c]
+            c0 = lead[i]
+            if kind[i] == 0:
+                dA = -2.0 * z[0] * au[0] * loss
+                mA = abs(dA)
+            else:
+                inv = ia[c0] if kind[i] == 2 else 1.0
+                t1, t2 = e[i] * xu[i], rst[i] * au[i]
+                dA = z[c0] * (t1 - t2) * inv
+                mA = z[c0] * (abs(t1) + rabs[i] * au[i]) * inv
+            # the area's gradient in every member column (tied columns)
+            out[3 + n + c] += w * dA
+            mag[3 + n + c] += w * mA
+            t2 = rst[i] * (al[c] + mu[c])
+            if kind[i] == 2:
+                t1 = e[i] * y[c]
+                m1 = abs(t1)
+            else:  # category c's share of its area's attention term
+                f = -z02 * xu[0] if kind[i] == 0 else z[c0] * z[c0] * au[i]
+                others = 0.0
+                for k in range(n):
+                    if k != c and of[k] == i:
+                        others += al[k]
+                t1 = f * (al[c] * y[c] - others * mu[c])
+                m1 = abs(f) * (al[c] * y[c] + others * mu[c])
+            out[3 + 2 * n + c] += w * (t1 - t2) * isz[c]
+            mag[3 + 2 * n + c] += w * (m1 + rabs[i] * (al[c] + mu[c])) * isz[c]
     floor = float(stop - first) * underflow_gain(z) * TINY_MAG
     for s in range(out.shape[0]):
         mag[s] = (mag[s] + floor if mag[s] > 0 else 0.0) * (8.0 + 2.0 * n)
@@ -409,13 +565,15 @@ def _share(mag, norm, n):
 @numba.njit(cache=CACHE, parallel=True)
 def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
              C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre, node_x,
-             node_w):
+             node_w, named):
     """The sums of every block, by moments (point by point if short), and again point by
     point for the blocks that are ill-conditioned and whose rounding estimate exceeds
     BLOCK_SHARE of a part's norm (cpp/kernel.cpp, class_sums); and each sum's rounding
     magnitude, summed over the blocks (:func:`mimfast.model.rounding_parts` turns them into
-    the estimates)."""
+    the estimates). ``named``: the class's named areas (``ClassInputs.named``), empty for a
+    class without."""
     n_blocks = blocks.shape[0]
+    un = units(named)
     n = C.shape[0]
     ns = 3 + 3 * n
     part = np.zeros((n_blocks, ns))
@@ -424,7 +582,7 @@ def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, b
     for b in numba.prange(n_blocks):
         ill[b] = block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
                             blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt,
-                            centre, node_x, node_w, part[b], mag[b], False)
+                            centre, node_x, node_w, part[b], mag[b], False, un)
     out = np.zeros(ns)
     for b in range(n_blocks):
         for s in range(ns):
@@ -438,7 +596,7 @@ def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, b
             if redo[b]:
                 block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
                            blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt,
-                           centre, node_x, node_w, part[b], mag[b], True)
+                           centre, node_x, node_w, part[b], mag[b], True, un)
         out[:] = 0.0
         for b in range(n_blocks):
             for s in range(ns):

@@ -51,7 +51,8 @@ def prepared(grid):
 def kernel(grid, inputs, threads=None):
     """docs/model.md §3 sums over one class grid, computed by the C++ kernel (GIL released)."""
     return prepared(grid).sums(inputs.z, inputs.wu, inputs.wm, inputs.wself,
-                               check_threads(threads), inputs.wu0, inputs.wm0, inputs.wself0)
+                               check_threads(threads), inputs.wu0, inputs.wm0, inputs.wself0,
+                               inputs.named)
 
 
 def evaluators(grid):
@@ -94,6 +95,10 @@ def fused_loop(setting, grids, layout, checks=None, tol=0.0):
         coef_loss.append(float(pi * scale * setting.clusters[k].groups[h].patches))
     loop = _core.FusedLoop(evals, list(checks), z, live, a_off, p_off, coef, coef_loss,
                            layout.size)
+    for i, (k, h) in enumerate(classes):
+        named = setting.class_named(k, h)
+        if named is not None:  # per class, like z: the point sets stay shared
+            loop.set_named(i, named)
     if tol:
         for i in range(len(classes)):
             loop.set_evaluators(i, evals[i], checks[i], tol)

@@ -92,6 +92,7 @@ def _serialised():
 
 _NONE = np.zeros(0)
 _ONE = np.zeros(1)
+_NO_NAMES = np.zeros(0, dtype=np.int64)
 
 
 def kernel(grid, inputs, threads=None):
@@ -116,6 +117,7 @@ def kernel(grid, inputs, threads=None):
                 grid.t_last, grid.off_last, grid.inner, grid.last, grid.blocks, grid.fsizes,
                 inputs.z, grid.s_a, grid.s_b, grid.inv_areas, grid.inv_sizes, *weights, _ONE,
                 _NONE, _NONE)
+    args += (_NO_NAMES if inputs.named is None else inputs.named,)
     if _serialised():
         with _LOCK:
             sums, mag = _call(numba, all_sums, args, threads)
