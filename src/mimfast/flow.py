@@ -12,8 +12,8 @@ from numbers import Real
 
 import numpy as np
 
-from .backends import DEFAULT, check_threads, get_kernel
 from .analysis import global_key, rival_keys
+from .backends import DEFAULT, check_threads, get_kernel
 from .grid import DEFAULT_MAX_BYTES, check_tail_tol
 from .model import State, StateLayout, evaluate, own_area
 from .quadrature import choose_method
