@@ -452,3 +452,7 @@ def test_cli_preset_resume_and_toml(tmp_path, capsys):
     assert "learn PP" in capsys.readouterr().err
     assert main(args[:-1] + [str(tmp_path / "e"), "--overlap", "2"]) == 2
     assert "overlap must lie in [0, 1]" in capsys.readouterr().err
+    for name in sorted(set(mf.backends()) - NAMED_AREAS):  # refused before any work
+        assert main(args[:-1] + [str(tmp_path / name), "--backend", name]) == 2
+        assert f"backend {name!r} does not evaluate" in capsys.readouterr().err
+        assert not (tmp_path / name).exists()
