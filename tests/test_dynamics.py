@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from helpers import pp_row_sums
 
 import mimfast as mf
-from helpers import pp_row_sums
 
 G, C = mf.Group, mf.Cluster
 

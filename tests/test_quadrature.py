@@ -9,10 +9,10 @@ from functools import cache
 import mpmath
 import numpy as np
 import pytest
-
-import mimfast as mf
 from helpers import relative_difference as _rel
 from helpers import true_error
+
+import mimfast as mf
 from mimfast.grid import class_categories
 from mimfast.model import State, evaluate
 from mimfast.quadrature import (

@@ -4,9 +4,9 @@ the dynamics, the constructors' checks, and the quadrature against the exact gri
 
 import numpy as np
 import pytest
+from helpers import pp_row_sums, relative_difference, true_error
 
 import mimfast as mf
-from helpers import pp_row_sums, relative_difference, true_error
 from mimfast.backends import NAMED_AREAS
 from mimfast.reference import ExplicitModel
 from mimfast.setting import MAX_EXPLICIT_P
@@ -196,37 +196,37 @@ def test_paper_clusters_sizes():
 
 
 BAD = [
-    (dict(tile_groups=[], roles=[[]]), "at least one tile group"),
-    (dict(tile_groups=[(2, 2, 1)], roles=[["tiles"]]), r"tile_groups\[0\] must be a pair"),
-    (dict(tile_groups=[(0, 2)], roles=[["tiles"]]), "n_tiles must be at least 1"),
-    (dict(tile_groups=[(2, 0)], roles=[["tiles"]]), "tile_size must be at least 1"),
-    (dict(tile_groups=[(2**31, 2**31), (2**31, 2**31)], roles=[["tiles", "tiles"]]),
+    ({"tile_groups": [], "roles": [[]]}, "at least one tile group"),
+    ({"tile_groups": [(2, 2, 1)], "roles": [["tiles"]]}, r"tile_groups\[0\] must be a pair"),
+    ({"tile_groups": [(0, 2)], "roles": [["tiles"]]}, "n_tiles must be at least 1"),
+    ({"tile_groups": [(2, 0)], "roles": [["tiles"]]}, "tile_size must be at least 1"),
+    ({"tile_groups": [(2**31, 2**31), (2**31, 2**31)], "roles": [["tiles", "tiles"]]},
      "more than 2"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[]), "one role list per cluster"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[["G"]]), r"roles\[0\] has 1 entries for 2"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[["G", "tiles"], ["G", "tiles", "G"]]),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": []}, "one role list per cluster"),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": [["G"]]}, r"roles\[0\] has 1 entries for 2"),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": [["G", "tiles"], ["G", "tiles", "G"]]},
      r"roles\[1\] has 3 entries"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[["G", ""]]), r"roles\[0\]\[1\] must be"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[["G", None]]), r"roles\[0\]\[1\] must be"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[["G", "tiles"]], z=[{"G": 1.0}]),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": [["G", ""]]}, r"roles\[0\]\[1\] must be"),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": [["G", None]]}, r"roles\[0\]\[1\] must be"),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": [["G", "tiles"]], "z": [{"G": 1.0}]},
      r"z\[0\] has no latent for 'tiles'"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[["G", "tiles"]],
-          z=[{"G": 1.0, "tiles": 1.0, "H": 2.0}]), r"z\[0\] names 'H', which no tile group"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[["G", "G"]], z=[{"G": 1.0, "tiles": 1.0}]),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": [["G", "tiles"]],
+          "z": [{"G": 1.0, "tiles": 1.0, "H": 2.0}]}, r"z\[0\] names 'H', which no tile group"),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": [["G", "G"]], "z": [{"G": 1.0, "tiles": 1.0}]},
      r"z\[0\] names 'tiles'"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[["G", "tiles"]] * 2, z=[{"G": 1, "tiles": 1}]),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": [["G", "tiles"]] * 2, "z": [{"G": 1, "tiles": 1}]},
      "z has 1 dicts for K = 2"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[["G", "tiles"]], z=[{"G": -1.0, "tiles": 1}]),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": [["G", "tiles"]], "z": [{"G": -1.0, "tiles": 1}]},
      "positive"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[["G", "tiles"]] * 2, weights=[1]),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": [["G", "tiles"]] * 2, "weights": [1]},
      "weights has 1 entries for K = 2"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[["G", "tiles"]] * 2, weights=[1, 0]),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": [["G", "tiles"]] * 2, "weights": [1, 0]},
      "weight must be positive"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[["G", "tiles"]], masked=6),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": [["G", "tiles"]], "masked": 6},
      r"masked must lie in \[1, P - 1\] = \[1, 5\], got 6"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[["G", "tiles"]], masked=0), "masked must lie"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[["G", "tiles"]], gamma=1.5), "gamma must lie"),
-    (dict(tile_groups=[(2, 2), (1, 2)], roles=[["G", "tiles"]], pp="learned"), "pp must be"),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": [["G", "tiles"]], "masked": 0}, "masked must lie"),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": [["G", "tiles"]], "gamma": 1.5}, "gamma must lie"),
+    ({"tile_groups": [(2, 2), (1, 2)], "roles": [["G", "tiles"]], "pp": "learned"}, "pp must be"),
 ]
 
 
@@ -248,13 +248,13 @@ def test_tiled_refuses_bad_types():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(P=10**4, kappa_c=0.9, kappa_s=0.3, overlap=1.5), r"overlap must lie in \[0, 1\]"),
-    (dict(P=10**4, kappa_c=0.9, kappa_s=0.3, overlap=-0.1), "overlap must lie"),
-    (dict(P=10**4, kappa_c=1.0, kappa_s=0.3), r"kappa_c must lie in \(0, 1\)"),
-    (dict(P=10**4, kappa_c=0.95, kappa_s=0.3, overlap=0.0), "leave no local area"),
-    (dict(P=10**4, kappa_c=0.9, kappa_s=0.3, K=17), "more than 16"),
-    (dict(P=2**62 + 1, kappa_c=0.9, kappa_s=0.3), "more than 2"),
-    (dict(P=10**4, kappa_c=0.9, kappa_s=0.3, z=(1, 2, 3)), "pair"),
+    ({"P": 10**4, "kappa_c": 0.9, "kappa_s": 0.3, "overlap": 1.5}, r"overlap must lie in \[0, 1\]"),
+    ({"P": 10**4, "kappa_c": 0.9, "kappa_s": 0.3, "overlap": -0.1}, "overlap must lie"),
+    ({"P": 10**4, "kappa_c": 1.0, "kappa_s": 0.3}, r"kappa_c must lie in \(0, 1\)"),
+    ({"P": 10**4, "kappa_c": 0.95, "kappa_s": 0.3, "overlap": 0.0}, "leave no local area"),
+    ({"P": 10**4, "kappa_c": 0.9, "kappa_s": 0.3, "K": 17}, "more than 16"),
+    ({"P": 2**62 + 1, "kappa_c": 0.9, "kappa_s": 0.3}, "more than 2"),
+    ({"P": 10**4, "kappa_c": 0.9, "kappa_s": 0.3, "z": (1, 2, 3)}, "pair"),
 ])
 def test_paper_clusters_refuses_bad_input(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -302,7 +302,7 @@ def test_quadrature_matches_exact_on_paper_clusters():
     1e-12 along the run, and at every recorded state the error estimate is not below the
     true error (up to 1e-14, both engines' rounding level)."""
     s = mf.Setting.paper_clusters(60, 0.8, 0.3, K=2, overlap=0.5)  # 20 tiles of 3
-    kw = dict(eta=20.0, steps=4, record_every=2, backend="numpy")
+    kw = {"eta": 20.0, "steps": 4, "record_every": 2, "backend": "numpy"}
     ex = mf.simulate(s, method="exact", **kw)
     qu = mf.simulate(s, method="quadrature", **kw)
     assert qu.tolerance_met and ex.loss[-1] < 0.9 * ex.loss[0]
@@ -452,3 +452,7 @@ def test_cli_preset_resume_and_toml(tmp_path, capsys):
     assert "learn PP" in capsys.readouterr().err
     assert main(args[:-1] + [str(tmp_path / "e"), "--overlap", "2"]) == 2
     assert "overlap must lie in [0, 1]" in capsys.readouterr().err
+    for name in sorted(set(mf.backends()) - NAMED_AREAS):  # refused before any work
+        assert main(args[:-1] + [str(tmp_path / name), "--backend", name]) == 2
+        assert f"backend {name!r} does not evaluate" in capsys.readouterr().err
+        assert not (tmp_path / name).exists()

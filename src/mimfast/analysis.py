@@ -512,9 +512,9 @@ def logit_gap_parts(result, k, h):
     if not own or not rest:
         return None
     z = s.class_z(k, h)
-    key = lambda c: "own" if c == 0 else c - 1  # noqa: E731 (category -> accessor key)
-    fp = np.array([z[c] * result.fp(k, h, key(c)) for c in range(len(sizes))])
-    pp = np.array([result.pp(h, key(c)) for c in range(len(sizes))])
+    keys = ["own"] + list(range(len(sizes) - 1))  # per category, the accessors' key
+    fp = np.array([z[c] * result.fp(k, h, key) for c, key in enumerate(keys)])
+    pp = np.array([result.pp(h, key) for key in keys])
     logit = fp + pp
     steps = np.arange(fp.shape[1])
     low = np.array(own)[np.argmin(logit[own], axis=0)]
@@ -546,12 +546,12 @@ def pp_across_clusters(result):
                      "-" if np.all(np.isnan(share)) else f"{np.nanmax(share):.3g}"])
     cols = ["PP across clusters", "logit gap", "from FP", "from PP", "PP share",
             "max PP share"]
-    return "\n".join(
-        [f"PP learned and shared by the {s.K} clusters: max|PP| / max|FP| over the run = "
-         f"{ratio}", *_columns(cols, rows),
-         "logit gap: smallest own-area unmasked-key logit z A + B less the largest other one, "
-         "at the last step;\nfrom FP, from PP: its z A and B parts; PP share: |PP part| / "
-         "(|FP part| + |PP part|), at the last step\n  and its largest over the run"])
+    head = (f"PP learned and shared by the {s.K} clusters: max|PP| / max|FP| over the run = "
+            f"{ratio}")
+    notes = ("logit gap: smallest own-area unmasked-key logit z A + B less the largest other "
+             "one, at the last step;\nfrom FP, from PP: its z A and B parts; PP share: |PP part| "
+             "/ (|FP part| + |PP part|), at the last step\n  and its largest over the run")
+    return "\n".join([head, *_columns(cols, rows), notes])
 
 
 def analyze(result, epsilon=EPSILON, pp_ratio=PP_RATIO, max_move=MAX_MOVE):

@@ -568,9 +568,9 @@ def _run(args):
         raise UsageError(f"epsilon must lie in (0, 1), got {opts['epsilon']}")
     _check_values(setting, opts)
     _check_flow(opts, given, resume)
-    if opts["backend"] not in mf.backends():
-        from .backends import get_kernel
+    from .backends import get_kernel
 
+    if opts["backend"] not in mf.backends():
         why = ""
         try:
             get_kernel(opts["backend"])
@@ -580,6 +580,10 @@ def _run(args):
             pass
         raise UsageError(f"backend {opts['backend']!r} is not available here{why}; "
                          f"available: {', '.join(mf.backends())}")
+    try:  # an available backend that cannot evaluate this setting
+        get_kernel(opts["backend"], setting)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if resume is not None and "flow" not in opts and opts["steps"] < resume.last_step:
         raise UsageError(f"--steps {opts['steps']}: the saved run is already at step "
                          f"{resume.last_step}")

@@ -242,6 +242,7 @@ def _flow(setting, task, threads):
 
 def _simulate(setting, task, threads):
     import mimfast as mf
+
     from .model import own_attention
 
     if task["flow"]:
