@@ -9,7 +9,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from .backends import DEFAULT, check_threads, get_kernel
+from .backends import DEFAULT, backend_module, check_threads, get_kernel
 from .grid import DEFAULT_MAX_BYTES, build_grids, check_tail_tol
 from .model import Gradient, State, StateLayout, class_inputs, evaluate, own_lead
 from .quadrature import build_quadratures, choose_method
@@ -85,9 +85,9 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
     record_every : int, default 1
         Record steps 0, record_every, 2 record_every, ... and the last.
     backend : {"cpp", "numba", "numpy"}
-        Kernel backend; see :func:`mimfast.backends`. With "cpp" the whole loop runs in C++
-        (state, update and record included) and gives the same bytes as the Python loop with
-        the same kernel.
+        Kernel backend; see :func:`mimfast.backends`. With "cpp" the whole loop runs in C++,
+        with "numba" compiled by numba (state, update and record included), and gives the
+        same bytes as the Python loop with the same kernel.
     threads : int, optional
         Threads of a compiled kernel (default: all cores).
     tail_tol : float, default 1e-15
@@ -110,8 +110,9 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
         ``exact`` sums the count grid (docs/model.md §3); ``quadrature`` uses Gauss–Hahn rules
         whose cost does not grow with P (docs/model.md §8); ``auto`` picks exact when its grid
         is small (:func:`mimfast.quadrature.choose_method`). ``Result.method`` records it.
-        With backend "cpp" both methods run in the C++ loop; a quadrature whose error
-        estimate misses ``rtol`` hands back to Python, which grows its rules and continues.
+        With backends "cpp" and "numba" both methods run in the compiled loop; a quadrature
+        whose error estimate misses ``rtol`` hands back to Python, which grows its rules and
+        continues.
     rtol : float, default 1e-13
         Quadrature: each step's estimated error of every class (relative to the norms of its
         gradient, attention and loss) must stay below this; node counts grow until it does.
@@ -158,7 +159,8 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
     at = [t, state]  # the last completed step and its state, replaced in one step
     loop = None
     if backend in FUSED:
-        loop = Fused(setting, grids, blocks, t, state, quad if method == "quadrature" else None)
+        loop = Fused(backend, setting, grids, blocks, t, state,
+                     quad if method == "quadrature" else None)
 
     def partial():
         if loop is not None:
@@ -187,7 +189,7 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
 
 
 CALLBACK_SECONDS = 0.25
-FUSED = {"cpp"}  # backends whose whole loop runs compiled (the others step in Python)
+FUSED = {"cpp", "numba"}  # backends whose whole loop runs compiled (numpy steps in Python)
 
 
 class _Clock:
@@ -280,7 +282,9 @@ def _python_loop(setting, grids, kernel, threads, eta, steps, record_every, bloc
 
 
 class Fused:
-    """The C++ loop of backend "cpp" (``cpp/fused.hpp``), its records handed over as blocks.
+    """The compiled loop of a backend, its records handed over as blocks: the C++ loop of
+    "cpp" (``cpp/fused.hpp``) or the numba loop of "numba"
+    (:class:`mimfast.backends.numba_backend.FusedLoop`), which share an interface.
 
     With quadratures (``quad`` given: rtol, strict) the loop steps with each class's richer
     rule and stops before a step whose estimate misses rtol; :meth:`refine` then does what the
@@ -289,16 +293,15 @@ class Fused:
 
     DONE, CHUNK, NONFINITE, TOLERANCE = 0, 1, 2, 3
 
-    def __init__(self, setting, grids, blocks, t, state, quad=None):
-        from .backends import cpp_backend
-
+    def __init__(self, backend, setting, grids, blocks, t, state, quad=None):
+        self.backend = backend_module(backend)
         self.setting, self.grids, self.blocks = setting, grids, blocks
         self.method = "exact" if quad is None else "quadrature"
         self.unmet = set()  # steps whose estimate missed rtol with the rules at their limit
         self.dropped = max(g.dropped for g in grids.values())
         self.layout = StateLayout(setting)
-        self.loop = cpp_backend.fused_loop(setting, grids, self.layout,
-                                           tol=0.0 if quad is None else quad["rtol"])
+        self.loop = self.backend.fused_loop(setting, grids, self.layout,
+                                            tol=0.0 if quad is None else quad["rtol"])
         last = int(blocks[-1][1][0][-1]) if blocks and len(blocks[-1][1][0]) else -1
         self.loop.set_state(t, self.layout.flat(state), last)
 
@@ -340,8 +343,7 @@ class Fused:
         """Grow the rules of the classes whose estimate missed ``rtol`` at the loop's step and
         hand the new rules to the loop. Returns the largest estimate and whether rtol could
         be met; a class that cannot meet it steps once with the estimate it has."""
-        from .backends import cpp_backend
-
+        kernel = self.backend.kernel
         t, state = self.t, self.state()
         errors = self.loop.last()[-1]
         worst, met = 0.0, True
@@ -351,9 +353,9 @@ class Fused:
                 q = self.grids[k, h]
                 inputs = class_inputs(self.setting, state, k, h, q)
                 _, err, ok = q.evaluate(
-                    lambda pts, inputs=inputs: np.asarray(cpp_backend.kernel(pts, inputs, threads)),
+                    lambda pts, inputs=inputs: np.asarray(kernel(pts, inputs, threads)),
                     rtol)
-                self.loop.set_evaluators(i, *cpp_backend.evaluators(q), rtol,
+                self.loop.set_evaluators(i, *self.backend.evaluators(q), rtol,
                                          -1 if err <= rtol else t)
                 met = met and ok
             worst = max(worst, err)

@@ -11,7 +11,7 @@ import importlib
 import os
 from numbers import Integral
 
-__all__ = ["DEFAULT", "backends", "check_threads", "get_kernel"]
+__all__ = ["DEFAULT", "backend_module", "backends", "check_threads", "get_kernel"]
 
 _MODULES = {
     "cpp": "mimfast.backends.cpp_backend",
@@ -41,6 +41,13 @@ def backends():
         if ok:
             out[name] = info
     return out
+
+
+def backend_module(name):
+    """The module of backend ``name`` (its kernel, and for "cpp" and "numba" its compiled
+    loop); ValueError if unknown, ImportError if unavailable."""
+    get_kernel(name)
+    return _module(name)
 
 
 def get_kernel(name):
