@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # section: (page, command run from the root whose standard output is the section)
 PRINTED = {
     "fused-loop": ("docs/performance.md", "python benchmarks/fused_loop.py"),
+    "numba-loop": ("docs/performance.md", "python benchmarks/numba_loop.py"),
     "quadrature-auto": ("docs/performance.md", "python benchmarks/quadrature_auto.py"),
     "many-groups": ("docs/performance.md", "python benchmarks/many_groups.py --repeats 3"),
     "flow-evaluations": ("docs/performance.md", "python benchmarks/flow_evaluations.py"),

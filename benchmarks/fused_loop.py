@@ -31,7 +31,7 @@ def per_step(setting, grids, steps, threads, repeats):
     """Seconds per GD step of ``simulate`` (record every 10) with the Python loop and with the
     fused loop, grids built beforehand: best of ``repeats`` rounds, the loops interleaved."""
     times = [float("inf")] * 2
-    build = simulate_module.build_grids
+    build, compiled = simulate_module.build_grids, simulate_module.FUSED
     simulate_module.build_grids = lambda *args: grids
     try:
         for _ in range(repeats):
@@ -42,7 +42,7 @@ def per_step(setting, grids, steps, threads, repeats):
                             method="exact")
                 times[fused] = min(times[fused], (time.perf_counter() - t0) / steps)
     finally:
-        simulate_module.FUSED = {"cpp"}
+        simulate_module.FUSED = compiled
         simulate_module.build_grids = build
     return times
 
