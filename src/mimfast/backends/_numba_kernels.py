@@ -137,7 +137,10 @@ def count(counts, rest, row, c, ci, cl, x0):
         return float(rest[row] - x0), -1.0
     return float(counts[row, c]), 0.0
 
-@numba.njit(cache=CACHE, error_model="numpy")
+# without reference counting (_nrt=False: it allocates nothing): a call passes some thirty
+# arrays, and counting a reference to each on entry and exit, atomic operations, costs more
+# than the sums of a short block
+@numba.njit(cache=CACHE, error_model="numpy", _nrt=False)
 def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
                C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre, node_x,
                node_w, out, mag, by_points, ws):
