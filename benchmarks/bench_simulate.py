@@ -73,3 +73,26 @@ class SimulateLoop:
     def time_steps(self, P, loop):
         mf.simulate(self.setting, eta=ETA, steps=self.steps, record_every=10, backend="cpp",
                     threads=1, method="exact")
+
+
+class SimulateBackends:
+    """A whole paper-positive run (``Setting.paper(P, 0.9, 0.3)``, the presets' learning rate,
+    rules or grids built inside the call) with the C++ loop ("cpp") and the numba loop
+    ("numba"), both methods, one thread. Target: numba within 1.5x of cpp."""
+
+    params = ([10**4, 10**6, 10**9], ["exact", "quadrature"], ["cpp", "numba"])
+    param_names = ["P", "method", "backend"]
+    timeout = 300
+    STEPS = {"exact": {10**4: 1000, 10**6: 100, 10**9: 5}, "quadrature": 1000}
+
+    def setup(self, P, method, backend):
+        common.kernel(backend)  # skipped where the backend is unavailable
+        self.setting = common.setting(P)
+        self.eta = common.preset_eta(P)
+        self.steps = self.STEPS[method][P] if method == "exact" else self.STEPS[method]
+        # numba compiles (or loads its cache) outside the timing
+        mf.simulate(self.setting, self.eta, 2, backend=backend, method=method, threads=1)
+
+    def time_simulate(self, P, method, backend):
+        mf.simulate(self.setting, self.eta, self.steps, backend=backend, method=method,
+                    threads=1)

@@ -7,6 +7,8 @@ so that runs on different commits time the same work.
 
 from __future__ import annotations
 
+import argparse
+import platform
 import time
 
 import numpy as np
@@ -26,6 +28,7 @@ __all__ = [
     "kernel",
     "points",
     "preset_eta",
+    "script_args",
     "setting",
     "state",
     "tiled_setting",
@@ -135,3 +138,16 @@ def best_time(func, repeat=5):
         func()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def script_args(doc, argv=None):
+    """The options ``--quick`` (P up to 10^6) and ``--threads`` of a table script whose
+    docstring is ``doc``; prints the table's header line (date, machine, threads, version)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="P up to 10^6")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="kernel threads (default 1: steadier on a shared machine)")
+    args = parser.parse_args(argv)
+    print(f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.machine()}, "
+          f"threads={args.threads}; mimfast {mf.__version__}\n")
+    return args

@@ -28,11 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # section: (page, command run from the root whose standard output is the section)
 PRINTED = {
     "fused-loop": ("docs/performance.md", "python benchmarks/fused_loop.py"),
+    "numba-loop": ("docs/performance.md", "python benchmarks/numba_loop.py"),
     "quadrature-auto": ("docs/performance.md", "python benchmarks/quadrature_auto.py"),
-    "many-groups": ("docs/performance.md", "python benchmarks/many_groups.py --repeats 3"),
+    "many-groups": ("docs/performance.md", "python benchmarks/many_groups.py --repeats 1"),
     "flow-evaluations": ("docs/performance.md", "python benchmarks/flow_evaluations.py"),
     "dispatch": ("docs/performance.md",
-                 "python benchmarks/dispatch_table.py --rounds 6 --exps 6,7,8,9"),
+                 "python benchmarks/dispatch_table.py --rounds 3 --exps 6,9 --seconds 1"),
     "phase-one": ("docs/theorem.md", "python benchmarks/phase_one.py"),
     "preset-eta": ("docs/theorem.md", "python benchmarks/preset_eta.py"),
     "full-trajectory": ("docs/theorem.md", "python benchmarks/full_trajectory.py --P 1e8,1e9"),

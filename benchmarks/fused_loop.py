@@ -13,12 +13,14 @@ a whole call over its steps (record every 10), best of several rounds.
 
 from __future__ import annotations
 
-import argparse
-import platform
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import mimfast as mf
+from benchmarks import common
 from mimfast.backends import get_kernel
 from mimfast.grid import build_grids
 from mimfast.model import State, evaluate
@@ -32,7 +34,7 @@ def per_step(setting, grids, steps, threads, repeats):
     """Seconds per GD step of ``simulate`` (record every 10) with the Python loop and with the
     fused loop, grids built beforehand: best of ``repeats`` rounds, the loops interleaved."""
     times = [float("inf")] * 2
-    build = driver_module.build_grids
+    build, compiled = driver_module.build_grids, simulate_module.FUSED
     driver_module.build_grids = lambda *args: grids
     try:
         for _ in range(repeats):
@@ -43,20 +45,14 @@ def per_step(setting, grids, steps, threads, repeats):
                             method="exact")
                 times[fused] = min(times[fused], (time.perf_counter() - t0) / steps)
     finally:
-        simulate_module.FUSED = {"cpp"}
+        simulate_module.FUSED = compiled
         driver_module.build_grids = build
     return times
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="P up to 10^6")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="kernel threads (default 1: steadier on a shared machine)")
-    args = parser.parse_args(argv)
+    args = common.script_args(__doc__, argv)
     sizes = [(10**4, 500, 15), (10**6, 50, 15)] + ([] if args.quick else [(10**9, 5, 10)])
-    print(f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.machine()}, "
-          f"threads={args.threads}; mimfast {mf.__version__}\n")
     print("| P | steps timed | Python loop s/step | fused loop s/step | Python / fused "
           "| one gradient (evaluate) s | fused / evaluate |")
     print("|---|---|---|---|---|---|---|")

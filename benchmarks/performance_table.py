@@ -151,7 +151,10 @@ def main():
         out.append(f"| 10^{len(str(r['P'])) - 1} | {r['points']:,} | {r['grid_s']:.3f} | "
                    f"{r['cpp']:.3g} | {r['cpp'] / r['points'] * 1e9:.2f} | {r['numba']:.3g} | "
                    f"{r['numba'] / r['cpp']:.2f} | {npy} | {r['rss_mib']:.0f} |")
+    points = ", ".join(f"{r['points']:,} at 10^{len(str(r['P'])) - 1}" for r in rows)
     out += ["",
+            f"grid points per step (the setting's, not the machine's): {points}",
+            "",
             f"1,000 GD steps at P = 10^{exps[-1]} (simulate, cpp): {t_1000:.1f} s",
             "",
             f"numba: first gradient in a fresh process {cold:.2f} s with an empty cache "

@@ -1,5 +1,5 @@
-"""The fused C++ GD loop of backend "cpp" against the Python loop with the same kernel, and a
-record that an interrupt anywhere leaves whole."""
+"""The fused GD loops of backends "cpp" (C++) and "numba" against the Python loop with the same
+kernel, and a record that an interrupt anywhere leaves whole."""
 
 import copy
 import functools
@@ -33,9 +33,12 @@ SETTINGS = {
 }
 
 
+COMPILED = ["cpp", "numba"]  # the backends with a compiled loop
+
+
 @pytest.fixture
 def python_loop(monkeypatch):
-    """Run backend "cpp" through the Python loop (its kernel, one Python step at a time)."""
+    """Run a backend through the Python loop (its kernel, one Python step at a time)."""
     def run(*args, **kwargs):
         with monkeypatch.context() as m:
             m.setattr(simulate_module, "FUSED", set())
@@ -45,10 +48,12 @@ def python_loop(monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 @pytest.mark.parametrize("record_every", [1, 4])
-def test_fused_loop_equals_python_loop_bit_for_bit(name, record_every, python_loop):
+@pytest.mark.parametrize("compiled", COMPILED)
+def test_fused_loop_equals_python_loop_bit_for_bit(name, record_every, compiled, python_loop):
     setting, eta = SETTINGS[name]
-    fused = mf.simulate(setting, eta, 37, record_every=record_every, threads=1)
-    stepped = python_loop(setting, eta, 37, record_every=record_every, threads=1)
+    kw = {"record_every": record_every, "threads": 1, "backend": compiled}
+    fused = mf.simulate(setting, eta, 37, **kw)
+    stepped = python_loop(setting, eta, 37, **kw)
     assert io.equal(fused, stepped)
     # and both agree with the numpy kernel, an independent implementation of docs/model.md §3
     plain = mf.simulate(setting, eta, 37, record_every=record_every, backend="numpy")
@@ -60,10 +65,11 @@ def test_fused_loop_equals_python_loop_bit_for_bit(name, record_every, python_lo
                                    rtol=1e-12)
 
 
-def test_threads_give_identical_bytes():
+@pytest.mark.parametrize("compiled", COMPILED)
+def test_threads_give_identical_bytes(compiled):
     # enough grid points that the kernel really runs 2 and 3 threads
     s = mf.Setting.paper(10**6, 0.9, 0.3)
-    runs = [mf.simulate(s, 1e3, 4, threads=n) for n in (1, 2, 3)]
+    runs = [mf.simulate(s, 1e3, 4, threads=n, backend=compiled) for n in (1, 2, 3)]
     assert io.equal(runs[0], runs[1]) and io.equal(runs[0], runs[2])
 
 
@@ -89,39 +95,44 @@ def test_callback_every_and_its_gradient(python_loop):
 
 
 @pytest.mark.parametrize("stop", [1, 5, 12, 19, 20, 36])
-def test_interrupted_fused_run_resumes_bit_identical(stop, python_loop):
+@pytest.mark.parametrize("compiled", COMPILED)
+def test_interrupted_fused_run_resumes_bit_identical(stop, compiled, python_loop):
     setting, eta = SETTINGS["paper-exact-pp"]
-    full = mf.simulate(setting, eta, 37, record_every=4, threads=1)
+    kw = {"record_every": 4, "backend": compiled}
+    full = mf.simulate(setting, eta, 37, threads=1, **kw)
 
     def interrupt(t, grad, partial):
         if t == stop:
             raise KeyboardInterrupt
 
     with pytest.raises(mf.Interrupted) as info:
-        mf.simulate(setting, eta, 37, record_every=4, threads=1, callback=interrupt,
-                    callback_every=1)
+        mf.simulate(setting, eta, 37, threads=1, callback=interrupt, callback_every=1, **kw)
     part = info.value.result
     assert part.last_step == stop and list(part.steps) == list(range(0, stop, 4))
-    assert io.equal(mf.simulate(setting, eta, 37, record_every=4, threads=2, resume=part), full)
+    assert io.equal(mf.simulate(setting, eta, 37, threads=2, resume=part, **kw), full)
     # the two loops continue each other's runs
-    assert io.equal(python_loop(setting, eta, 37, record_every=4, threads=1, resume=part), full)
+    assert io.equal(python_loop(setting, eta, 37, threads=1, resume=part, **kw), full)
 
 
-def test_signal_inside_the_fused_loop_keeps_every_step(sigint_raises):
-    """SIGINT while the C++ loop runs: the loop checks signals itself and hands back all."""
+@pytest.mark.parametrize("compiled", COMPILED)
+def test_signal_inside_the_fused_loop_keeps_every_step(compiled, sigint_raises):
+    """SIGINT while the compiled loop runs: the C++ loop checks signals itself, the numba loop
+    between its compiled calls; either hands back every completed step."""
     setting = mf.Setting.paper(10**4, 0.9, 0.3)
+    kw = {"record_every": 1000, "threads": 1, "backend": compiled}
+    mf.simulate(setting, 4.0, 2, **kw)  # compiled (or loaded) before the timer starts
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(mf.Interrupted) as info:
-            mf.simulate(setting, 4.0, 10**7, record_every=1000, threads=1)
+            mf.simulate(setting, 4.0, 10**7, **kw)
     finally:
         timer.cancel()
     part = info.value.result
     assert part.last_step > 1000 and part.steps[-1] == 1000 * ((part.last_step - 1) // 1000)
     steps = part.last_step + 3
-    assert io.equal(mf.simulate(setting, 4.0, steps, record_every=1000, threads=1, resume=part),
-                    mf.simulate(setting, 4.0, steps, record_every=1000, threads=1))
+    assert io.equal(mf.simulate(setting, 4.0, steps, resume=part, **kw),
+                    mf.simulate(setting, 4.0, steps, **kw))
 
 
 def test_non_finite_state_is_refused_by_both_loops(python_loop):
@@ -353,9 +364,11 @@ QUAD_CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(QUAD_CASES))
-def test_fused_quadrature_equals_python_loop_bit_for_bit(name, python_loop):
+@pytest.mark.parametrize("compiled", COMPILED)
+def test_fused_quadrature_equals_python_loop_bit_for_bit(name, compiled, python_loop):
     setting, eta, rtol = QUAD_CASES[name]
-    kw = {"method": "quadrature", "rtol": rtol, "threads": 1, "record_every": 3}
+    kw = {"method": "quadrature", "rtol": rtol, "threads": 1, "record_every": 3,
+          "backend": compiled}
     with warnings.catch_warnings(record=True) as fused_warned:
         warnings.simplefilter("always")
         fused = mf.simulate(setting, eta, 400, **kw)
@@ -374,12 +387,14 @@ def test_fused_quadrature_equals_python_loop_bit_for_bit(name, python_loop):
     assert fused.attention(0, 1, "own")[-1] > 0.99  # through the jump to saturation
 
 
-def test_fused_quadrature_at_its_limits_warns_or_raises_like_python(python_loop, monkeypatch):
+@pytest.mark.parametrize("compiled", COMPILED)
+def test_fused_quadrature_at_its_limits_warns_or_raises_like_python(compiled, python_loop,
+                                                                     monkeypatch):
     """Rules that may not grow: the loop steps with the estimate it has, warns once and
     reports tolerance_met False, or raises ToleranceError at the same step (strict)."""
     monkeypatch.setattr(sys.modules["mimfast.quadrature"], "MAX_POINTS", 100)
     setting, eta, _ = QUAD_CASES["paper-1e5-grows"]
-    kw = {"method": "quadrature", "rtol": 1e-14, "threads": 1}
+    kw = {"method": "quadrature", "rtol": 1e-14, "threads": 1, "backend": compiled}
     runs, seen = [], []
     for run in (mf.simulate, python_loop):
         got = []  # what callbacks see: the estimate, whether it met rtol, the method
@@ -398,20 +413,65 @@ def test_fused_quadrature_at_its_limits_warns_or_raises_like_python(python_loop,
     assert runs[0].error.max() > 1e-14
 
 
-def test_fused_quadrature_resumes_bit_for_bit():
+@pytest.mark.parametrize("compiled", COMPILED)
+def test_fused_quadrature_resumes_bit_for_bit(compiled):
     setting, eta, rtol = QUAD_CASES["paper-1e5-grows"]
-    full = mf.simulate(setting, eta, 300, method="quadrature", rtol=rtol, threads=1)
+    kw = {"method": "quadrature", "rtol": rtol, "threads": 1, "backend": compiled}
+    full = mf.simulate(setting, eta, 300, **kw)
     for stop_at in (7, 150, 299):
         def stop(t, grad, partial, stop_at=stop_at):
             if t == stop_at:
                 raise KeyboardInterrupt
 
         with pytest.raises(mf.Interrupted) as info:
-            mf.simulate(setting, eta, 300, method="quadrature", rtol=rtol, threads=1,
-                        callback=stop, callback_every=1)
+            mf.simulate(setting, eta, 300, callback=stop, callback_every=1, **kw)
         part = info.value.result
         assert part.last_step == stop_at
-        done = mf.simulate(setting, eta, 300, method="quadrature", rtol=rtol, threads=1,
-                           resume=part)
+        done = mf.simulate(setting, eta, 300, resume=part, **kw)
         assert io.equal(done, full) and done.levels == full.levels
         np.testing.assert_array_equal(done.error, full.error)
+
+
+@pytest.mark.parametrize("method", ["exact", "quadrature"])
+@pytest.mark.parametrize("name", ["paper-exact-pp", "paper-frozen-pp-K2"])
+def test_numba_loop_agrees_with_the_cpp_loop_and_numpy_along_runs(method, name):
+    """The numba loop against the other backends, step by step (the backends agree to about
+    1e-14, not bit for bit), with exact PP and frozen, on both methods."""
+    setting, eta = SETTINGS[name]
+    kw = {"method": method, "threads": 1, "record_every": 5}
+    runs = {b: mf.simulate(setting, eta, 60, backend=b, **kw) for b in ("numba", "cpp", "numpy")}
+    got = runs["numba"]
+    assert got.method == method
+    for other in ("cpp", "numpy"):
+        want = runs[other]
+        np.testing.assert_allclose(got.loss, want.loss, rtol=1e-12)
+        for k in range(len(setting.clusters)):
+            np.testing.assert_allclose(got._fp[k], want._fp[k], rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(got._attention[k], want._attention[k], rtol=1e-12,
+                                       atol=1e-15)
+        if setting.pp == "exact":
+            np.testing.assert_allclose(got._pp, want._pp, rtol=1e-12, atol=1e-15)
+
+
+def test_numba_loop_error_estimate_is_the_quadrature_s():
+    """The numba loop's error estimate of a class (compiled) equals
+    :func:`mimfast.quadrature.sums_error` and the kernel's rounding, as the Python loop takes
+    them."""
+    from mimfast.backends import numba_backend
+    from mimfast.model import class_inputs
+    from mimfast.quadrature import sums_error
+
+    kernels = numba_backend._kernels()
+    s = mf.Setting.paper(10**5, 0.9, 0.5)
+    quads = build_quadratures(s)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        state = mf.State([a + rng.normal(0, 2, a.shape) for a in mf.State.zeros(s).fp],
+                         rng.normal(0, 1, mf.State.zeros(s).pp.shape))
+        for (k, h), q in quads.items():
+            inp = class_inputs(s, state, k, h, q)
+            rich, base = (np.asarray(numba_backend.kernel(p, inp, 1)) for p in (q.rich(), q.base()))
+            n = q.n_cat
+            want = max(sums_error(base, rich, n), rounding(rich, n))
+            assert kernels.error_estimate(n, rich, base, True) == want
+            assert kernels.error_estimate(n, rich, base, False) == rounding(rich, n)

@@ -191,8 +191,8 @@ def numpy_run(name, method):
 @pytest.mark.parametrize("backend", sorted(COMPILED))
 @pytest.mark.parametrize("name", sorted(SMALL) + sorted(MODERATE))
 def test_runs_equal_numpy(name, backend, method, monkeypatch):
-    """20 GD steps (the fused C++ loop for cpp) equal the numpy kernel's run to 1e-12 per
-    record; the fused loop gives the Python loop's bytes, and named areas stay tied."""
+    """20 GD steps (the compiled loop of cpp and numba) equal the numpy kernel's run to 1e-12
+    per record; the compiled loop gives the Python loop's bytes, and named areas stay tied."""
     s, kw = run_case(name, method)
     got = mf.simulate(s, backend=backend, threads=1, **kw)
     want = numpy_run(name, method)
@@ -200,9 +200,8 @@ def test_runs_equal_numpy(name, backend, method, monkeypatch):
         assert max(_rel(x, y) for x, y in zip(a, b)) <= 1e-12
     assert_tied(got, s)
     assert max(got.error) <= 1e-12
-    if backend == "cpp":
-        monkeypatch.setattr(simulate_module, "FUSED", set())
-        assert io.equal(mf.simulate(s, backend="cpp", threads=1, **kw), got)
+    monkeypatch.setattr(simulate_module, "FUSED", set())
+    assert io.equal(mf.simulate(s, backend=backend, threads=1, **kw), got)
 
 
 def explicit_tiled(setting):

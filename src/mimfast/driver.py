@@ -3,7 +3,8 @@
 
 A :class:`Run` owns what a run keeps and hands back: its class evaluators and the quadrature's
 tolerance, its records (blocks appended whole, so an interrupt leaves the list with or without
-a block), the compiled loop of backend "cpp" whose records it takes over (:class:`Fused`),
+a block), the compiled loop of backend "cpp" or "numba" whose records it takes over
+(:class:`Fused`),
 and, on Ctrl-C, the :class:`Interrupted` that hands back the records so far, ready for
 ``resume``. A stepping rule appends records and reports its tolerances through it; a
 :class:`Clock` says when to call the caller back.
@@ -18,13 +19,13 @@ from numbers import Real
 
 import numpy as np
 
+from .backends import backend_module
 from .grid import DEFAULT_MAX_BYTES, build_grids
 from .model import Gradient, StateLayout, class_inputs, own_lead
 from .quadrature import build_quadratures
 from .result import Result, _empty
 
 CALLBACK_SECONDS = 0.25
-FUSED = {"cpp"}  # backends whose whole loop runs compiled (the others step in Python)
 
 
 class ToleranceError(ArithmeticError):
@@ -192,9 +193,11 @@ def _tolerance(met, error, rtol, strict, where, first=True):
 
 
 class Fused:
-    """The C++ loop of backend "cpp" (``cpp/fused.hpp``): the class evaluators, the state and
-    the records of GD's compiled steps, and the evaluator of the flow's compiled steps; a
-    :class:`Run` takes its records over (:meth:`Run.drain`, :meth:`block`).
+    """The compiled loop of a backend: the C++ loop of "cpp" (``cpp/fused.hpp``) or the numba
+    loop of "numba" (:class:`mimfast.backends.numba_backend.FusedLoop`), which share an
+    interface. It holds the class evaluators, the state and the records of GD's compiled
+    steps, and (C++ only) is the evaluator of the flow's compiled steps; a :class:`Run` takes
+    its records over (:meth:`Run.drain`, :meth:`block`).
 
     With quadratures (``quad`` given: rtol, strict) the loop evaluates each class's richer
     rule and stops before a step whose estimate misses rtol; :meth:`refine` then does what the
@@ -203,16 +206,15 @@ class Fused:
 
     DONE, CHUNK, NONFINITE, TOLERANCE = 0, 1, 2, 3
 
-    def __init__(self, setting, grids, t, state, last_recorded=-1, quad=None):
-        from .backends import cpp_backend
-
+    def __init__(self, setting, grids, t, state, last_recorded=-1, quad=None, backend="cpp"):
+        self.backend = backend_module(backend)
         self.setting, self.grids = setting, grids
         self.method = "exact" if quad is None else "quadrature"
         self.unmet = set()  # steps whose estimate missed rtol with the rules at their limit
         self.dropped = max(g.dropped for g in grids.values())
         self.layout = StateLayout(setting)
-        self.loop = cpp_backend.fused_loop(setting, grids, self.layout,
-                                           tol=0.0 if quad is None else quad["rtol"])
+        self.loop = self.backend.fused_loop(setting, grids, self.layout,
+                                            tol=0.0 if quad is None else quad["rtol"])
         self.loop.set_state(t, self.layout.flat(state), last_recorded)
 
     @property
@@ -235,11 +237,9 @@ class Fused:
     def sync(self, rtol):
         """Hand the loop each quadrature's current rules (grown outside it), tolerance
         ``rtol``; nothing for exact grids."""
-        from .backends import cpp_backend
-
         if self.method == "quadrature":
             for i, c in enumerate(self.setting.classes()):
-                self.loop.set_evaluators(i, *cpp_backend.evaluators(self.grids[c]), rtol)
+                self.loop.set_evaluators(i, *self.backend.evaluators(self.grids[c]), rtol)
 
     def gradient(self):
         """The :class:`Gradient` of the loop's last evaluation."""
@@ -256,8 +256,7 @@ class Fused:
         hand the new rules to the loop. Returns the largest estimate and whether rtol could
         be met; a class that cannot meet it is accepted once (at step ``mark``, default the
         loop's step) with the estimate it has."""
-        from .backends import cpp_backend
-
+        kernel = self.backend.kernel
         t, state = self.t if mark is None else mark, self.state()
         errors = self.loop.last()[-1]
         worst, met = 0.0, True
@@ -267,9 +266,8 @@ class Fused:
                 q = self.grids[k, h]
                 inputs = class_inputs(self.setting, state, k, h, q)
                 _, err, ok = q.evaluate(
-                    lambda pts, inputs=inputs: np.asarray(cpp_backend.kernel(pts, inputs, threads)),
-                    rtol)
-                self.loop.set_evaluators(i, *cpp_backend.evaluators(q), rtol,
+                    lambda pts, inputs=inputs: np.asarray(kernel(pts, inputs, threads)), rtol)
+                self.loop.set_evaluators(i, *self.backend.evaluators(q), rtol,
                                          -1 if err <= rtol else t)
                 met = met and ok
             worst = max(worst, err)

@@ -15,7 +15,6 @@ import numpy as np
 from .analysis import global_key, rival_keys
 from .backends import DEFAULT, check_threads, get_kernel
 from .driver import (
-    FUSED,
     Clock,
     Fused,
     Run,
@@ -32,6 +31,9 @@ from .setting import Setting
 
 __all__ = ["flow", "EVENTS", "DP54"]
 
+# backends whose flow steps run compiled (cpp/flow.hpp); the others, numba's included, step in
+# Python
+FUSED = {"cpp"}
 #: Events the driver locates per query class (docs/model.md §9): the own FP gradient reaches
 #: every other one (``switch``), own-area attention reaches 1 - eps (``T_eps``), the global
 #: FP correlation stops falling (``global_min``).

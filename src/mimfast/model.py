@@ -14,7 +14,7 @@ import numpy as np
 
 
 __all__ = ["State", "Gradient", "ClassInputs", "StateLayout", "sum_layout", "evaluate",
-           "rounding", "units", "own_area", "own_attention"]
+           "rounding", "units", "own_area", "own_attention", "key_weights", "loop_classes"]
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,14 @@ def rounding_parts(sums, mag, n_cat):
         m = float(np.sum(mag[part]))
         top = float(np.max(np.abs(sums[part])))  # scaled: no squares underflow
         norm = top * float(np.linalg.norm(sums[part] / top)) if top > 0 else 0.0
-        out.append(0.0 if m == 0 else 2.0**-53 * (m / norm) if norm > 0 else math.inf)
+        out.append(rounding_estimate(m, norm))
     return out
+
+
+def rounding_estimate(m, norm):
+    """The rounding estimate of a part of a class's sums with magnitude ``m`` and norm
+    ``norm`` (:func:`rounding_parts`; the numba kernels compile this function)."""
+    return 0.0 if m == 0 else 2.0**-53 * (m / norm) if norm > 0 else math.inf
 
 
 def rounding(sums, n_cat):
@@ -354,21 +360,58 @@ class ClassInputs:
 OWN_LEAD = 100.0
 
 
-def _logits(setting, state, k, h, live):
-    """Logits of query class (k, h) (docs/model.md §2): unmasked keys ``z A + B`` and masked
-    keys ``B`` per category, the query itself ``B_self``; the largest of them but the own
-    area's unmasked one, and by how much that one leads it (-inf without own-area keys)."""
+def key_weights(z, A, B, b_self, live, wu, wm, wu0, wm0):
+    """Key weights of one query class from its logits (docs/model.md §2), written once for
+    every loop: :func:`class_inputs` calls it on lists, the numba loop compiles it
+    (``backends/_numba_kernels.py``) and ``cpp/fused.cpp`` performs the same operations.
+
+    The logits are ``z A + B`` for unmasked keys, ``B`` for masked keys and ``b_self`` for the
+    query itself (keys of categories with ``live`` false have none). Fills ``wu`` and ``wm``
+    with exp of the logits less their largest value and, when the own area's unmasked logit
+    leads every other one by more than :data:`OWN_LEAD`, ``wu0`` and ``wm0`` with exp of the
+    logits less the largest logit but that one (``wu0[0]`` = 0).
+
+    Returns
+    -------
+    wself : float
+    lead : float
+        By how much the own area's unmasked logit leads every other logit (-inf without own-area
+        keys).
+    wself0 : float
+        The query's weight relative to the second top (0 unless ``lead`` > :data:`OWN_LEAD`).
+    """
+    n = len(z)
+    # the largest logit but the own area's unmasked one: self, unmasked keys, masked keys
+    top0 = b_self
+    for c in range(1, n):
+        if live[c] and z[c] * A[c] + B[c] > top0:
+            top0 = z[c] * A[c] + B[c]
+    for c in range(n):
+        if live[c] and B[c] > top0:
+            top0 = B[c]
+    own = z[0] * A[0] + B[0]
+    top = max(top0, own) if live[0] else top0
+    for c in range(n):
+        wu[c] = math.exp(z[c] * A[c] + B[c] - top) if live[c] else 0.0
+        wm[c] = math.exp(B[c] - top) if live[c] else 0.0
+    lead = own - top0 if live[0] else -math.inf
+    wself0 = 0.0
+    if lead > OWN_LEAD:  # where no own-area key is unmasked: relative to the largest logit there
+        for c in range(n):
+            wu0[c] = math.exp(z[c] * A[c] + B[c] - top0) if live[c] and c > 0 else 0.0
+            wm0[c] = math.exp(B[c] - top0) if live[c] else 0.0
+        wself0 = math.exp(b_self - top0)
+    return math.exp(b_self - top), lead, wself0
+
+
+def _class_logits(setting, state, k, h):
+    """Latents and the state's A, B (lists) and B_self of query class (k, h)."""
     z = setting.class_z(k, h)
     A = state.fp[k][h].tolist()
     if state.pp is None:
-        b_self, B = 0.0, [0.0] * len(A)
-    else:
-        b_self, *B = state.pp[h].tolist()
-    lu = [zc * a + b for zc, a, b in zip(z.tolist(), A, B)]
-    top0 = max([b_self] + [x for c, (x, on) in enumerate(zip(lu, live)) if on and c > 0]
-               + [x for x, on in zip(B, live) if on])
-    lead = lu[0] - top0 if live[0] else -math.inf
-    return z, lu, B, b_self, top0, lead
+        return z, A, [0.0] * len(A), 0.0
+    b_self, *B = state.pp[h].tolist()
+    return z, A, B, b_self
 
 
 def own_lead(setting, state, k, h, live):
@@ -376,28 +419,43 @@ def own_lead(setting, state, k, h, live):
     leads every other logit of the class's key categories ``live`` (and the query's own);
     -inf when the own area has no other positions. Beyond :data:`OWN_LEAD` the count points
     without an unmasked own-area key take weights of their own (:func:`class_inputs`)."""
-    return _logits(setting, state, k, h, live)[-1]
+    z, A, B, b_self = _class_logits(setting, state, k, h)
+    n = len(A)
+    return key_weights(z.tolist(), A, B, b_self, live, [0.0] * n, [0.0] * n, [0.0] * n,
+                       [0.0] * n)[1]
 
 
 def class_inputs(setting, state, k, h, grid):
-    """Kernel inputs of query class (k, h) at ``state``.
-
-    Key weights are exp of the logits (docs/model.md §2) less their largest value: unmasked keys
-    ``z A + B``, masked keys ``B``, the query itself ``B_self``. (Plain floats: with a handful
-    of categories this is several times quicker than numpy on tiny arrays.)
-    """
-    live = grid.live_list
-    z, lu, B, b_self, top0, lead = _logits(setting, state, k, h, live)
-    top = max(top0, lu[0]) if live[0] else top0
-    wu = np.array([math.exp(x - top) if on else 0.0 for x, on in zip(lu, live)])
-    wm = np.array([math.exp(x - top) if on else 0.0 for x, on in zip(B, live)])
-    inputs = ClassInputs(z, wu, wm, math.exp(b_self - top), named=setting.class_named(k, h))
-    if lead > OWN_LEAD:  # where no own-area key is unmasked: relative to the largest logit there
-        inputs.wu0 = np.array([math.exp(x - top0) if on and c > 0 else 0.0
-                               for c, (x, on) in enumerate(zip(lu, live))])
-        inputs.wm0 = np.array([math.exp(x - top0) if on else 0.0 for x, on in zip(B, live)])
-        inputs.wself0 = math.exp(b_self - top0)
+    """Kernel inputs of query class (k, h) at ``state`` (:func:`key_weights`)."""
+    z, A, B, b_self = _class_logits(setting, state, k, h)
+    n = len(A)
+    wu, wm, wu0, wm0 = [0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n
+    wself, lead, wself0 = key_weights(z.tolist(), A, B, b_self, grid.live_list, wu, wm, wu0,
+                                      wm0)
+    inputs = ClassInputs(z, np.array(wu), np.array(wm), wself,
+                         named=setting.class_named(k, h))
+    if lead > OWN_LEAD:
+        inputs.wu0, inputs.wm0, inputs.wself0 = np.array(wu0), np.array(wm0), wself0
     return inputs
+
+
+def loop_classes(setting, grids, layout):
+    """What a compiled GD loop needs of each query class (in ``setting.classes()`` order),
+    as keyword lists: latents ``z``, ``live`` categories, the offsets ``a_off`` of its fp row
+    and ``p_off`` of its pp row in the flat state (``layout``, -1 when PP is frozen), and the
+    factors of its gradient (``coef`` = pi_k m / P) and of its loss (``coef_loss``, times the
+    group's patches), computed as :func:`evaluate` computes them."""
+    scale = setting.masked / setting.P
+    out = {"z": [], "live": [], "a_off": [], "p_off": [], "coef": [], "coef_loss": []}
+    for k, h in setting.classes():
+        pi = setting.weights[k]
+        out["z"].append(setting.class_z(k, h))
+        out["live"].append(np.array(grids[k, h].live_list, dtype=bool))
+        out["a_off"].append(layout.fp_row(k, h))
+        out["p_off"].append(layout.pp_row(h))
+        out["coef"].append(float(pi * scale))
+        out["coef_loss"].append(float(pi * scale * setting.clusters[k].groups[h].patches))
+    return out
 
 
 def evaluate(setting, grids, state, kernel, threads=None, rtol=1e-13):

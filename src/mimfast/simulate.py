@@ -10,7 +10,6 @@ import numpy as np
 
 from .backends import DEFAULT, check_threads, get_kernel
 from .driver import (
-    FUSED,
     SATURATION_GAP,
     Clock,
     Fused,
@@ -32,6 +31,8 @@ from .result import Result
 from .setting import Setting
 
 __all__ = ["simulate", "gradient", "Result", "Interrupted", "ToleranceError", "ToleranceWarning"]
+
+FUSED = {"cpp", "numba"}  # backends whose whole GD loop runs compiled (numpy steps in Python)
 
 
 def _check_run(setting, eta, steps, record_every, threads):
@@ -77,9 +78,9 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
     record_every : int, default 1
         Record steps 0, record_every, 2 record_every, ... and the last.
     backend : {"cpp", "numba", "numpy"}
-        Kernel backend; see :func:`mimfast.backends`. With "cpp" the whole loop runs in C++
-        (state, update and record included) and gives the same bytes as the Python loop with
-        the same kernel.
+        Kernel backend; see :func:`mimfast.backends`. With "cpp" the whole loop runs in C++,
+        with "numba" compiled by numba (state, update and record included), and gives the
+        same bytes as the Python loop with the same kernel.
     threads : int, optional
         Threads of a compiled kernel (default: all cores).
     tail_tol : float, default 1e-15
@@ -102,8 +103,9 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
         ``exact`` sums the count grid (docs/model.md §3); ``quadrature`` uses Gauss–Hahn rules
         whose cost does not grow with P (docs/model.md §8); ``auto`` picks exact when its grid
         is small (:func:`mimfast.quadrature.choose_method`). ``Result.method`` records it.
-        With backend "cpp" both methods run in the C++ loop; a quadrature whose error
-        estimate misses ``rtol`` hands back to Python, which grows its rules and continues.
+        With backends "cpp" and "numba" both methods run in the compiled loop; a quadrature
+        whose error estimate misses ``rtol`` hands back to Python, which grows its rules and
+        continues.
     rtol : float, default 1e-13
         Quadrature: each step's estimated error of every class (relative to the norms of its
         gradient, attention and loss) must stay below this; node counts grow until it does.
@@ -149,7 +151,7 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
     if backend in FUSED:
         last = int(run.blocks[-1][1][0][-1]) if run.blocks and len(run.blocks[-1][1][0]) else -1
         loop = run.compiled = Fused(setting, grids, t, state, last,
-                                    {"rtol": rtol} if method == "quadrature" else None)
+                                    {"rtol": rtol} if method == "quadrature" else None, backend)
 
     def partial():
         if loop is not None:
@@ -187,7 +189,7 @@ def _python_loop(run, kernel, threads, eta, steps, record_every, at, clock):
 
 
 def _fused_loop(run, loop, steps, record_every, eta, threads, clock):
-    """GD steps in the C++ loop (a :class:`~mimfast.driver.Fused`) until ``steps``, handing
+    """GD steps in the compiled loop (a :class:`~mimfast.driver.Fused`) until ``steps``, handing
     back for callbacks and to grow quadrature rules."""
     threads = check_threads(threads)
     timed = clock.callback is not None

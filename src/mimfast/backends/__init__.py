@@ -11,7 +11,7 @@ import importlib
 import os
 from numbers import Integral
 
-__all__ = ["DEFAULT", "backends", "check_threads", "get_kernel"]
+__all__ = ["DEFAULT", "backend_module", "backends", "check_threads", "get_kernel"]
 
 _MODULES = {
     "cpp": "mimfast.backends.cpp_backend",
@@ -46,6 +46,13 @@ def backends():
 # Backends whose kernels evaluate areas spanning several key categories (docs/model.md §3,
 # tile groups); the others refuse such settings before any work.
 NAMED_AREAS = {"cpp", "numba", "numpy"}
+
+
+def backend_module(name):
+    """The module of backend ``name`` (its kernel, and for "cpp" and "numba" its compiled
+    loop); ValueError if unknown, ImportError if unavailable."""
+    get_kernel(name)
+    return _module(name)
 
 
 def get_kernel(name, setting=None):

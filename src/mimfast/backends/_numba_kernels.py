@@ -8,10 +8,18 @@ with caching off.
 
 from __future__ import annotations
 
+import math
+import types
+
 import numba
 import numpy as np
 
-from ..model import TINY_MAG  # a product's underflow as a magnitude (cpp/kernel.cpp)
+from ..model import (
+    OWN_LEAD,
+    TINY_MAG,  # a product's underflow as a magnitude (cpp/kernel.cpp)
+)
+from ..model import key_weights as _key_weights
+from ..model import rounding_estimate as _rounding_estimate
 from ._numba_cache import CACHE
 
 njit = numba.njit(cache=CACHE)
@@ -32,6 +40,7 @@ BLOCK_SHARE = 2.0**-48  # cpp/kernel.cpp: when a block is summed again point by 
 D_COND = 2.0**10
 ILL = 2.0**5
 SHORT_BLOCK = 16  # blocks this short are summed point by point (cpp/kernel.cpp)
+WORK_PER_CAT = 22  # scratch of a block per category (block_sums)
 
 
 @njit
@@ -161,10 +170,13 @@ def count(counts, rest, row, c, ci, cl, x0):
         return float(rest[row] - x0), -1.0
     return float(counts[row, c]), 0.0
 
-@njit
+# without reference counting (_nrt=False: it allocates nothing): a call passes some thirty
+# arrays, and counting a reference to each on entry and exit, atomic operations, costs more
+# than the sums of a short block
+@numba.njit(cache=CACHE, error_model="numpy", _nrt=False)
 def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
                C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre, node_x,
-               node_w, out, mag, by_points, units):
+               node_w, out, mag, by_points, ws, units):
     """docs/model.md §3 sums of one block: of a count grid, or of a point set when
     ``node_x`` is non-empty (float counts, inner count ``centre[row] + node_x[k]``). With
     ``alt``, a block without unmasked own-area keys takes the weights wu0, wm0, wself0.
@@ -172,7 +184,8 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
 
     By moments, or point by point with ``by_points``; ``mag`` gets each sum's rounding
     magnitude and the result says whether the moments were ill-conditioned
-    (``cpp/kernel.cpp``, block_sums)."""
+    (``cpp/kernel.cpp``, block_sums). ``ws``: scratch of WORK_PER_CAT n + 2 values (no
+    allocation per block)."""
     n = C.shape[0]
     row, first, stop = blocks[b, 0], blocks[b, 1], blocks[b, 2]
     points = node_x.shape[0] > 0
@@ -184,28 +197,26 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
     # unmasked keys of c (X_c = D (1 - alpha_c)) and without all keys of c
     # (Y_c = D (1 - alpha_c - mu_c)) are summed from the other, positive terms; E_c i^2 = e_c,
     # rest_c = gbar - e_c summed without e_c (cpp/kernel.cpp, block_sums)
-    uu = np.empty(n)
-    aa = np.empty(n)
-    for c in range(n):
-        uu[c], aa[c] = count(counts, rest, row, c, ci, cl, x0)
+    for c in range(n):  # the counts u + a x: u in ws[0:n], a in ws[n:2n]
+        ws[c], ws[n + c] = count(counts, rest, row, c, ci, cl, x0)
     if units[1].shape[0] > 0:  # named areas: point by point on every block
-        named_sums(first, stop, x0, row, uu, aa, points, row_weight, rest, t_in, off_in, t_last,
+        named_sums(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_last,
                    off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0,
-                   wself0, alt, units, out, mag)
+                   wself0, alt, units, out, mag, ws)
         return False
     if by_points or stop - first <= SHORT_BLOCK:
-        point_sums(first, stop, x0, row, uu, aa, points, row_weight, rest, t_in, off_in, t_last,
-                   off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag)
+        point_sums(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_last,
+                   off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag, ws)
         return False
     zero = (0.0, 0.0, 0.0, 0.0)
-    al = np.empty((n, 4))
-    mu = np.empty((n, 4))
+    al = ws[2 * n:6 * n].reshape((n, 4))
+    mu = ws[6 * n:10 * n].reshape((n, 4))
     for c in range(n):
         u, a = count(counts, rest, row, c, ci, cl, x0)
         al[c] = (wu[c] * u, wu[c] * a, 0.0, 0.0)
         mu[c] = (wm[c] * (C[c] - u), -wm[c] * a, 0.0, 0.0)
-    xs = np.empty((n, 4))
-    ys = np.empty((n, 4))
+    xs = ws[10 * n:14 * n].reshape((n, 4))
+    ys = ws[14 * n:18 * n].reshape((n, 4))
     for c in range(n):
         Y = (wself, 0.0, 0.0, 0.0)
         for k in range(n):
@@ -232,16 +243,17 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
     # fast path (cpp/kernel.cpp): every affine factor varies by at most 1/8 over the block
     fast = True
     for c in range(n):
-        fast = (fast and flat(uu[c], aa[c], h) and flat(C[c] - uu[c], aa[c], h)
+        fast = (fast and flat(ws[c], ws[n + c], h) and flat(C[c] - ws[c], ws[n + c], h)
                 and flat(xs[c, 0], xs[c, 1], h) and flat(ys[c, 0], ys[c, 1], h))
     am = abs_moments(m, 0.0 if fast else h)
     uf = (abs_moments(m, h), h, max(1.0, 1.0 / dmin), float(stop - first), n)
-    acc = np.zeros(2)  # magnitudes of the lines' terms' values, and of their moment sums
+    acc = ws[22 * n:22 * n + 2]  # magnitudes of the lines' terms' values, and of their moment sums
+    acc[:] = 0.0
     z02 = z[0] * z[0]
     # the latents and counts multiply the small weights first (cpp/kernel.cpp)
     zX0 = add(zero, X0, z[0])
     L = mul(zX0, zX0)  # 2 loss = L i^2
-    es = np.empty((n, 4))
+    es = ws[18 * n:22 * n].reshape((n, 4))
     es[0] = mul(add(zero, Al0, -z02), X0)  # e_own
     for c in range(1, n):
         u, a = count(counts, rest, row, c, ci, cl, x0)
@@ -287,72 +299,73 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
 
 @numba.njit(cache=CACHE, inline="always")
 def point_at(j, x0, row, points, row_weight, rest, t_in, off_in, t_last, off_last, node_x,
-             node_w, u, a, U):
-    """The weight of point j of a block of row ``row``; its counts U = u + a x into ``U``."""
+             node_w, ws, n, U):
+    """The weight of point j of a block of row ``row``; its counts u + a x (u in ws[0:n], a in
+    ws[n:2n]) into ws[U:U + n]."""
     if points:
         x, w = node_x[j], node_w[j]
     else:
         x = float(j) - x0
         w = row_weight[row] * t_in[j - off_in] * t_last[int(rest[row]) - j - off_last]
-    for c in range(U.shape[0]):
-        U[c] = u[c] + a[c] * x
+    for c in range(n):
+        ws[U + c] = ws[c] + ws[n + c] * x
     return w
 
 
-@numba.njit(cache=CACHE, error_model="numpy")
-def point_sums(first, stop, x0, row, u, a, points, row_weight, rest, t_in, off_in, t_last,
-               off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag):
-    """The sums of one block point by point (cpp/kernel.cpp, point_sums)."""
+# inlined where it is called: a call passes two dozen arrays, and numba counts a reference to
+# each on entry and exit, atomic operations that cost more than the sums of a short block
+@numba.njit(cache=CACHE, error_model="numpy", inline="always")
+def point_sums(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_last,
+               off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag, ws):
+    """The sums of one block point by point (cpp/kernel.cpp, point_sums). ``ws`` holds the
+    counts u + a x of the block (u in ws[0:n], a in ws[n:2n]) and is the scratch of the
+    per-category values U, un, ms, Y, X, e (indexed directly, not through views: each view
+    costs numba an atomic reference count)."""
     n = C.shape[0]
     out[:] = 0.0
     mag[:] = 0.0
-    un = np.empty(n)
-    ms = np.empty(n)
-    Y = np.empty(n)
-    X = np.empty(n)
-    e = np.empty(n)
-    U = np.empty(n)
+    U, un, ms, Y, X, e = 2 * n, 3 * n, 4 * n, 5 * n, 6 * n, 7 * n
     z02 = z[0] * z[0]
     for j in range(first, stop):
         w = point_at(j, x0, row, points, row_weight, rest, t_in, off_in, t_last, off_last,
-                     node_x, node_w, u, a, U)
+                     node_x, node_w, ws, n, U)
         for c in range(n):
-            un[c] = wu[c] * U[c]
-            ms[c] = wm[c] * (C[c] - U[c])
+            ws[un + c] = wu[c] * ws[U + c]
+            ws[ms + c] = wm[c] * (C[c] - ws[U + c])
         for c in range(n):
             y = wself
             for k in range(n):
                 if k != c:
-                    y += un[k] + ms[k]
-            Y[c] = y
-            X[c] = y + ms[c]
-        D = X[0] + un[0]
+                    y += ws[un + k] + ws[ms + k]
+            ws[Y + c] = y
+            ws[X + c] = y + ws[ms + c]
+        D = ws[X + 0] + ws[un + 0]
         iD = 1.0 / D
-        beta, alpha0 = X[0] * iD, un[0] * iD
-        e[0] = -z02 * alpha0 * beta
+        beta, alpha0 = ws[X + 0] * iD, ws[un + 0] * iD
+        ws[e + 0] = -z02 * alpha0 * beta
         groups = 0.0
         for c in range(1, n):
-            s2 = sa[c] * U[c] * (C[c] - U[c]) + sb[c] * U[c] * U[c]
+            s2 = sa[c] * ws[U + c] * (C[c] - ws[U + c]) + sb[c] * ws[U + c] * ws[U + c]
             r = wu[c] * iD
-            e[c] = z[c] * z[c] * s2 * r * r
-            groups += e[c]
+            ws[e + c] = z[c] * z[c] * s2 * r * r
+            groups += ws[e + c]
         loss = 0.5 * (z02 * beta * beta + groups)
-        gbar = e[0] + groups
+        gbar = ws[e + 0] + groups
         out[0] += w
         mag[0] += w
         out[1] += w * loss
         mag[1] += w * loss
         sD = wself * iD
         out[2] += -w * gbar * sD
-        mag[2] += w * (abs(e[0]) + groups) * sD
+        mag[2] += w * (abs(ws[e + 0]) + groups) * sD
         for c in range(n):
             rst, rabs = 0.0, 0.0
             for k in range(n):
                 if k != c:
-                    rst += e[k]
-                    rabs += abs(e[k])
-            al = un[c] * iD
-            amu = (un[c] + ms[c]) * iD
+                    rst += ws[e + k]
+                    rabs += abs(ws[e + k])
+            al = ws[un + c] * iD
+            amu = (ws[un + c] + ws[ms + c]) * iD
             out[3 + c] += w * al
             mag[3 + c] += w * al
             if c == 0:
@@ -360,10 +373,10 @@ def point_sums(first, stop, x0, row, u, a, points, row_weight, rest, t_in, off_i
                 out[3 + n] -= w * v
                 mag[3 + n] += w * abs(v)
             else:
-                t1, t2 = e[c] * (X[c] * iD), rst * al
+                t1, t2 = ws[e + c] * (ws[X + c] * iD), rst * al
                 out[3 + n + c] += w * z[c] * (t1 - t2) * ia[c]
                 mag[3 + n + c] += w * z[c] * (abs(t1) + rabs * al) * ia[c]
-            t1, t2 = e[c] * (Y[c] * iD), rst * amu
+            t1, t2 = ws[e + c] * (ws[Y + c] * iD), rst * amu
             out[3 + 2 * n + c] += w * (t1 - t2) * isz[c]
             mag[3 + 2 * n + c] += w * (abs(t1) + rabs * amu) * isz[c]
     floor = float(stop - first) * underflow_gain(z) * TINY_MAG
@@ -397,9 +410,9 @@ def units(named):
 
 
 @numba.njit(cache=CACHE, error_model="numpy")
-def named_sums(first, stop, x0, row, u, a, points, row_weight, rest, t_in, off_in, t_last,
+def named_sums(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_last,
                off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu1, wm1, wself1, wu0, wm0,
-               wself0, alt, units, out, mag):
+               wself0, alt, units, out, mag, ws):
     """The sums of one block of a class with named areas point by point (cpp/kernel.cpp,
     named_sums_n): the per-point formulas of ``numpy_backend.kernel`` over the units; a point
     without an unmasked own-area key takes the weights wu0, wm0, wself0 with ``alt``."""
@@ -408,15 +421,17 @@ def named_sums(first, stop, x0, row, u, a, points, row_weight, rest, t_in, off_i
     nu = kind.shape[0]
     out[:] = 0.0
     mag[:] = 0.0
-    per_cat, per_unit = np.empty((6, n)), np.empty((6, nu))
-    U, un, ms, al, mu, y = (per_cat[0], per_cat[1], per_cat[2], per_cat[3], per_cat[4],
-                            per_cat[5])
-    ua, au, xu, e, rst, rabs = (per_unit[0], per_unit[1], per_unit[2], per_unit[3],
-                                per_unit[4], per_unit[5])
+    # scratch in ws (block_sums allocates nothing): the block's u, a in ws[0:2n], then per
+    # category the counts U of a point (point_at) and un, ms, al, mu, y, then per unit (at
+    # most n) ua, au, xu, e, rst, rabs
+    U, un, ms = ws[2 * n:3 * n], ws[3 * n:4 * n], ws[4 * n:5 * n]
+    al, mu, y = ws[5 * n:6 * n], ws[6 * n:7 * n], ws[7 * n:8 * n]
+    ua, au, xu = ws[8 * n:8 * n + nu], ws[9 * n:9 * n + nu], ws[10 * n:10 * n + nu]
+    e, rst, rabs = ws[11 * n:11 * n + nu], ws[12 * n:12 * n + nu], ws[13 * n:13 * n + nu]
     z02 = z[0] * z[0]
     for j in range(first, stop):
         w = point_at(j, x0, row, points, row_weight, rest, t_in, off_in, t_last, off_last,
-                     node_x, node_w, u, a, U)
+                     node_x, node_w, ws, n, 2 * n)
         wu, wm, wself = wu1, wm1, wself1
         if alt and U[0] == 0.0:
             wu, wm, wself = wu0, wm0, wself0
@@ -562,15 +577,14 @@ def _share(mag, norm, n):
     return worst
 
 
-@numba.njit(cache=CACHE, parallel=True)
-def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
+def _all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
              C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre, node_x,
              node_w, named):
     """The sums of every block, by moments (point by point if short), and again point by
     point for the blocks that are ill-conditioned and whose rounding estimate exceeds
     BLOCK_SHARE of a part's norm (cpp/kernel.cpp, class_sums); and each sum's rounding
-    magnitude, summed over the blocks (:func:`mimfast.model.rounding_parts` turns them into
-    the estimates). ``named``: the class's named areas (``ClassInputs.named``), empty for a
+    magnitude, summed over the blocks (:func:`with_rounding` turns them into the estimates,
+    as :func:`mimfast.model.rounding_parts` does). ``named``: the class's named areas (``ClassInputs.named``), empty for a
     class without."""
     n_blocks = blocks.shape[0]
     un = units(named)
@@ -579,10 +593,11 @@ def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, b
     part = np.zeros((n_blocks, ns))
     mag = np.zeros((n_blocks, ns))
     ill = np.zeros(n_blocks, dtype=np.bool_)
+    ws = np.empty((n_blocks, WORK_PER_CAT * n + 2))
     for b in numba.prange(n_blocks):
         ill[b] = block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
                             blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt,
-                            centre, node_x, node_w, part[b], mag[b], False, un)
+                            centre, node_x, node_w, part[b], mag[b], False, ws[b], un)
     out = np.zeros(ns)
     for b in range(n_blocks):
         for s in range(ns):
@@ -596,7 +611,7 @@ def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, b
             if redo[b]:
                 block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
                            blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt,
-                           centre, node_x, node_w, part[b], mag[b], True, un)
+                           centre, node_x, node_w, part[b], mag[b], True, ws[b], un)
         out[:] = 0.0
         for b in range(n_blocks):
             for s in range(ns):
@@ -606,3 +621,224 @@ def all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, b
         for s in range(ns):
             total[s] += mag[b, s]
     return out, total
+
+
+rounding_estimate = njit(_rounding_estimate)
+
+
+@njit
+def with_rounding(sums, mag, n):
+    """The sums followed by the rounding estimates of their loss, attention and gradient
+    (:func:`mimfast.model.rounding_parts`, each part's norm scaled as there) from the
+    magnitudes ``mag`` of :func:`all_sums`."""
+    out = np.empty(sums.shape[0] + 3)
+    out[:sums.shape[0]] = sums
+    norm = _part_norms(sums, n)
+    m = _part_mags(mag, n)
+    for p in range(3):
+        out[sums.shape[0] + p] = rounding_estimate(m[p], norm[p])
+    return out
+
+
+# the same function compiled without threads (prange runs as range), for the classes too small
+# to earn a thread; a renamed copy, so that numba's cache keeps the two apart
+def _renamed(func, name):
+    copy = types.FunctionType(func.__code__, func.__globals__, name)
+    copy.__qualname__ = name  # the name numba's cache files go by
+    return copy
+
+
+all_sums = numba.njit(cache=CACHE, parallel=True)(_renamed(_all_sums, "all_sums"))
+all_sums_serial = numba.njit(cache=CACHE)(_renamed(_all_sums, "all_sums_serial"))
+
+# cpp/kernel.cpp: a thread only per this many points (on a busy machine a parallel region can
+# wait a whole scheduler slice for a descheduled thread)
+MIN_POINTS_PER_THREAD = 50_000
+
+# The arrays of an evaluator (a count grid or a point set), each packed with those of the other
+# evaluators of a run into one flat array (see numba_backend.pack): row e of the offsets holds
+# where evaluator e's part of each starts. Scalars per evaluator: off_inner, off_last, inner,
+# last, points, n_cat.
+FIELDS = ("counts", "rest", "row_weight", "t_inner", "t_last", "blocks", "fsizes", "s_a", "s_b",
+          "inv_areas", "inv_sizes", "centre", "node_x", "node_w")
+
+
+@njit
+def threaded(points, threads):
+    """Whether an evaluator of ``points`` points is summed on threads: points for at least two
+    (``threads`` > 1 is numba's thread count, which the caller sets)."""
+    return threads > 1 and points >= 2 * MIN_POINTS_PER_THREAD
+
+
+@njit
+def class_sums(fa, off, scal, e, z, wu, wm, wself, wu0, wm0, wself0, alt, named, threads):
+    """The sums of evaluator e of packed arrays ``fa`` (:func:`_all_sums`) and their rounding
+    estimates (:func:`with_rounding`): threaded (on numba's thread count, which the caller
+    sets) when ``threads`` > 1 and the evaluator has points for at least two threads
+    (MIN_POINTS_PER_THREAD each), else in the calling thread. The result does not depend on
+    it."""
+    n = scal[e, 5]
+    counts = fa[0][off[e, 0]:off[e + 1, 0]].reshape((-1, n))
+    rest = fa[1][off[e, 1]:off[e + 1, 1]]
+    rw = fa[2][off[e, 2]:off[e + 1, 2]]
+    t_in = fa[3][off[e, 3]:off[e + 1, 3]]
+    t_last = fa[4][off[e, 4]:off[e + 1, 4]]
+    blocks = fa[5][off[e, 5]:off[e + 1, 5]].reshape((-1, 3))
+    C = fa[6][off[e, 6]:off[e + 1, 6]]
+    sa = fa[7][off[e, 7]:off[e + 1, 7]]
+    sb = fa[8][off[e, 8]:off[e + 1, 8]]
+    ia = fa[9][off[e, 9]:off[e + 1, 9]]
+    isz = fa[10][off[e, 10]:off[e + 1, 10]]
+    centre = fa[11][off[e, 11]:off[e + 1, 11]]
+    node_x = fa[12][off[e, 12]:off[e + 1, 12]]
+    node_w = fa[13][off[e, 13]:off[e + 1, 13]]
+    if threaded(scal[e, 4], threads):
+        sums, mag = all_sums(counts, rest, rw, t_in, scal[e, 0], t_last, scal[e, 1],
+                             scal[e, 2], scal[e, 3], blocks, C, z, sa, sb, ia, isz, wu, wm,
+                             wself, wu0, wm0, wself0, alt, centre, node_x, node_w, named)
+    else:
+        sums, mag = all_sums_serial(counts, rest, rw, t_in, scal[e, 0], t_last, scal[e, 1],
+                                    scal[e, 2], scal[e, 3], blocks, C, z, sa, sb, ia, isz, wu,
+                                    wm, wself, wu0, wm0, wself0, alt, centre, node_x, node_w,
+                                    named)
+    return with_rounding(sums, mag, n)
+
+
+def threads_for(scal, threads):
+    """numba's thread count for evaluators with scalars ``scal``: ``threads``, or fewer where
+    no evaluator has MIN_POINTS_PER_THREAD points per thread (cpp/kernel.cpp's rule)."""
+    most = int(scal[:, 4].max()) // MIN_POINTS_PER_THREAD if len(scal) else 0
+    return max(1, min(threads, most))
+
+
+key_weights = njit(_key_weights)
+
+
+@njit
+def _difference_part(a, b, first, stop, extra):
+    """|a - b| / |a| over sums first..stop-1 (and ``extra`` when >= 0), scaled by the
+    largest |a| (mimfast.quadrature.sums_error, cpp/fused.cpp difference)."""
+    top = abs(a[extra]) if extra >= 0 else 0.0
+    for i in range(first, stop):
+        top = max(top, abs(a[i]))
+    if top == 0:
+        top = 1.0
+    d = r = 0.0
+    if extra >= 0:
+        e, f = (a[extra] - b[extra]) / top, a[extra] / top
+        d += e * e
+        r += f * f
+    for i in range(first, stop):
+        e, f = (a[i] - b[i]) / top, a[i] / top
+        d += e * e
+        r += f * f
+    if d > 0:
+        return math.sqrt(d) / math.sqrt(r) if r > 0 else np.inf
+    return 0.0
+
+
+@njit
+def error_estimate(n, s, check, has_check):
+    """A class's error estimate: the kernel's rounding of the sums ``s`` and, with a check
+    evaluator, their difference from its sums ``check`` (gradient, attention, loss)."""
+    ns = 3 + 3 * n
+    err = max(s[ns], max(s[ns + 1], s[ns + 2]))
+    if has_check:
+        diff = max(_difference_part(s, check, 3 + n, 3 + 3 * n, 2),
+                   max(_difference_part(s, check, 3, 3 + n, -1),
+                       _difference_part(s, check, 1, 2, -1)))
+        err = max(diff, err)
+    return err
+
+
+@njit
+def evaluate_classes(fa, off, scal, ev, chk, n_cat, c_off, z, live, named, has_named, a_off,
+                     p_off, coef, coef_loss, state, grad, att, ploss, err, max_err, work,
+                     threads):
+    """One gradient of the whole state (mimfast/model.py evaluate, cpp/fused.cpp evaluate):
+    per class its key weights, its evaluator's sums (and its check's), the gradient rows;
+    returns the loss. ``named`` (per category, like ``z``) holds the named areas of the
+    classes with ``has_named``. ``work``: scratch rows wu, wm, wu0, wm0 and zeros."""
+    grad[:] = 0.0
+    loss = 0.0
+    wu, wm, wu0, wm0, zeros = work[0], work[1], work[2], work[3], work[4]
+    for i in range(n_cat.shape[0]):
+        n = n_cat[i]
+        A = state[a_off[i]:a_off[i] + n]
+        if p_off[i] >= 0:
+            b_self = state[p_off[i]]
+            B = state[p_off[i] + 1:p_off[i] + 1 + n]
+        else:
+            b_self = 0.0
+            B = zeros[:n]
+        zi = z[c_off[i]:c_off[i] + n]
+        nm = named[c_off[i]:c_off[i] + n] if has_named[i] else named[:0]
+        wself, lead, wself0 = key_weights(zi, A, B, b_self, live[c_off[i]:c_off[i] + n], wu,
+                                          wm, wu0, wm0)
+        alt = lead > OWN_LEAD
+        u0, m0 = (wu0, wm0) if alt else (wu, wm)
+        s = class_sums(fa, off, scal, ev[i], zi, wu, wm, wself, u0, m0, wself0, alt, nm,
+                       threads)
+        check = s
+        if chk[i] >= 0:
+            check = class_sums(fa, off, scal, chk[i], zi, wu, wm, wself, u0, m0, wself0, alt,
+                               nm, threads)
+        err[i] = error_estimate(n, s, check, chk[i] >= 0)
+        max_err[i] = max(max_err[i], err[i])
+        for k in range(n):
+            grad[a_off[i] + k] = coef[i] * s[3 + n + k]
+            att[c_off[i] + k] = s[3 + k]
+        ploss[i] = s[1]
+        loss += coef_loss[i] * s[1]
+        if p_off[i] >= 0:
+            grad[p_off[i]] += coef[i] * s[2]
+            for k in range(n):
+                grad[p_off[i] + 1 + k] += coef[i] * s[3 + 2 * n + k]
+    return loss
+
+
+# run_steps' statuses: those of cpp/fused.hpp, and BUDGET when its steps are used up
+DONE, CHUNK, NONFINITE, TOLERANCE, BUDGET = 0, 1, 2, 3, 5
+
+
+@njit
+def run_steps(fa, off, scal, ev, chk, n_cat, c_off, z, live, named, has_named, a_off, p_off,
+              coef, coef_loss, tol, accept, state, nxt, grad, att, ploss, err, max_err, last, work, ctr, rec,
+              rec_steps, steps, record_every, eta, threads, stop_every, budget):
+    """GD steps of a run (cpp/fused.cpp, FusedLoop::run), at most ``budget``.
+
+    ``ctr``: the step t, the last recorded step and the records held; ``rec`` rows loss,
+    state, grad, attention, patch loss and error of each record (room for ``budget`` more),
+    ``last[0]`` the loss of the last evaluation."""
+    for _ in range(budget):
+        t = ctr[0]
+        last[0] = evaluate_classes(fa, off, scal, ev, chk, n_cat, c_off, z, live, named,
+                                   has_named, a_off, p_off, coef, coef_loss, state, grad, att,
+                                   ploss, err, max_err, work, threads)
+        for i in range(n_cat.shape[0]):
+            if tol[i] > 0 and accept[i] != t and not err[i] <= tol[i]:
+                return TOLERANCE
+        if (t % record_every == 0 or t == steps) and t > ctr[1]:
+            j = ctr[2]
+            rec_steps[j] = t
+            parts = ((last, 0), (state, 1), (grad, 1 + state.shape[0]),
+                     (att, 1 + 2 * state.shape[0]), (ploss, 1 + 2 * state.shape[0] + att.shape[0]),
+                     (err, 1 + 2 * state.shape[0] + att.shape[0] + ploss.shape[0]))
+            for v, at in parts:
+                rec[j, at:at + v.shape[0]] = v
+            ctr[2] = j + 1
+            ctr[1] = t
+        if t >= steps:
+            return DONE
+        finite = True
+        for i in range(state.shape[0]):
+            nxt[i] = state[i] - eta * grad[i]
+            finite = finite and np.isfinite(nxt[i])
+        if not finite:
+            return NONFINITE
+        stop = stop_every > 0 and t % stop_every == 0
+        state[:] = nxt
+        ctr[0] = t + 1
+        if t + 1 == steps or stop:
+            return CHUNK
+    return BUDGET

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import check_threads
 
 NAME = "cpp"
@@ -72,34 +70,25 @@ def fused_loop(setting, grids, layout, checks=None, tol=0.0):
     by ``layout`` (a :class:`~mimfast.model.StateLayout`).
 
     Its class inputs and accumulation are those of :func:`mimfast.model.evaluate`, with the
-    same per-class factors computed here the same way. ``checks`` optionally gives per class
+    same per-class factors (:func:`mimfast.model.loop_classes`). ``checks`` optionally gives per class
     (in ``setting.classes()`` order) a second evaluator (any ``_core.ClassEval``) whose
     difference from the first is recorded as the class's error estimate (a quadrature brings
     its own, see :func:`evaluators`); the loop stops before a step whose estimate of a class
     exceeds ``tol`` (0: never).
     """
-    scale = setting.masked / setting.P
-    classes = setting.classes()
-    pairs = [evaluators(grids[c]) for c in classes]
+    from ..model import loop_classes
+
+    pairs = [evaluators(grids[c]) for c in setting.classes()]
     evals = [e for e, _ in pairs]
     if checks is None:
         checks = [c for _, c in pairs]
-    z = [setting.class_z(k, h) for k, h in classes]
-    live = [np.array(grids[c].live_list, dtype=bool) for c in classes]
-    a_off = [layout.fp_row(k, h) for k, h in classes]
-    p_off = [layout.pp_row(h) for k, h in classes]
-    coef, coef_loss = [], []
-    for k, h in classes:
-        pi = setting.weights[k]
-        coef.append(float(pi * scale))
-        coef_loss.append(float(pi * scale * setting.clusters[k].groups[h].patches))
-    loop = _core.FusedLoop(evals, list(checks), z, live, a_off, p_off, coef, coef_loss,
-                           layout.size)
-    for i, (k, h) in enumerate(classes):
+    per_class = loop_classes(setting, grids, layout)
+    loop = _core.FusedLoop(evals=evals, checks=list(checks), **per_class, n_state=layout.size)
+    for i, (k, h) in enumerate(setting.classes()):
         named = setting.class_named(k, h)
         if named is not None:  # per class, like z: the point sets stay shared
             loop.set_named(i, named)
     if tol:
-        for i in range(len(classes)):
+        for i in range(len(evals)):
             loop.set_evaluators(i, evals[i], checks[i], tol)
     return loop
