@@ -547,7 +547,6 @@ def _run(args):
     import mimfast as mf
 
     from . import io
-    from .analysis import analyze
 
     given = {k: v for k, v in vars(args).items() if k != "command"}
     resume = None
@@ -634,7 +633,8 @@ def _run(args):
                           file=sys.stderr)
                     return EXIT_INTERRUPTED
                 progress.close(len(result) - 1)
-                return _finish(result, opts, out, attrs, save_and_stop)
+                return _finish(result, opts, out, attrs, save_and_stop, interrupts,
+                               f"tau {result.tau[-1]:.6g}")
             progress = _Progress(show, start, opts["steps"], checkpoint, opts["checkpoint_every"],
                                  interrupts, opts.get("checkpoint_seconds", 0),
                                  setting=setting)
@@ -655,17 +655,10 @@ def _run(args):
                 print("mimfast: interrupted before the first step; nothing saved", file=sys.stderr)
                 return EXIT_INTERRUPTED
             progress.close(result.last_step)
-            try:
-                analysis = analyze(result, opts["epsilon"])
-                _write_outputs(result, analysis, out, attrs, opts["plots"],
-                               opts.get("step_axis", "linear"))
-            except KeyboardInterrupt:
-                return save_and_stop(result, f"while writing the outputs (the run is complete at "
-                                             f"step {result.last_step})")
-            (out / CHECKPOINT).unlink(missing_ok=True)
+            return _finish(result, opts, out, attrs, save_and_stop, interrupts,
+                           f"step {result.last_step}")
         finally:  # what an interrupt cut short (it may land in a cleanup too)
             io.clean_temporaries(out)
-    return EXIT_OK
 
 
 FLOW_KEYS = {"flow", "stop_at", "rtol"}
@@ -704,28 +697,32 @@ def _flow_end(opts):
 
 
 
-def _finish(result, opts, out, attrs, save_and_stop):
-    """Analyse a finished gradient-flow run and write its outputs (an interrupt while writing
-    them saves the run as the checkpoint)."""
+def _finish(result, opts, out, attrs, save_and_stop, interrupts, where):
+    """Analyse a finished run and write its outputs (an interrupt while writing them saves the
+    run as the checkpoint); ``where`` names the run's end (its last step or flow time)."""
     from .analysis import analyze
 
     try:
         _write_outputs(result, analyze(result, opts["epsilon"]), out, attrs, opts["plots"],
-                       opts.get("step_axis", "linear"))
+                       interrupts, opts.get("step_axis", "linear"))
     except KeyboardInterrupt:
-        return save_and_stop(result, f"while writing the outputs (the run is complete at tau "
-                                     f"{result.tau[-1]:.6g})")
+        return save_and_stop(result, f"while writing the outputs (the run is complete at "
+                                     f"{where})")
     (out / CHECKPOINT).unlink(missing_ok=True)
     return EXIT_OK
 
 
-def _write_outputs(result, analysis, out, attrs, plots, step_axis="linear"):
+def _write_outputs(result, analysis, out, attrs, plots, interrupts, step_axis="linear"):
+    """Write the results file, the table and the summary with interrupts held (an interrupt
+    inside a NetCDF write could leave xarray's lock taken, and the checkpoint that follows
+    would wait on it forever), then the figures, interruptibly."""
     from . import io
 
     text = _report(result, analysis)
-    files = [io.save(result, out / RESULT, analysis, attrs),
-             io.export(result, out / "trajectories.csv"),
-             io.write_text(out / "summary.txt", text + "\n")]
+    with interrupts.hold():
+        files = [io.save(result, out / RESULT, analysis, attrs),
+                 io.export(result, out / "trajectories.csv"),
+                 io.write_text(out / "summary.txt", text + "\n")]
     if plots:
         from .plots import save_figures
 
