@@ -181,9 +181,11 @@ def test_cli_runs_the_flow(tmp_path, capsys):
     (["--flow", "100", "--steps", "3"], "drop the GD options --steps"),
     (["--flow", "100", "--eta", "3"], "drop the GD options --eta"),
     (["--stop-at", "T_eps"], "add --flow TAU"),
-    (["--rtol", "1e-8"], "add --flow TAU"),
+    (["--flow-rtol", "1e-8"], "add --flow TAU"),
+    (["--flow", "1", "--rtol", "1e-8"], "the gradient flow's step tolerance is --flow-rtol"),
+    (["--rtol", "1e-8"], "--rtol is the quadrature's error tolerance"),
     (["--flow", "-1"], "tau must be finite and positive"),
-    (["--flow", "1", "--rtol", "2"], "rtol must lie in"),
+    (["--flow", "1", "--flow-rtol", "2"], "rtol must lie in"),
     (["--flow", "--stop-at", "later"], "invalid choice"),
 ])
 def test_cli_refuses_bad_flow_options(tmp_path, capsys, argv, words):

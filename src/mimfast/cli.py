@@ -61,7 +61,7 @@ CONFIG_TYPES = {
     "checkpoint_every": _INT, "checkpoint_seconds": _NUM, "masked": _INT, "kappa_c": _NUM, "kappa_s": _NUM, "gamma": _NUM,
     "eta": _NUM, "tail_tol": _NUM, "epsilon": _NUM, "z": _NUM + (list,), "preset": _STR,
     "pp": _STR, "backend": _STR, "method": _STR, "out": _STR, "plots": _BOOL, "progress": _BOOL,
-    "step_axis": _STR, "flow": _NUM, "stop_at": _STR, "rtol": _NUM,
+    "step_axis": _STR, "flow": _NUM, "stop_at": _STR, "flow_rtol": _NUM, "rtol": _NUM,
     "clusters": (list,), "overlap": _NUM, "tile_groups": (list,),
 }
 
@@ -182,8 +182,11 @@ def _parser():
                         "without TAU: until every class reaches T_eps")
     g.add_argument("--stop-at", dest="stop_at", choices=["switch", "T_eps"],
                    help="with --flow: stop once every class has reached this event")
-    g.add_argument("--rtol", type=_number,
-                   help="with --flow: local error tolerance of each step (default 1e-10)")
+    g.add_argument("--flow-rtol", type=_number, dest="flow_rtol",
+                   help="with --flow: local error tolerance of each step (default 1e-10), as "
+                        "in mimfast sweep (whose --rtol is the quadrature's; mimfast run has "
+                        "no --rtol)")
+    g.add_argument("--rtol", type=_number, help=argparse.SUPPRESS)  # refused by _options
     g = run.add_argument_group("analysis and output")
     g.add_argument("--epsilon", type=_number, help="tolerance of Theorem 4.1 (default 0.05)")
     g.add_argument("--out", type=Path, metavar="DIR", help="output folder (default mimfast-run)")
@@ -269,6 +272,8 @@ def _options(args):
     if preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     base = {} if "clusters" in config else PRESETS[preset]
+    if "rtol" in given or "rtol" in config:
+        raise UsageError(RTOL_REFUSED)
     opts = {**DEFAULTS, **base, **config, **given, "preset": preset}
     if "masked" in opts and ("gamma" in given or "gamma" in config):
         raise UsageError("give either masked or gamma, not both")
@@ -290,6 +295,13 @@ def _options(args):
         opts["eta"] = preset_eta(opts["P"], opts["kappa_s"]) * (
             opts["K"] if "overlap" in opts else 1)
     return opts
+
+
+# The flow's tolerance was once --rtol here while mimfast sweep's --rtol is the quadrature's:
+# refused by name rather than given a new meaning silently.
+RTOL_REFUSED = ("--rtol (rtol in a config file) is not an option of mimfast run: the gradient "
+                "flow's step tolerance is --flow-rtol (flow_rtol), as in mimfast sweep, whose "
+                "--rtol is the quadrature's error tolerance")
 
 
 def preset_eta(P, kappa_s):
@@ -373,6 +385,8 @@ def _saved_options(out):
     try:
         ds = io.open_dataset(path)
         opts = json.loads(ds.attrs["run_options"])
+        if "rtol" in opts:  # saved when --rtol was the flow's tolerance
+            opts["flow_rtol"] = opts.pop("rtol")
         return opts, io.from_dataset(ds)
     except (io.ResultFileError, KeyError, ValueError) as exc:
         raise InputError(f"--resume: {path} is not a resumable mimfast run ({exc})") from None
@@ -617,7 +631,7 @@ def _run(args):
                                      opts.get("checkpoint_seconds", 0))
                 try:
                     tau, stop_at = _flow_end(opts)
-                    result = mf.flow(setting, tau, rtol=opts.get("rtol", 1e-10),
+                    result = mf.flow(setting, tau, rtol=opts.get("flow_rtol", 1e-10),
                                      stop_at=stop_at, backend=opts["backend"],
                                      method=opts["method"], threads=opts.get("threads"),
                                      tail_tol=opts["tail_tol"], epsilon=opts["epsilon"],
@@ -661,7 +675,7 @@ def _run(args):
             io.clean_temporaries(out)
 
 
-FLOW_KEYS = {"flow", "stop_at", "rtol"}
+FLOW_KEYS = {"flow", "stop_at", "flow_rtol"}
 GD_ONLY = {"eta", "steps", "record_every", "checkpoint_every"}
 
 
@@ -682,7 +696,7 @@ def _check_flow(opts, given, resume):
 
     try:
         tau, stop_at = _flow_end(opts)
-        check(_setting(opts), tau, opts.get("rtol", 1e-10), stop_at, opts["epsilon"], 1)
+        check(_setting(opts), tau, opts.get("flow_rtol", 1e-10), stop_at, opts["epsilon"], 1)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"--flow: {exc}") from None
 
