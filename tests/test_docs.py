@@ -68,3 +68,12 @@ def test_grid_sizes_quoted_in_readme_are_todays():
     points = sum(g.points for g in build_grids(mf.Setting.paper(10**6, 0.9, 0.3)).values())
     readme = (ROOT / "README.md").read_text()
     assert points == 215_651 and "215,651" in readme
+
+
+def test_flow_evaluations_table_counts_add_up():
+    """The flow table's rows: 2 + 6 per step tried + the evaluations locating the events."""
+    flow_evaluations = _load("flow_evaluations")
+    (row,) = [r for r in flow_evaluations.rows(1e-10, [3], 1) if r[0] == "paper-positive"]
+    accepted, rejected, events, locating, evaluations = row[3:8]
+    assert evaluations == 2 + 6 * (accepted + rejected) + locating
+    assert accepted > 100 and 0 < rejected < accepted and events >= 2 and locating >= events
