@@ -1,4 +1,4 @@
-"""The ``mimfast`` command: run the paper's setting, save, plot and summarise (Theorem 4.1).
+"""The ``mimfast`` command: run the paper's setting, save, plot and summarise (its claims).
 
 ``mimfast run`` builds a setting from a preset, a TOML config file and command-line options
 (later ones win), runs exact population GD with a progress bar and periodic checkpoints, and
@@ -131,7 +131,7 @@ def _parser():
     p = argparse.ArgumentParser(
         prog="mimfast", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Exact population dynamics of masked image modeling in a one-layer "
-                    "transformer: watch Theorem 4.1 of the paper happen.")
+                    "transformer: watch the paper's theorem and phases happen.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     S = argparse.SUPPRESS
@@ -139,8 +139,10 @@ def _parser():
     run = sub.add_parser(
         "run", help="run a preset or configured setting, save results, figures and summary",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CONFIG_HELP + "\n" + EPILOG,
-        description="Run exact population GD and check Theorem 4.1. Unset options come from "
-                    "--config, then from the preset.", argument_default=S)
+        description="Run exact population GD (or, with --flow, the gradient flow) and check "
+                    "the paper's claims, each with its source: Theorem 4.1 (loss, attention), "
+                    "§5 / Lemma 5.3 / App. F (phases, PP). Unset options come from --config, "
+                    "then from the preset.", argument_default=S)
     run.add_argument("--preset", choices=sorted(PRESETS),
                      help="the paper's regime: positive (kappa_c 0.9, Delta = 0.5) or negative "
                           "(kappa_c 0.6, Delta = -0.1) information gap, P = 10^6, kappa_s 0.3 "
