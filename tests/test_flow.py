@@ -161,6 +161,26 @@ def test_saved_and_loaded(tmp_path):
     back = mf.io.load(mf.io.save(r, tmp_path / "r.nc"))
     assert back.is_flow and np.array_equal(back.tau, r.tau)
     np.testing.assert_array_equal(back.fp(0, 1, "own"), r.fp(0, 1, "own"))
+    assert back.events == r.events and back.events  # the switch of the global class, at 0
+    assert back.evaluations == r.evaluations > 0
+    # verified like every other field: a changed count fails the checksum
+    ds = mf.io.to_dataset(r)
+    d0 = mf.io.digest(ds)
+    ds.attrs["flow_evaluations"] += 1
+    assert mf.io.digest(ds) != d0
+    # a file written before the count was saved loads with None; GD runs have none
+    r.evaluations = None
+    assert mf.io.load(mf.io.save(r, tmp_path / "old.nc")).evaluations is None
+    gd = mf.simulate(mf.Setting.paper(400, 0.9, 0.3), 1.0, 2)
+    assert gd.evaluations is None
+    assert mf.io.load(mf.io.save(gd, tmp_path / "gd.nc")).evaluations is None
+    # a count that is not one is refused on load
+    ds = mf.io.to_dataset(flow(mf.Setting.paper(400, 0.9, 0.3), 5.0))
+    ds.attrs["flow_evaluations"] = -3
+    ds.attrs[mf.io.DIGEST] = mf.io.digest(ds)
+    ds.to_netcdf(tmp_path / "bad.nc", engine=mf.io.ENGINE)
+    with pytest.raises(mf.io.ResultFileError, match="flow_evaluations = -3 is not a count"):
+        mf.io.load(tmp_path / "bad.nc")
 
 
 def test_cli_runs_the_flow(tmp_path, capsys):
