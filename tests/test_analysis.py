@@ -258,6 +258,38 @@ def test_gd_whose_first_step_crosses_phase_one_is_untrusted():
     assert "[untrusted]" in a.table() and a.classes[1].step_move > 1e4
 
 
+def test_oversized_step_after_the_switch_is_flagged_but_phases_stay_trusted():
+    """paper-negative at P = 10^15 and its preset eta: step 0 takes the global class's A_own
+    from 0 to 49.9 (its switch is at 0, so the phase verdict rests on no step)."""
+    from mimfast.cli import preset_eta
+
+    s = mf.Setting.paper(10**15, 0.6, 0.3)
+    assert s.delta < 0
+    r = mf.simulate(s, preset_eta(10**15, 0.3), 3, threads=1)
+    a = A.analyze(r)
+    glob = a.classes[0]
+    assert glob.switch_tau == 0 and glob.step_move == 0
+    assert glob.run_move == pytest.approx(r.fp(0, 0, "own")[1]) and glob.run_move > 40
+    assert glob.run_move_step == 0
+    assert "step 0 moves a correlation of the global class\nby 49.9" in a.warning
+    assert "event times (switch, T_eps, global minimum)\nare those of GD" in a.warning
+    assert a.trusted and all(c.trusted for c in a.claims) and "untrusted" not in a.table()
+    assert "GD steps too large" in a.table()
+
+
+def test_step_moves_between_records_are_means_per_step():
+    s = mf.Setting.paper(10**6, 0.9, 0.3)
+    every = A.step_moves(mf.simulate(s, 2e4, 12, threads=1), 0, 1)
+    sparse = mf.simulate(s, 2e4, 12, record_every=3, threads=1)
+    moves = A.step_moves(sparse, 0, 1)
+    assert len(moves) == 5 and moves[0] == every[0]  # step 0 itself: eta |dL/dA|, exact
+    for i in range(1, 4):  # between records: at most the largest single step, at least a mean
+        assert moves[i] <= every[3 * i:3 * i + 3].max() * (1 + 1e-9)
+        assert moves[i] >= every[3 * i:3 * i + 3].min() * (1 - 1e-9)
+    big = A.analyze(sparse, max_move=moves.max() / 2).warning
+    assert "a mean per step over the 3 steps between records" in big
+
+
 def test_flow_at_a_quadrillion_patches_shows_two_phases():
     s = mf.Setting.paper(10**15, 0.9, 0.3)
     a = A.analyze(mf.flow(s, 1e30, stop_at="switch", threads=1))

@@ -68,3 +68,29 @@ def test_grid_sizes_quoted_in_readme_are_todays():
     points = sum(g.points for g in build_grids(mf.Setting.paper(10**6, 0.9, 0.3)).values())
     readme = (ROOT / "README.md").read_text()
     assert points == 215_651 and "215,651" in readme
+
+
+def test_flow_evaluations_table_counts_add_up():
+    """The flow table's rows: 2 + 6 per step tried + the evaluations locating the events."""
+    flow_evaluations = _load("flow_evaluations")
+    (row,) = [r for r in flow_evaluations.rows(1e-10, [3], 1) if r[0] == "paper-positive"]
+    accepted, rejected, events, locating, evaluations = row[3:8]
+    assert evaluations == 2 + 6 * (accepted + rejected) + locating
+    assert accepted > 100 and 0 < rejected < accepted and events >= 2 and locating >= events
+
+
+def test_readme_and_help_speak_of_todays_claims_and_presets(capsys):
+    from mimfast import analysis
+    from mimfast.cli import PRESETS, main
+
+    readme = (ROOT / "README.md").read_text()
+    for name in PRESETS:
+        assert f"`{name}`" in readme or f"preset {name}" in readme.replace("\n", " "), name
+    assert "--overlap" in readme and "§9" in readme
+    for source in (analysis.THEOREM, analysis.PHASES):
+        assert source in readme
+    assert analysis.EARLY.split(": ")[-1] in readme
+    assert analysis.EARLY_FLOW.split(": ")[-1].split(" (")[0] in readme
+    assert main(["run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "check Theorem 4.1" not in text and "Lemma 5.3" in text

@@ -130,6 +130,44 @@ def test_global_minimum_only_where_it_turns():
     assert np.all(np.diff(r.fp(0, 1, 0)) < 0)
 
 
+def _started_at(setting, local_fp, rtol):
+    """A flow result to resume from whose state gives the local class (0, 1) the FP row
+    ``local_fp`` (own, global, other local areas): a short run with its state and last record
+    set (resume continues from any consistent state; the events are recomputed there)."""
+    r = flow(setting, 1e-3, rtol=rtol)
+    fp = [a.copy() for a in r.state.fp]
+    fp[0][1] = local_fp
+    r.state = State(fp, r.state.pp.copy())
+    r._fp[0][-1] = fp[0]
+    return r
+
+
+def test_global_minimum_event_where_it_turns():
+    """From Q = 0 the paper's local query's global FP correlation never turns (above). From a
+    state where the query attends the other local areas (their correlation +4) and the global
+    one is at -2, A_global first creeps up, then falls while the own correlation grows, and
+    turns up again near tau 4000 (a local minimum, before T_eps), which the event locates."""
+    s = mf.Setting.paper(400, 0.9, 0.3)
+    start = _started_at(s, [0.0, -2.0, 4.0], 1e-11)
+    r = flow(s, 1e4, resume=start, rtol=1e-11)
+    t_min = r.events["global_min", 0, 1]
+    assert start.tau[-1] < t_min < r.tau[-1]
+    a = r.fp(0, 1, 0)
+    j = int(np.searchsorted(r.tau, t_min))  # records j - 1 < t_min <= j: a local minimum
+    assert a[j - 2] > min(a[j - 1], a[j]) < a[j + 1]
+    # dense evaluation: the flow to t_min and to 1 % either side of it
+    at = {d: flow(s, t_min * (1 + d), resume=start, rtol=1e-11) for d in (-0.01, 0.0, 0.01)}
+    lowest = at[0.0].fp(0, 1, 0)[-1]
+    assert at[-0.01].fp(0, 1, 0)[-1] > lowest < at[0.01].fp(0, 1, 0)[-1]
+    # there the gradient on A_global vanishes, against its size 1 % away
+    g = {d: abs(at[d].fp_grad(0, 1, 0)[-1]) for d in at}
+    assert g[0.0] < 1e-6 * min(g[-0.01], g[0.01])
+    # and a tighter integration puts it at the same time
+    tight = flow(s, 1e4, resume=_started_at(s, [0.0, -2.0, 4.0], 1e-13),
+                 rtol=1e-13).events["global_min", 0, 1]
+    assert abs(tight - t_min) < 1e-6 * t_min
+
+
 def test_locate_brackets_the_root():
     from mimfast.flow import _locate
 
@@ -161,6 +199,26 @@ def test_saved_and_loaded(tmp_path):
     back = mf.io.load(mf.io.save(r, tmp_path / "r.nc"))
     assert back.is_flow and np.array_equal(back.tau, r.tau)
     np.testing.assert_array_equal(back.fp(0, 1, "own"), r.fp(0, 1, "own"))
+    assert back.events == r.events and back.events  # the switch of the global class, at 0
+    assert back.evaluations == r.evaluations > 0
+    # verified like every other field: a changed count fails the checksum
+    ds = mf.io.to_dataset(r)
+    d0 = mf.io.digest(ds)
+    ds.attrs["flow_evaluations"] += 1
+    assert mf.io.digest(ds) != d0
+    # a file written before the count was saved loads with None; GD runs have none
+    r.evaluations = None
+    assert mf.io.load(mf.io.save(r, tmp_path / "old.nc")).evaluations is None
+    gd = mf.simulate(mf.Setting.paper(400, 0.9, 0.3), 1.0, 2)
+    assert gd.evaluations is None
+    assert mf.io.load(mf.io.save(gd, tmp_path / "gd.nc")).evaluations is None
+    # a count that is not one is refused on load
+    ds = mf.io.to_dataset(flow(mf.Setting.paper(400, 0.9, 0.3), 5.0))
+    ds.attrs["flow_evaluations"] = -3
+    ds.attrs[mf.io.DIGEST] = mf.io.digest(ds)
+    ds.to_netcdf(tmp_path / "bad.nc", engine=mf.io.ENGINE)
+    with pytest.raises(mf.io.ResultFileError, match="flow_evaluations = -3 is not a count"):
+        mf.io.load(tmp_path / "bad.nc")
 
 
 def test_cli_runs_the_flow(tmp_path, capsys):
@@ -181,9 +239,11 @@ def test_cli_runs_the_flow(tmp_path, capsys):
     (["--flow", "100", "--steps", "3"], "drop the GD options --steps"),
     (["--flow", "100", "--eta", "3"], "drop the GD options --eta"),
     (["--stop-at", "T_eps"], "add --flow TAU"),
-    (["--rtol", "1e-8"], "add --flow TAU"),
+    (["--flow-rtol", "1e-8"], "add --flow TAU"),
+    (["--flow", "1", "--rtol", "1e-8"], "the gradient flow's step tolerance is --flow-rtol"),
+    (["--rtol", "1e-8"], "--rtol is the quadrature's error tolerance"),
     (["--flow", "-1"], "tau must be finite and positive"),
-    (["--flow", "1", "--rtol", "2"], "rtol must lie in"),
+    (["--flow", "1", "--flow-rtol", "2"], "rtol must lie in"),
     (["--flow", "--stop-at", "later"], "invalid choice"),
 ])
 def test_cli_refuses_bad_flow_options(tmp_path, capsys, argv, words):

@@ -348,6 +348,52 @@ def test_two_signals_to_a_running_command(tmp_path, spawn):
     assert f"after step {saved.last_step};" in err and saved.last_step >= 20
 
 
+# SIGINT right after xarray takes its process-wide HDF5 lock in the close of the results
+# file's write: in the middle of CombinedLock.acquire, where an interrupt leaves that lock
+# taken, and any later NetCDF write (the checkpoint) would wait for it forever.
+_SIGINT_IN_XARRAY_LOCK = """
+import os, signal, sys
+from xarray.backends import locks
+from mimfast.cli import main
+
+plain, sent = locks.acquire, []
+
+def acquire(lock, blocking=True):
+    got = plain(lock, blocking)
+    names, f = set(), sys._getframe(1)
+    while f is not None:
+        names.add(f.f_code.co_name)
+        f = f.f_back
+    if (not sent and lock in (locks.HDF5_LOCK, locks.NETCDFC_LOCK)
+            and {"_write_outputs", "save", "close"} <= names):
+        sent.append(1)
+        print("sigint inside the lock", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+    return got
+
+locks.acquire = acquire
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("run", [TINY, ["--P", "200", "--kappa-c", "0.9", "--kappa-s", "0.5",
+                                        "--flow", "3", "--threads", "1", "--no-plots"]],
+                         ids=["gd", "flow"])
+def test_sigint_inside_xarray_lock_of_the_results_write(run, tmp_path, spawn):
+    out = tmp_path / "run"
+    proc = spawn([sys.executable, "-c", _SIGINT_IN_XARRAY_LOCK, "run", *run, "--out", str(out)],
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=60)  # not held: waits forever on the lock taken
+    assert "sigint inside the lock" in err
+    assert proc.returncode == 130, err
+    assert "while writing the outputs" in err and temporaries(out) == []
+    # the results file was written whole under the hold; the run is also the checkpoint
+    saved = io.load(out / "result.nc")
+    assert io.equal(io.load(out / "checkpoint.nc"), saved)
+    if "--flow" not in run:
+        assert io.equal(saved, tiny_result())
+
+
 def test_interrupt_during_analysis_keeps_the_complete_run(tmp_path, capsys, monkeypatch):
     import mimfast.analysis
 

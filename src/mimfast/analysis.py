@@ -52,6 +52,7 @@ __all__ = [
     "pp_across_clusters",
     "pp_fp_sizes",
     "rival_keys",
+    "step_moves",
 ]
 
 EPSILON = 0.05
@@ -248,23 +249,40 @@ def at_time(result, values, tau, step):
     return float(values[int(np.searchsorted(result.steps, step))])
 
 
+def step_moves(result, k, h):
+    """Per record of a GD run, the largest amount one step moves a correlation of class
+    (k, h) there: η |dL/dA| at the record (the move of the step after it, exact), and the
+    change of every FP and (with exact PP) PP correlation to the next record divided by the
+    steps between them. With ``record_every`` > 1 that second part is a mean over the steps
+    between records (their largest single move may be larger: the steps in between are not
+    recorded). Empty for a gradient-flow run (its steps follow the flow)."""
+    if result.is_flow or not len(result.steps):
+        return np.zeros(0)
+    s = result.setting
+    keys = fp_keys(s, k, h)
+    move = result.eta * np.max([np.abs(result.fp_grad(k, h, key)) for key in keys], axis=0)
+    if len(result.steps) > 1:
+        series = [result.fp(k, h, key) for key in keys]
+        if s.pp == "exact":
+            series += [result.pp(h, key) for key in ["self"] + fp_keys(s, 0, h)]
+        dt = np.diff(result.steps)
+        mean = np.max([np.abs(np.diff(a)) for a in series], axis=0) / dt
+        move[:-1] = np.maximum(move[:-1], mean)
+    return move
+
+
 def largest_step_move(result, k, h, until=None):
     """The largest amount one GD step before step ``until`` (default: the whole run) moves a
-    correlation of class (k, h): η |dL/dA| at each recorded step before it (the move of the
-    step after the record) and, with exact PP, the PP row's mean move per step between those
-    records. 0 for a gradient-flow run (its steps follow the flow)."""
-    n = len(result.steps) if until is None else int(np.searchsorted(result.steps, until))
-    if result.is_flow or n == 0:
-        return 0.0
-    s = result.setting
-    move = result.eta * max(float(np.max(np.abs(result.fp_grad(k, h, key)[:n])))
-                            for key in fp_keys(s, k, h))
-    if s.pp == "exact" and min(n + 1, len(result.steps)) > 1:
-        m = min(n + 1, len(result.steps))
-        dt = np.diff(result.steps[:m])
-        for key in ["self"] + fp_keys(s, 0, h):
-            move = max(move, float(np.max(np.abs(np.diff(result.pp(h, key)[:m])) / dt)))
-    return move
+    correlation of class (k, h), with the recorded step where it starts: the largest of
+    :func:`step_moves` over the records before ``until``. (0.0, None) for a gradient-flow
+    run or when no record comes before ``until``."""
+    moves = step_moves(result, k, h)
+    n = len(moves) if until is None else min(len(moves),
+                                             int(np.searchsorted(result.steps, until)))
+    if n == 0:
+        return 0.0, None
+    i = int(np.argmax(moves[:n]))
+    return float(moves[i]), int(result.steps[i])
 
 
 def attention_ceiling(setting, k, h):
@@ -309,7 +327,8 @@ class ClassSummary:
     (:func:`event_time`); ``grad_ratio0`` is R(0) (:func:`grad_ratio0`);
     ``fp_global_at_switch`` and ``fp_own_at_switch`` the FP correlations at the switch;
     ``step_move`` the largest move of one GD step before the switch
-    (:func:`largest_step_move`: the steps the phase verdict rests on); ``kind`` is
+    (:func:`largest_step_move`: the steps the phase verdict rests on), ``run_move`` and
+    ``run_move_step`` the largest over the whole run and the step it starts at; ``kind`` is
     :func:`class_kind` (``"global"``, ``"local"`` or None).
     """
 
@@ -335,6 +354,8 @@ class ClassSummary:
     fp_own_at_switch: float | None = None
     step_move: float = 0.0
     kind: str | None = None
+    run_move: float = 0.0
+    run_move_step: int | None = None
 
     @property
     def decoupled(self):
@@ -389,6 +410,12 @@ class Analysis:
     flow: bool = False
     warning: str = ""
     pp_report: str = ""
+
+    @property
+    def trusted(self):
+        """False when a GD step before a class's switch was too large to follow the flow
+        (the phase claims are then untrusted; :data:`MAX_MOVE`)."""
+        return all(c.trusted for c in self.claims)
 
     def table(self):
         """The summary table, the phase-I observables and the claims, as text."""
@@ -592,17 +619,33 @@ def analyze(result, epsilon=EPSILON, pp_ratio=PP_RATIO, max_move=MAX_MOVE):
     else:
         header = (f"{s!r}\neta = {result.eta:g}, {result.last_step} steps "
                   f"(recorded every {result.record_every}), backend {result.backend}")
-    big = max(rows, key=lambda r: r.step_move)
-    warning = ""
-    if big.step_move > max_move:
-        warning = (f"GD steps too large to follow the gradient flow: before its switch one step "
-                   f"moves a correlation of the {big.name} class\nby {big.step_move:.3g} (more "
-                   f"than {max_move:g}), so the phase claims are untrusted; lower eta or run "
-                   "the gradient flow\n(mimfast run --flow TAU)")
-    claims = _claims(result, rows, epsilon, pp_ratio, delta, trusted=not warning)
+    warning, untrusted = _move_warning(result, rows, max_move)
+    claims = _claims(result, rows, epsilon, pp_ratio, delta, trusted=not untrusted)
     return Analysis(float(epsilon), delta, s.delta_actual if shaped else None, tuple(rows),
                     claims, header, int(result.steps[-1]), result.is_flow, warning,
                     pp_across_clusters(result))
+
+
+def _move_warning(result, rows, max_move):
+    """``(warning, untrusted)`` of a GD run one of whose steps moves a correlation by more
+    than ``max_move``: the run's event times are then those of GD, not of the gradient flow,
+    and its phase claims are untrusted when such a step comes before a class's switch."""
+    big = max(rows, key=lambda r: r.run_move)
+    if big.run_move <= max_move:
+        return "", False
+    before = max(rows, key=lambda r: r.step_move)
+    untrusted = before.step_move > max_move
+    mean = (f"\n(a mean per step over the {result.record_every} steps between records: the "
+            "largest single step may move it further)" if result.record_every > 1 else "")
+    text = (f"GD steps too large to follow the gradient flow: step {big.run_move_step} moves a "
+            f"correlation of the {big.name} class\nby {big.run_move:.3g} (more than "
+            f"{max_move:g}){mean}, so the event times (switch, T_eps, global minimum)\nare "
+            "those of GD, not of the gradient flow;")
+    if untrusted:
+        text += (f" before its switch one step moves a correlation of the\n{before.name} class "
+                 f"by {before.step_move:.3g}, so the phase claims are untrusted;")
+    text += "\nlower eta or run the gradient flow (mimfast run --flow TAU)"
+    return text, untrusted
 
 
 def _summary(result, k, h, paper, epsilon):
@@ -632,8 +675,8 @@ def _summary(result, k, h, paper, epsilon):
         float(loss_gap(result, k, h, irreducible)[-1]), irreducible,
         None if low is None else low[0], None if low is None else low[1],
         switch_tau, event_time(result, "T_eps", k, h, t_eps), low_tau,
-        grad_ratio0(result, k, h), *at_switch, largest_step_move(result, k, h, switch),
-        class_kind(s, k, h, paper))
+        grad_ratio0(result, k, h), *at_switch, largest_step_move(result, k, h, switch)[0],
+        class_kind(s, k, h, paper), *largest_step_move(result, k, h))
 
 
 def _claims(result, rows, epsilon, pp_ratio, delta, trusted=True):

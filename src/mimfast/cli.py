@@ -1,4 +1,4 @@
-"""The ``mimfast`` command: run the paper's setting, save, plot and summarise (Theorem 4.1).
+"""The ``mimfast`` command: run the paper's setting, save, plot and summarise (its claims).
 
 ``mimfast run`` builds a setting from a preset, a TOML config file and command-line options
 (later ones win), runs exact population GD with a progress bar and periodic checkpoints, and
@@ -61,7 +61,7 @@ CONFIG_TYPES = {
     "checkpoint_every": _INT, "checkpoint_seconds": _NUM, "masked": _INT, "kappa_c": _NUM, "kappa_s": _NUM, "gamma": _NUM,
     "eta": _NUM, "tail_tol": _NUM, "epsilon": _NUM, "z": _NUM + (list,), "preset": _STR,
     "pp": _STR, "backend": _STR, "method": _STR, "out": _STR, "plots": _BOOL, "progress": _BOOL,
-    "step_axis": _STR, "flow": _NUM, "stop_at": _STR, "rtol": _NUM,
+    "step_axis": _STR, "flow": _NUM, "stop_at": _STR, "flow_rtol": _NUM, "rtol": _NUM,
     "clusters": (list,), "overlap": _NUM, "tile_groups": (list,),
 }
 
@@ -131,7 +131,7 @@ def _parser():
     p = argparse.ArgumentParser(
         prog="mimfast", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Exact population dynamics of masked image modeling in a one-layer "
-                    "transformer: watch Theorem 4.1 of the paper happen.")
+                    "transformer: watch the paper's theorem and phases happen.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     S = argparse.SUPPRESS
@@ -139,8 +139,10 @@ def _parser():
     run = sub.add_parser(
         "run", help="run a preset or configured setting, save results, figures and summary",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CONFIG_HELP + "\n" + EPILOG,
-        description="Run exact population GD and check Theorem 4.1. Unset options come from "
-                    "--config, then from the preset.", argument_default=S)
+        description="Run exact population GD (or, with --flow, the gradient flow) and check "
+                    "the paper's claims, each with its source: Theorem 4.1 (loss, attention), "
+                    "§5 / Lemma 5.3 / App. F (phases, PP). Unset options come from --config, "
+                    "then from the preset.", argument_default=S)
     run.add_argument("--preset", choices=sorted(PRESETS),
                      help="the paper's regime: positive (kappa_c 0.9, Delta = 0.5) or negative "
                           "(kappa_c 0.6, Delta = -0.1) information gap, P = 10^6, kappa_s 0.3 "
@@ -182,8 +184,11 @@ def _parser():
                         "without TAU: until every class reaches T_eps")
     g.add_argument("--stop-at", dest="stop_at", choices=["switch", "T_eps"],
                    help="with --flow: stop once every class has reached this event")
-    g.add_argument("--rtol", type=_number,
-                   help="with --flow: local error tolerance of each step (default 1e-10)")
+    g.add_argument("--flow-rtol", type=_number, dest="flow_rtol",
+                   help="with --flow: local error tolerance of each step (default 1e-10), as "
+                        "in mimfast sweep (whose --rtol is the quadrature's; mimfast run has "
+                        "no --rtol)")
+    g.add_argument("--rtol", type=_number, help=argparse.SUPPRESS)  # refused by _options
     g = run.add_argument_group("analysis and output")
     g.add_argument("--epsilon", type=_number, help="tolerance of Theorem 4.1 (default 0.05)")
     g.add_argument("--out", type=Path, metavar="DIR", help="output folder (default mimfast-run)")
@@ -269,6 +274,8 @@ def _options(args):
     if preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     base = {} if "clusters" in config else PRESETS[preset]
+    if "rtol" in given or "rtol" in config:
+        raise UsageError(RTOL_REFUSED)
     opts = {**DEFAULTS, **base, **config, **given, "preset": preset}
     if "masked" in opts and ("gamma" in given or "gamma" in config):
         raise UsageError("give either masked or gamma, not both")
@@ -290,6 +297,13 @@ def _options(args):
         opts["eta"] = preset_eta(opts["P"], opts["kappa_s"]) * (
             opts["K"] if "overlap" in opts else 1)
     return opts
+
+
+# The flow's tolerance was once --rtol here while mimfast sweep's --rtol is the quadrature's:
+# refused by name rather than given a new meaning silently.
+RTOL_REFUSED = ("--rtol (rtol in a config file) is not an option of mimfast run: the gradient "
+                "flow's step tolerance is --flow-rtol (flow_rtol), as in mimfast sweep, whose "
+                "--rtol is the quadrature's error tolerance")
 
 
 def preset_eta(P, kappa_s):
@@ -373,6 +387,8 @@ def _saved_options(out):
     try:
         ds = io.open_dataset(path)
         opts = json.loads(ds.attrs["run_options"])
+        if "rtol" in opts:  # saved when --rtol was the flow's tolerance
+            opts["flow_rtol"] = opts.pop("rtol")
         return opts, io.from_dataset(ds)
     except (io.ResultFileError, KeyError, ValueError) as exc:
         raise InputError(f"--resume: {path} is not a resumable mimfast run ({exc})") from None
@@ -547,7 +563,6 @@ def _run(args):
     import mimfast as mf
 
     from . import io
-    from .analysis import analyze
 
     given = {k: v for k, v in vars(args).items() if k != "command"}
     resume = None
@@ -618,7 +633,7 @@ def _run(args):
                                      opts.get("checkpoint_seconds", 0))
                 try:
                     tau, stop_at = _flow_end(opts)
-                    result = mf.flow(setting, tau, rtol=opts.get("rtol", 1e-10),
+                    result = mf.flow(setting, tau, rtol=opts.get("flow_rtol", 1e-10),
                                      stop_at=stop_at, backend=opts["backend"],
                                      method=opts["method"], threads=opts.get("threads"),
                                      tail_tol=opts["tail_tol"], epsilon=opts["epsilon"],
@@ -634,7 +649,8 @@ def _run(args):
                           file=sys.stderr)
                     return EXIT_INTERRUPTED
                 progress.close(len(result) - 1)
-                return _finish(result, opts, out, attrs, save_and_stop)
+                return _finish(result, opts, out, attrs, save_and_stop, interrupts,
+                               f"tau {result.tau[-1]:.6g}")
             progress = _Progress(show, start, opts["steps"], checkpoint, opts["checkpoint_every"],
                                  interrupts, opts.get("checkpoint_seconds", 0),
                                  setting=setting)
@@ -655,20 +671,13 @@ def _run(args):
                 print("mimfast: interrupted before the first step; nothing saved", file=sys.stderr)
                 return EXIT_INTERRUPTED
             progress.close(result.last_step)
-            try:
-                analysis = analyze(result, opts["epsilon"])
-                _write_outputs(result, analysis, out, attrs, opts["plots"],
-                               opts.get("step_axis", "linear"))
-            except KeyboardInterrupt:
-                return save_and_stop(result, f"while writing the outputs (the run is complete at "
-                                             f"step {result.last_step})")
-            (out / CHECKPOINT).unlink(missing_ok=True)
+            return _finish(result, opts, out, attrs, save_and_stop, interrupts,
+                           f"step {result.last_step}")
         finally:  # what an interrupt cut short (it may land in a cleanup too)
             io.clean_temporaries(out)
-    return EXIT_OK
 
 
-FLOW_KEYS = {"flow", "stop_at", "rtol"}
+FLOW_KEYS = {"flow", "stop_at", "flow_rtol"}
 GD_ONLY = {"eta", "steps", "record_every", "checkpoint_every"}
 
 
@@ -689,7 +698,7 @@ def _check_flow(opts, given, resume):
 
     try:
         tau, stop_at = _flow_end(opts)
-        check(_setting(opts), tau, opts.get("rtol", 1e-10), stop_at, opts["epsilon"], 1)
+        check(_setting(opts), tau, opts.get("flow_rtol", 1e-10), stop_at, opts["epsilon"], 1)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"--flow: {exc}") from None
 
@@ -704,28 +713,32 @@ def _flow_end(opts):
 
 
 
-def _finish(result, opts, out, attrs, save_and_stop):
-    """Analyse a finished gradient-flow run and write its outputs (an interrupt while writing
-    them saves the run as the checkpoint)."""
+def _finish(result, opts, out, attrs, save_and_stop, interrupts, where):
+    """Analyse a finished run and write its outputs (an interrupt while writing them saves the
+    run as the checkpoint); ``where`` names the run's end (its last step or flow time)."""
     from .analysis import analyze
 
     try:
         _write_outputs(result, analyze(result, opts["epsilon"]), out, attrs, opts["plots"],
-                       opts.get("step_axis", "linear"))
+                       interrupts, opts.get("step_axis", "linear"))
     except KeyboardInterrupt:
-        return save_and_stop(result, f"while writing the outputs (the run is complete at tau "
-                                     f"{result.tau[-1]:.6g})")
+        return save_and_stop(result, f"while writing the outputs (the run is complete at "
+                                     f"{where})")
     (out / CHECKPOINT).unlink(missing_ok=True)
     return EXIT_OK
 
 
-def _write_outputs(result, analysis, out, attrs, plots, step_axis="linear"):
+def _write_outputs(result, analysis, out, attrs, plots, interrupts, step_axis="linear"):
+    """Write the results file, the table and the summary with interrupts held (an interrupt
+    inside a NetCDF write could leave xarray's lock taken, and the checkpoint that follows
+    would wait on it forever), then the figures, interruptibly."""
     from . import io
 
     text = _report(result, analysis)
-    files = [io.save(result, out / RESULT, analysis, attrs),
-             io.export(result, out / "trajectories.csv"),
-             io.write_text(out / "summary.txt", text + "\n")]
+    with interrupts.hold():
+        files = [io.save(result, out / RESULT, analysis, attrs),
+                 io.export(result, out / "trajectories.csv"),
+                 io.write_text(out / "summary.txt", text + "\n")]
     if plots:
         from .plots import save_figures
 

@@ -87,7 +87,8 @@ def add_parser(sub, number, count):
               "gamma": "masking ratio (default 0.5)", "z": "latent (default 1)",
               "eta": "learning rate (default 100)", "epsilon": "tolerance of T_eps (default 0.05)",
               "tail-tol": "count-grid tail (default 1e-15)",
-              "rtol": "error tolerance of the quadrature (default: the engine's)"}
+              "rtol": "error tolerance of the quadrature (default: the engine's; the "
+                      "gradient flow's is --flow-rtol, in mimfast run too)"}
     for name, text in floats.items():
         g.add_argument("--" + name, type=number, nargs="+", dest=name.replace("-", "_"),
                        help=text)

@@ -370,6 +370,8 @@ def to_dataset(result, analysis=None, attrs=None):
                     flow_next_step=float(result.next_step),
                     flow_events=json.dumps([[*key, float(v)]
                                             for key, v in sorted(result.events.items())]))
+        if result.evaluations is not None:
+            info["flow_evaluations"] = int(result.evaluations)
     ds = xr.Dataset({k: xr.Variable(d, v, a) for k, (d, v, a) in data.items()}, coords=coords,
                     attrs=info)
     if analysis is not None:
@@ -639,7 +641,16 @@ def _from_dataset(ds):
         result.next_step = float(a["flow_next_step"])
         result.events = {(str(n), int(k), int(h)): float(v)
                          for n, k, h, v in json.loads(str(a["flow_events"]))}
+        if "flow_evaluations" in a:  # absent from files written before it was saved
+            result.evaluations = _count(a["flow_evaluations"], "flow_evaluations")
     return result
+
+
+def _count(value, name):
+    """A saved count: a non-negative integer (ValueError otherwise)."""
+    if isinstance(value, (bool, np.bool_)) or int(value) != value or value < 0:
+        raise ValueError(f"{name} = {value} is not a count")
+    return int(value)
 
 
 def _result_from_dataset(ds):

@@ -42,7 +42,12 @@ class Result:
         Whether the run integrated the gradient flow (:func:`mimfast.flow`).
     events : dict
         Gradient flow: ``(name, k, h)`` -> flow time of each event located on the integrator's
-        continuous extension (:data:`mimfast.flow.EVENTS`); empty for GD and for a loaded run.
+        continuous extension (:data:`mimfast.flow.EVENTS`); empty for GD. A loaded run has
+        the events saved with it.
+    evaluations : int or None
+        Gradient flow: gradient evaluations of the call that produced the result (a resumed
+        run counts its own only); saved and loaded with the run. None for GD and for a
+        results file written before it was saved.
     loss : numpy.ndarray
         Population loss L at each recorded step.
     state : State
@@ -97,6 +102,7 @@ class Result:
         else:
             self.tau = np.asarray(tau, dtype=np.float64)
         self.events = {}
+        self.evaluations = None
 
     def _class(self, k, h):
         K = self.setting.K

@@ -315,7 +315,7 @@ def _measure(result, analysis):
     late = max(local, key=lambda c: -1 if c.switch_tau is None else c.switch_tau)
     row["local_fp_global_at_switch"] = late.fp_global_at_switch
     row["local_fp_own_at_switch"] = late.fp_own_at_switch
-    row["trusted"] = not analysis.warning  # GD steps small enough to follow the flow
+    row["trusted"] = analysis.trusted  # GD steps before the switch small enough for the flow
     pp, fp = pp_fp_sizes(result)
     row["pp_fp_ratio"] = pp / fp if fp else math.nan
     row["converged"] = row["global_T_eps"] is not None and row["local_T_eps"] is not None
