@@ -9,7 +9,7 @@ import pytest
 
 import mimfast as mf
 from mimfast import io
-from mimfast.analysis import logit_gap_parts, pp_fp_sizes
+from mimfast.analysis import class_kind, logit_gap_parts, pp_fp_sizes
 from mimfast.cli import main
 from mimfast.sweeps import (
     ADDED,
@@ -47,18 +47,23 @@ def test_overlap_rows_measure_pp_across_clusters(overlap_table):
         assert s.pp == "exact" and s.K == 2
         pp, fp = pp_fp_sizes(result)
         assert pp > 0 and row.pp_fp_ratio == pp / fp
-        # the shares, recomputed from the logit gap parts of every class
-        shares, final = [], []
-        for k, h in s.classes():
-            parts = logit_gap_parts(result, k, h)
-            if parts is None:
-                continue
-            a, b = np.abs(parts[0]), np.abs(parts[1])
-            ok = a + b > 0
-            shares += list(b[ok] / (a + b)[ok])
-            final.append(b[-1] / (a[-1] + b[-1]))
-        assert row.pp_share_max == max(shares) and row.pp_share_final == max(final)
-        assert 0 <= row.pp_share_final <= row.pp_share_max <= 1
+        # the shares, recomputed from the logit gap parts of every class of each kind
+        for kind in ("global", "local"):
+            shares, final = [], []
+            for k, h in s.classes():
+                parts = logit_gap_parts(result, k, h)
+                if class_kind(s, k, h) != kind or parts is None:
+                    continue
+                a, b = np.abs(parts[0]), np.abs(parts[1])
+                ok = a + b > 0
+                shares += list(b[ok] / (a + b)[ok])
+                final.append(b[-1] / (a[-1] + b[-1]))
+            assert getattr(row, f"{kind}_pp_share_max") == max(shares)
+            assert getattr(row, f"{kind}_pp_share_final") == max(final)
+        # PP serves a local tile in both clusters: its share is about 2 / c_l (docs/theorem.md)
+        c_l = s.clusters[0].groups[0].size  # every regular tile
+        assert row.local_pp_share_final == pytest.approx(2 / c_l, rel=0.1)
+        assert row.global_pp_share_max < 0.01 * row.local_pp_share_max
         assert row.local_phases == 2 and row.global_phases == 1  # Delta = +0.5
         assert row.converged
 
@@ -87,7 +92,7 @@ def test_overlap_sweep_resumes_and_reads_older_tables(overlap_table, tmp_path, c
         csv.writer(f, lineterminator="\n").writerows(old)
     read = read_table(tmp_path)
     assert list(read.columns) == list(COLUMNS)
-    assert read["overlap"].isna().all() and read["pp_share_max"].isna().all()
+    assert read[list(ADDED)].isna().all().all()
     assert read.drop(columns=list(ADDED)).equals(new.drop(columns=list(ADDED)))
     ran = []
     sweep(tmp_path, tasks=[paper], workers=1, progress=False, callback=ran.append)
@@ -136,7 +141,7 @@ def test_cli_overlap_sweep_and_bad_overlap(tmp_path, capsys):
 def test_overlap_preset_is_checked_whole():
     grid = preset("paper-clusters-overlap")
     tasks = expand(grid)
-    assert len(tasks) == 2 * 5 * 23 and {t["overlap"] for t in tasks} == {0, .25, .5, .75, 1}
+    assert len(tasks) == 2 * 5 * 12 and {t["overlap"] for t in tasks} == {0, .25, .5, .75, 1}
     assert all(t["flow"] and t["K"] == 2 for t in tasks)
     assert min(t["P"] for t in tasks) == 10**4 and max(t["P"] for t in tasks) == 10**15
     assert "paper-clusters-overlap" in PRESETS

@@ -6,7 +6,7 @@ A *sweep* is a list of tasks; each task is one :func:`mimfast.simulate` (GD) or,
 §9); a task with ``overlap`` (a number in [0, 1], with K >= 2) runs
 ``Setting.paper_clusters(P, kappa_c, kappa_s, K, overlap, gamma, z)`` instead: K clusters
 over one tiling, with learned PP, whose rows also measure what PP does across them
-(``pp_share_max``, ``pp_share_final``).
+(``{global,local}_pp_share_max``, ``{global,local}_pp_share_final``).
 :func:`sweep` runs the tasks that are not finished yet on an executor and writes, in the
 output folder:
 
@@ -111,7 +111,7 @@ def _dtype(types):
 # (``*_tau``: η · step for GD, the located event time for the flow).
 _PER_CLASS = {"switch": "Int64", "switch_tau": "float64", "phases": "Int64", "T_eps": "Int64",
               "T_eps_tau": "float64", "attention": "float64", "loss_gap": "float64",
-              "irreducible": "float64"}
+              "irreducible": "float64", "pp_share_max": "float64", "pp_share_final": "float64"}
 COLUMNS = {
     "task": "string", "status": "string",
     **{k: _dtype(_TYPES[k]) for k in DEFAULTS},
@@ -123,15 +123,15 @@ COLUMNS = {
     "local_fp_global_min_tau": "float64", "local_fp_global_falling": "boolean",
     "local_fp_global_at_switch": "float64", "local_fp_own_at_switch": "float64",
     "local_grad_ratio0": "float64",
-    "pp_fp_ratio": "float64", "pp_share_max": "float64", "pp_share_final": "float64",
-    "dropped": "float64", "error_estimate": "float64",
+    "pp_fp_ratio": "float64", "dropped": "float64", "error_estimate": "float64",
     "wall_s": "float64", "file": "string", "error": "string",
 }
 
 
 #: Columns added to the table since its first layout: a table written without them still
 #: reads (they are empty there), and the next write of its sweep adds them.
-ADDED = ("overlap", "pp_share_max", "pp_share_final")
+ADDED = ("overlap", "global_pp_share_max", "global_pp_share_final", "local_pp_share_max",
+         "local_pp_share_final")
 
 
 def task_id(task):
@@ -326,6 +326,7 @@ def _measure(result, analysis):
         row[f"{name}_loss_gap"] = max(c.loss_gap for c in rows)
         # the scale below which a quadrature run's loss gap is not resolved (scaling.fits)
         row[f"{name}_irreducible"] = max(c.irreducible for c in rows)
+        row[f"{name}_pp_share_max"], row[f"{name}_pp_share_final"] = _pp_shares(result, rows)
     local = [c for c in analysis.classes if c.kind == "local"]
     # R(0) of docs/model.md §4: |dL/dA_global| / |dL/dA_own| of a local query at Q = 0
     row["local_grad_ratio0"] = _worst([c.grad_ratio0 for c in local])
@@ -341,7 +342,6 @@ def _measure(result, analysis):
     row["trusted"] = not analysis.warning  # GD steps small enough to follow the flow
     pp, fp = pp_fp_sizes(result)
     row["pp_fp_ratio"] = pp / fp if fp else math.nan
-    row["pp_share_max"], row["pp_share_final"] = _pp_shares(result)
     row["converged"] = row["global_T_eps"] is not None and row["local_T_eps"] is not None
     row["last_step"] = result.last_step
     row["last_tau"] = (float(result.tau[-1]) if result.is_flow
@@ -354,18 +354,18 @@ def _measure(result, analysis):
     return row
 
 
-def _pp_shares(result):
+def _pp_shares(result, classes):
     """The largest share of a class's own-area logit gap that comes from PP
     (:func:`mimfast.analysis.logit_gap_parts`: |PP part| / (|FP part| + |PP part|)), over
-    the classes and recorded steps, and over the classes at the last step; NaN with frozen PP
-    or no class whose gap has both parts."""
+    ``classes`` (:class:`~mimfast.analysis.ClassSummary`) and the recorded steps, and over
+    them at the last step; NaN with frozen PP or no class whose gap has a part."""
     import numpy as np
 
     from .analysis import logit_gap_parts
 
     best, final = math.nan, math.nan
-    for k, h in result.setting.classes():
-        parts = logit_gap_parts(result, k, h)
+    for c in classes:
+        parts = logit_gap_parts(result, c.k, c.h)
         if parts is None:
             continue
         fp, pp = np.abs(parts[0]), np.abs(parts[1])
@@ -1070,9 +1070,9 @@ PRESETS = {
     # global areas overlap more, in both regimes
     "paper-clusters-overlap": {
         "grid": {"kappa_c": [0.9, 0.6], "kappa_s": 0.3, "K": 2,
-                 "overlap": [0.0, 0.25, 0.5, 0.75, 1.0], "P": _decades(4, 15), **_FLOW},
+                 "overlap": [0.0, 0.25, 0.5, 0.75, 1.0], "P": _decades(4, 15, 1), **_FLOW},
         "help": "gradient flow to T_eps of Setting.paper_clusters, K = 2, global-area overlap "
-                "0, 0.25, 0.5, 0.75, 1, P = 10^4 ... 10^15 in half-decades, kappa_s = 0.3, "
+                "0, 0.25, 0.5, 0.75, 1, P = 10^4 ... 10^15 in decades, kappa_s = 0.3, "
                 "kappa_c = 0.9 (Delta = +0.5) and 0.6 (Delta = -0.1)",
     },
 }
