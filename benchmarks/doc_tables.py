@@ -37,6 +37,9 @@ PRINTED = {
     "phase-one": ("docs/theorem.md", "python benchmarks/phase_one.py"),
     "preset-eta": ("docs/theorem.md", "python benchmarks/preset_eta.py"),
     "full-trajectory": ("docs/theorem.md", "python benchmarks/full_trajectory.py --P 1e8,1e9"),
+    # needs the sweep `mimfast sweep --preset paper-clusters-overlap --out runs/clusters-overlap`
+    "clusters-overlap": ("docs/theorem.md",
+                         "python benchmarks/clusters_overlap.py runs/clusters-overlap"),
 }
 
 

@@ -8,6 +8,20 @@ import pytest
 BACKENDS = ["cpp", "numba", "numpy"]
 
 
+@pytest.fixture(scope="session")
+def swept(tmp_path_factory):
+    """``swept(name, grid)``: a sweep of ``grid`` on one worker into a new folder ``name``,
+    as ``(folder, table)``."""
+
+    def run(name, grid):
+        from mimfast.sweeps import sweep
+
+        out = tmp_path_factory.mktemp(name)
+        return out, sweep(out, grid, workers=1, progress=False)
+
+    return run
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     return request.param

@@ -25,9 +25,8 @@ GRID = {"P": [10**4, 10**7, 10**12], "kappa_c": [0.9, 0.6], "kappa_s": 0.3, "flo
 
 
 @pytest.fixture(scope="module")
-def flow_table(tmp_path_factory):
-    out = tmp_path_factory.mktemp("flow")
-    return out, sweep(out, GRID, workers=1, progress=False)
+def flow_table(swept):
+    return swept("flow", GRID)
 
 
 def test_flow_rows_agree_with_mf_flow(flow_table):

@@ -30,7 +30,7 @@ examples:
   mimfast sweep --preset paper-phases --scheduler tcp://10.0.0.5:8786 --out /shared/phases
 """
 
-_PARAMS = ("P", "kappa_c", "kappa_s", "gamma", "K", "z", "pp", "flow_rtol", "eta", "eta_rule",
+_PARAMS = ("P", "kappa_c", "kappa_s", "gamma", "K", "z", "overlap", "pp", "flow_rtol", "eta", "eta_rule",
            "steps", "until", "record_every", "method", "rtol", "backend", "epsilon",
            "tail_tol")
 
@@ -85,6 +85,9 @@ def add_parser(sub, number, count):
     g.add_argument("--P", type=_p_values, nargs="+", help="patches: 1e6 or LO:HI[:STEP] decades")
     floats = {"kappa-c": "global area ~ P^kappa_c", "kappa-s": "local areas ~ P^kappa_s",
               "gamma": "masking ratio (default 0.5)", "z": "latent (default 1)",
+              "overlap": "K >= 2 clusters over one tiling with learned PP "
+                         "(Setting.paper_clusters) whose global areas share this fraction, "
+                         "in [0, 1] (default: Setting.paper)",
               "eta": "learning rate (default 100)", "epsilon": "tolerance of T_eps (default 0.05)",
               "tail-tol": "count-grid tail (default 1e-15)",
               "rtol": "error tolerance of the quadrature (default: the engine's; the "

@@ -25,7 +25,7 @@ __all__ = ["QUANTITIES", "REGIME", "boundary", "boundary_agreement", "critical_g
            "scaling_figure"]
 
 # the task parameters that, with P, define a run: a regime is one value of all but P
-REGIME = ("kappa_c", "kappa_s", "gamma", "K", "z", "pp", "flow", "tau", "flow_rtol", "eta",
+REGIME = ("kappa_c", "kappa_s", "gamma", "K", "z", "overlap", "pp", "flow", "tau", "flow_rtol", "eta",
           "eta_rule", "steps", "until", "record_every", "method", "rtol", "backend", "epsilon",
           "tail_tol")
 
@@ -140,8 +140,11 @@ def _missing(value):
 def _label(regime):
     delta = (1 - regime["kappa_s"]) - 2 * (1 - regime["kappa_c"])
     rule = "flow" if _is_flow(regime) else "GD"
-    return (f"kappa_c={regime['kappa_c']:g} kappa_s={regime['kappa_s']:g} (Delta={delta:+.2f}), "
-            + rule)
+    overlap = regime.get("overlap")
+    clusters = ("" if overlap is None or _missing(overlap)
+                else f" K={regime['K']} overlap={overlap:g}")
+    return (f"kappa_c={regime['kappa_c']:g} kappa_s={regime['kappa_s']:g} (Delta={delta:+.2f})"
+            f"{clusters}, " + rule)
 
 
 def fits(table, level=0.95, quantities=None, min_steps=MIN_STEPS):

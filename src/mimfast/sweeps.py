@@ -3,7 +3,10 @@
 A *sweep* is a list of tasks; each task is one :func:`mimfast.simulate` (GD) or, with
 ``flow = True``, one :func:`mimfast.flow` (the gradient flow) of
 ``Setting.paper(P, kappa_c, kappa_s, gamma, K, z)`` plus its analysis (docs/model.md §4–5,
-§9).
+§9); a task with ``overlap`` (a number in [0, 1], with K >= 2) runs
+``Setting.paper_clusters(P, kappa_c, kappa_s, K, overlap, gamma, z)`` instead: K clusters
+over one tiling, with learned PP, whose rows also measure what PP does across them
+(``{global,local}_pp_share_max``, ``{global,local}_pp_share_final``).
 :func:`sweep` runs the tasks that are not finished yet on an executor and writes, in the
 output folder:
 
@@ -77,7 +80,7 @@ ETA_P0 = 10**6
 # to T_eps of every class, at the integrator's tolerance ``flow_rtol``; else GD.
 DEFAULTS = {
     "P": None, "kappa_c": None, "kappa_s": None, "gamma": 0.5, "K": 1, "z": 1.0,
-    "pp": "auto", "flow": False, "tau": None, "flow_rtol": 1e-10, "eta": 100.0,
+    "overlap": None, "pp": "auto", "flow": False, "tau": None, "flow_rtol": 1e-10, "eta": 100.0,
     "eta_rule": "scaled", "steps": 2000, "until": False, "record_every": 1, "method": None,
     "rtol": None, "backend": "cpp", "epsilon": 0.05, "tail_tol": 1e-15,
 }
@@ -90,7 +93,7 @@ _TYPES = {
     "kappa_c": Real, "kappa_s": Real, "gamma": Real, "z": Real, "eta": Real, "epsilon": Real,
     "tail_tol": Real, "until": bool, "flow": bool, "pp": str, "eta_rule": str, "backend": str,
     "method": (str, type(None)), "rtol": (Real, type(None)), "tau": (Real, type(None)),
-    "flow_rtol": Real,
+    "flow_rtol": Real, "overlap": (Real, type(None)),
 }
 _CHOICES = {"pp": ("auto", "exact", "frozen"), "eta_rule": ("fixed", "scaled"),
             "method": (None, "exact", "quadrature", "auto")}
@@ -108,7 +111,7 @@ def _dtype(types):
 # (``*_tau``: η · step for GD, the located event time for the flow).
 _PER_CLASS = {"switch": "Int64", "switch_tau": "float64", "phases": "Int64", "T_eps": "Int64",
               "T_eps_tau": "float64", "attention": "float64", "loss_gap": "float64",
-              "irreducible": "float64"}
+              "irreducible": "float64", "pp_share_max": "float64", "pp_share_final": "float64"}
 COLUMNS = {
     "task": "string", "status": "string",
     **{k: _dtype(_TYPES[k]) for k in DEFAULTS},
@@ -125,9 +128,20 @@ COLUMNS = {
 }
 
 
+#: Columns added to the table since its first layout: a table written without them still
+#: reads (they are empty there), and the next write of its sweep adds them.
+ADDED = ("overlap", "global_pp_share_max", "global_pp_share_final", "local_pp_share_max",
+         "local_pp_share_final")
+
+
 def task_id(task):
-    """Stable id of a task: a hash of its parameters (defaults filled in)."""
-    text = json.dumps(_complete(task), sort_keys=True)
+    """Stable id of a task: a hash of its parameters (defaults filled in; an ``overlap`` of
+    None is left out, so the tasks of ``Setting.paper`` keep the ids they had before the
+    parameter existed)."""
+    task = _complete(task)
+    if task["overlap"] is None:
+        del task["overlap"]
+    text = json.dumps(task, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -163,10 +177,19 @@ def _complete(task):
                              + ", ".join(map(repr, _CHOICES[key])))
         if types is Integral:
             out[key] = int(value)
-        elif types is Real or (value is not None and key in ("rtol", "tau")):
+        elif types is Real or (value is not None and key in ("rtol", "tau", "overlap")):
             out[key] = float(value)
             if not math.isfinite(out[key]):
                 raise ValueError(f"task parameter {key} = {value!r} is not finite")
+    if out["overlap"] is not None:
+        if not 0 <= out["overlap"] <= 1:
+            raise ValueError(f"task parameter overlap = {out['overlap']!r} must lie in [0, 1]")
+        if out["K"] < 2:
+            raise ValueError(f"task parameter overlap = {out['overlap']!r} needs K >= 2 "
+                             f"clusters, got K = {out['K']}")
+        if out["pp"] == "frozen":
+            raise ValueError("a task with overlap learns PP (Setting.paper_clusters): pp "
+                             "must be 'auto' or 'exact', not 'frozen'")
     return out
 
 
@@ -303,6 +326,7 @@ def _measure(result, analysis):
         row[f"{name}_loss_gap"] = max(c.loss_gap for c in rows)
         # the scale below which a quadrature run's loss gap is not resolved (scaling.fits)
         row[f"{name}_irreducible"] = max(c.irreducible for c in rows)
+        row[f"{name}_pp_share_max"], row[f"{name}_pp_share_final"] = _pp_shares(result, rows)
     local = [c for c in analysis.classes if c.kind == "local"]
     # R(0) of docs/model.md §4: |dL/dA_global| / |dL/dA_own| of a local query at Q = 0
     row["local_grad_ratio0"] = _worst([c.grad_ratio0 for c in local])
@@ -330,9 +354,38 @@ def _measure(result, analysis):
     return row
 
 
+def _pp_shares(result, classes):
+    """The largest share of a class's own-area logit gap that comes from PP
+    (:func:`mimfast.analysis.logit_gap_parts`: |PP part| / (|FP part| + |PP part|)), over
+    ``classes`` (:class:`~mimfast.analysis.ClassSummary`) and the recorded steps, and over
+    them at the last step; NaN with frozen PP or no class whose gap has a part."""
+    import numpy as np
+
+    from .analysis import logit_gap_parts
+
+    best, final = math.nan, math.nan
+    for c in classes:
+        parts = logit_gap_parts(result, c.k, c.h)
+        if parts is None:
+            continue
+        fp, pp = np.abs(parts[0]), np.abs(parts[1])
+        mag = fp + pp
+        if not np.any(mag > 0):
+            continue
+        share = pp[mag > 0] / mag[mag > 0]
+        best = float(np.fmax(best, share.max()))
+        if mag[-1] > 0:
+            final = float(np.fmax(final, pp[-1] / mag[-1]))
+    return best, final
+
+
 def _setting(task):
     import mimfast as mf
 
+    if task["overlap"] is not None:
+        return mf.Setting.paper_clusters(task["P"], task["kappa_c"], task["kappa_s"],
+                                         K=task["K"], overlap=task["overlap"],
+                                         gamma=task["gamma"], z=task["z"])
     pp = None if task["pp"] == "auto" else task["pp"]
     return mf.Setting.paper(task["P"], task["kappa_c"], task["kappa_s"], gamma=task["gamma"],
                             K=task["K"], z=task["z"], pp=pp)
@@ -491,8 +544,8 @@ def _read_rows(path):
             records = list(csv.reader(f))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ValueError(f"{path} is not a readable sweep results table ({exc})") from None
-    header = list(COLUMNS) + [ROW_SUM]
-    if not records or records[0] != header:
+    header = records[0] if records else []
+    if not _known_layout(header):
         raise ValueError(f"{path} is not a sweep results table of this mimfast version "
                          f"(columns differ)")
     good, damaged = [], []
@@ -513,9 +566,19 @@ def _read_rows(path):
     except (ValueError, TypeError, pd.errors.ParserError) as exc:
         raise ValueError(f"{path} is not a readable sweep results table ({exc})") from None
     for col, dtype in COLUMNS.items():
-        if dtype == "boolean":
+        if col not in df:  # a column added since the table was written (ADDED): empty
+            df[col] = pd.Series([None] * len(df), dtype="object").astype(dtype)
+        elif dtype == "boolean":
             df[col] = df[col].map({"True": True, "False": False, None: None}).astype(dtype)
-    return df, damaged
+    return df[list(COLUMNS)], damaged
+
+
+def _known_layout(header):
+    """Whether ``header`` is the table's header: :data:`COLUMNS` (some of the :data:`ADDED`
+    ones may be missing, in a table written before they were) and the checksum column."""
+    present = set(header[:-1])
+    return (bool(header) and header[-1] == ROW_SUM
+            and header[:-1] == [c for c in COLUMNS if c in present or c not in ADDED])
 
 
 def read_table(out):
@@ -829,7 +892,8 @@ def sweep(out, grid=None, tasks=None, *, executor="local", scheduler=None, worke
         Output folder: ``results.csv`` and ``runs/`` (see the module documentation).
     grid, tasks
         The tasks (see :func:`expand`); a task is ``Setting.paper`` parameters (``P``,
-        ``kappa_c``, ``kappa_s``, ``gamma``, ``K``, ``z``, ``pp``) and run options: ``flow``
+        ``kappa_c``, ``kappa_s``, ``gamma``, ``K``, ``z``, ``pp``), or with ``overlap`` (in
+        [0, 1], K >= 2) ``Setting.paper_clusters`` ones, and run options: ``flow``
         (the gradient flow instead of GD) with ``tau`` and ``flow_rtol``, or GD's ``eta``,
         ``eta_rule``, ``steps``, ``until``, ``record_every``; then ``method``, ``rtol``,
         ``backend``, ``epsilon``, ``tail_tol``. Every task is checked first
@@ -1001,6 +1065,15 @@ PRESETS = {
     "paper-phases-flow": {
         "grid": {"P": [10**6, 10**12], **_KAPPA, **_FLOW},
         "help": "gradient flow to T_eps, kappa_c x kappa_s grid at P = 10^6 and 10^12",
+    },
+    # several clusters with learned PP (docs/theorem.md): how much PP serves them as their
+    # global areas overlap more, in both regimes
+    "paper-clusters-overlap": {
+        "grid": {"kappa_c": [0.9, 0.6], "kappa_s": 0.3, "K": 2,
+                 "overlap": [0.0, 0.25, 0.5, 0.75, 1.0], "P": _decades(4, 15, 1), **_FLOW},
+        "help": "gradient flow to T_eps of Setting.paper_clusters, K = 2, global-area overlap "
+                "0, 0.25, 0.5, 0.75, 1, P = 10^4 ... 10^15 in decades, kappa_s = 0.3, "
+                "kappa_c = 0.9 (Delta = +0.5) and 0.6 (Delta = -0.1)",
     },
 }
 
