@@ -30,6 +30,7 @@ PRINTED = {
     "fused-loop": ("docs/performance.md", "python benchmarks/fused_loop.py"),
     "quadrature-auto": ("docs/performance.md", "python benchmarks/quadrature_auto.py"),
     "many-groups": ("docs/performance.md", "python benchmarks/many_groups.py --repeats 3"),
+    "tiled-clusters": ("docs/performance.md", "python benchmarks/tiled_clusters.py"),
     "flow-evaluations": ("docs/performance.md", "python benchmarks/flow_evaluations.py"),
     "dispatch": ("docs/performance.md",
                  "python benchmarks/dispatch_table.py --rounds 6 --exps 6,7,8,9"),
