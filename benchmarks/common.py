@@ -130,13 +130,14 @@ def points(g):
     return sum(cg.points for cg in g.values())
 
 
-def best_time(func, repeat=5):
-    """Smallest wall time of ``repeat`` calls of ``func()``, in seconds."""
+def best_time(func, repeat=5, clock=time.perf_counter):
+    """Smallest time of ``repeat`` calls of ``func()`` on ``clock`` (wall time by default), in
+    seconds."""
     best = float("inf")
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         func()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best
 
 
@@ -151,3 +152,18 @@ def script_args(doc, argv=None):
     print(f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.machine()}, "
           f"threads={args.threads}; mimfast {mf.__version__}\n")
     return args
+
+
+def cpu_time(func, repeat=5):
+    """Smallest CPU time of this process over ``repeat`` calls of ``func()``, in seconds: for
+    work on one thread, what a shared machine's other jobs do not inflate (the time a process
+    waits for a core is not counted)."""
+    return best_time(func, repeat, time.process_time)
+
+
+def loop_step(s, eta, steps, repeat=5):
+    """Seconds per GD step of ``simulate``'s C++ loop (quadrature, one thread, learning rate
+    ``eta``): a run of ``steps`` less one of 0 steps (rules built and one evaluation), best of
+    ``repeat`` each, in CPU time (:func:`cpu_time`)."""
+    run = lambda n: mf.simulate(s, eta, n, record_every=100, method="quadrature", threads=1)
+    return (cpu_time(lambda: run(steps), repeat) - cpu_time(lambda: run(0), repeat)) / steps

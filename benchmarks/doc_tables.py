@@ -31,6 +31,7 @@ PRINTED = {
     "numba-loop": ("docs/performance.md", "python benchmarks/numba_loop.py"),
     "quadrature-auto": ("docs/performance.md", "python benchmarks/quadrature_auto.py"),
     "many-groups": ("docs/performance.md", "python benchmarks/many_groups.py --repeats 1"),
+    "tiled-clusters": ("docs/performance.md", "python benchmarks/tiled_clusters.py"),
     "flow-evaluations": ("docs/performance.md", "python benchmarks/flow_evaluations.py"),
     "dispatch": ("docs/performance.md",
                  "python benchmarks/dispatch_table.py --rounds 3 --exps 6,9 --seconds 1"),

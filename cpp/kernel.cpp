@@ -156,17 +156,51 @@ MIMFAST_INLINE std::pair<double, double> point_at(const Grid& g, int64_t row, in
             g.row_weight[row] * g.t_inner[j - g.off_inner] * g.t_last[g.rest[row] - j - g.off_last]};
 }
 
-// The sums of one block point by point (the lines of block_sums below at every point): for a
-// short block (SHORT_BLOCK), and the fallback for a block whose moments are ill-conditioned.
+// Block b: its row, its points [first, stop), and the inner count x0 its offsets x refer to.
+struct BlockView {
+    int64_t row, first, stop;
+    double x0;
+};
+
+// Block b, with the counts U_c(x) = u[c] + a[c] x of its points into u and a (grid: x0 the
+// block's middle value; point set: the row's centre).
+MIMFAST_INLINE BlockView block_counts(const Grid& g, int64_t b, double* u, double* a) {
+    const int n = g.n_cat;
+    const int64_t row = g.blocks[3 * b], first = g.blocks[3 * b + 1], stop = g.blocks[3 * b + 2];
+    double x0;
+    if (g.node_x) {
+        const double* cnt = g.counts_f + row * n;
+        for (int c = 0; c < n; ++c) u[c] = cnt[c];
+        x0 = g.centre[row];
+        u[g.last] = g.rest_f[row] - x0;
+    } else {
+        const int64_t* cnt = g.counts + row * n;
+        for (int c = 0; c < n; ++c) u[c] = static_cast<double>(cnt[c]);
+        const int64_t ix0 = (first + stop - 1) / 2;
+        x0 = static_cast<double>(ix0);
+        u[g.last] = static_cast<double>(g.rest[row] - ix0);
+    }
+    for (int c = 0; c < n; ++c) a[c] = 0.0;
+    u[g.inner] = x0;
+    a[g.inner] = 1.0;
+    a[g.last] = -1.0;
+    return {row, first, stop, x0};
+}
+
+// The sums of blocks [b0, b1) together, point by point (the lines of block_sums below at every
+// point): for short blocks (SHORT_BLOCK), and the fallback for a block whose moments are
+// ill-conditioned. Consecutive short blocks are summed together (class_sums: POINT_CHUNK), so
+// that a rule of many rows of 2-3 nodes pays the set-up and the accumulation of the sums once
+// per chunk rather than once per row.
 // mag gets sum w (|t1| + |t2|) of each line's terms and, if that is not 0, per point TINY_MAG
 // times the underflow gain (products below 2^-1022), times the operations of a line. Products
 // are ordered so that no line multiplies an underflowed one by more than that gain. (A line
 // whose every term is 0 has underflowed entirely: its value is below what a double holds.)
+// A block whose points have no unmasked own-area key uses the weights scaled for them.
 // NC > 0: compiled for that many categories (loops unrolled), else for g.n_cat.
 template <int NC>
-void point_sums_n(const Grid& g, const Inputs& in, int64_t row, int64_t first, int64_t stop,
-                  double x0, const double* u, const double* a, const double* wu,
-                  const double* wm, double wself, double* out, double* mag) {
+void point_sums_n(const Grid& g, const Inputs& in, int64_t b0, int64_t b1, double* out,
+                  double* mag) {
     const int n = NC > 0 ? NC : g.n_cat;
     const int ns = n_sums(n);
     // sums in local arrays: the compiler need not assume they alias the inputs
@@ -176,78 +210,89 @@ void point_sums_n(const Grid& g, const Inputs& in, int64_t row, int64_t first, i
     double z2[MAX_CAT];
     for (int c = 0; c < n; ++c) z2[c] = in.z[c] * in.z[c];
     const double z0 = in.z[0], z02 = z2[0];
-    for (int64_t j = first; j < stop; ++j) {
-        const auto [x, w] = point_at(g, row, j, x0);
-        for (int c = 0; c < n; ++c) {
-            U[c] = u[c] + a[c] * x;
-            un[c] = wu[c] * U[c];
-            ms[c] = wm[c] * (in.sizes[c] - U[c]);
-        }
-        for (int c = 0; c < n; ++c) {
-            double y = wself;
-            for (int k = 0; k < n; ++k)
-                if (k != c) y += un[k] + ms[k];
-            Y[c] = y;
-            X[c] = y + ms[c];
-        }
-        const double D = X[0] + un[0], iD = 1.0 / D;
-        const double beta = X[0] * iD, alpha0 = un[0] * iD;
-        e[0] = -z02 * alpha0 * beta;
-        double groups = 0.0;
-        for (int c = 1; c < n; ++c) {
-            const double s2 = in.s_a[c] * U[c] * (in.sizes[c] - U[c]) + in.s_b[c] * U[c] * U[c];
-            const double r = wu[c] * iD;
-            e[c] = z2[c] * s2 * r * r;
-            groups += e[c];
-        }
-        const double loss = 0.5 * (z02 * beta * beta + groups);
-        const double gbar = e[0] + groups;
-        o[0] += w;
-        m[0] += w;
-        o[1] += w * loss;
-        m[1] += w * loss;
-        const double sD = wself * iD;
-        o[2] += -w * gbar * sD;
-        m[2] += w * (std::fabs(e[0]) + groups) * sD;
-        for (int c = 0; c < n; ++c) {
-            double rest = 0.0, rabs = 0.0;
-            for (int k = 0; k < n; ++k)
-                if (k != c) {
-                    rest += e[k];
-                    rabs += std::fabs(e[k]);
-                }
-            const double al = un[c] * iD, am = (un[c] + ms[c]) * iD;
-            o[3 + c] += w * al;
-            m[3 + c] += w * al;
-            if (c == 0) {
-                const double v = 2.0 * z0 * alpha0 * loss;
-                o[3 + n] -= w * v;
-                m[3 + n] += w * std::fabs(v);
-            } else {
-                const double t1 = e[c] * (X[c] * iD), t2 = rest * al;
-                o[3 + n + c] += w * in.z[c] * (t1 - t2) * in.inv_areas[c];
-                m[3 + n + c] += w * in.z[c] * (std::fabs(t1) + rabs * al) * in.inv_areas[c];
+    double u[MAX_CAT], a[MAX_CAT];
+    int64_t npts = 0;
+    for (int64_t b = b0; b < b1; ++b) {
+        const auto [row, first, stop, x0] = block_counts(g, b, u, a);
+        npts += stop - first;
+        const bool none_own = in.wu0 && u[0] == 0.0 && a[0] == 0.0;
+        const double* wu = none_own ? in.wu0 : in.wu;
+        const double* wm = none_own ? in.wm0 : in.wm;
+        const double wself = none_own ? in.wself0 : in.wself;
+        for (int64_t j = first; j < stop; ++j) {
+            const auto [x, w] = point_at(g, row, j, x0);
+            for (int c = 0; c < n; ++c) {
+                U[c] = u[c] + a[c] * x;
+                un[c] = wu[c] * U[c];
+                ms[c] = wm[c] * (in.sizes[c] - U[c]);
             }
-            const double t1 = e[c] * (Y[c] * iD), t2 = rest * am;
-            o[3 + 2 * n + c] += w * (t1 - t2) * in.inv_sizes[c];
-            m[3 + 2 * n + c] += w * (std::fabs(t1) + rabs * am) * in.inv_sizes[c];
+            for (int c = 0; c < n; ++c) {
+                double y = wself;
+                for (int k = 0; k < n; ++k)
+                    if (k != c) y += un[k] + ms[k];
+                Y[c] = y;
+                X[c] = y + ms[c];
+            }
+            const double D = X[0] + un[0], iD = 1.0 / D;
+            const double beta = X[0] * iD, alpha0 = un[0] * iD;
+            e[0] = -z02 * alpha0 * beta;
+            double groups = 0.0;
+            for (int c = 1; c < n; ++c) {
+                const double s2 = in.s_a[c] * U[c] * (in.sizes[c] - U[c]) +
+                                  in.s_b[c] * U[c] * U[c];
+                const double r = wu[c] * iD;
+                e[c] = z2[c] * s2 * r * r;
+                groups += e[c];
+            }
+            const double loss = 0.5 * (z02 * beta * beta + groups);
+            const double gbar = e[0] + groups;
+            o[0] += w;
+            m[0] += w;
+            o[1] += w * loss;
+            m[1] += w * loss;
+            const double sD = wself * iD;
+            o[2] += -w * gbar * sD;
+            m[2] += w * (std::fabs(e[0]) + groups) * sD;
+            for (int c = 0; c < n; ++c) {
+                double rest = 0.0, rabs = 0.0;
+                for (int k = 0; k < n; ++k)
+                    if (k != c) {
+                        rest += e[k];
+                        rabs += std::fabs(e[k]);
+                    }
+                const double al = un[c] * iD, am = (un[c] + ms[c]) * iD;
+                o[3 + c] += w * al;
+                m[3 + c] += w * al;
+                if (c == 0) {
+                    const double v = 2.0 * z0 * alpha0 * loss;
+                    o[3 + n] -= w * v;
+                    m[3 + n] += w * std::fabs(v);
+                } else {
+                    const double t1 = e[c] * (X[c] * iD), t2 = rest * al;
+                    o[3 + n + c] += w * in.z[c] * (t1 - t2) * in.inv_areas[c];
+                    m[3 + n + c] +=
+                        w * in.z[c] * (std::fabs(t1) + rabs * al) * in.inv_areas[c];
+                }
+                const double t1 = e[c] * (Y[c] * iD), t2 = rest * am;
+                o[3 + 2 * n + c] += w * (t1 - t2) * in.inv_sizes[c];
+                m[3 + 2 * n + c] += w * (std::fabs(t1) + rabs * am) * in.inv_sizes[c];
+            }
         }
     }
-    const double floor = static_cast<double>(stop - first) * underflow_gain(in, n) * TINY_MAG;
+    const double floor = static_cast<double>(npts) * underflow_gain(in, n) * TINY_MAG;
     for (int s = 0; s < ns; ++s) {
         out[s] = o[s];
         mag[s] = (m[s] > 0 ? m[s] + floor : 0.0) * (8.0 + 2.0 * n);
     }
 }
 
-void point_sums(const Grid& g, const Inputs& in, int64_t row, int64_t first, int64_t stop,
-                double x0, const double* u, const double* a, const double* wu, const double* wm,
-                double wself, double* out, double* mag) {
+void point_sums(const Grid& g, const Inputs& in, int64_t b0, int64_t b1, double* out,
+                double* mag) {
     switch (g.n_cat) {
-        case 2: return point_sums_n<2>(g, in, row, first, stop, x0, u, a, wu, wm, wself, out, mag);
-        case 3: return point_sums_n<3>(g, in, row, first, stop, x0, u, a, wu, wm, wself, out, mag);
-        case 4: return point_sums_n<4>(g, in, row, first, stop, x0, u, a, wu, wm, wself, out, mag);
-        default: return point_sums_n<0>(g, in, row, first, stop, x0, u, a, wu, wm, wself, out, mag);
+        case 2: return point_sums_n<2>(g, in, b0, b1, out, mag);
+        case 3: return point_sums_n<3>(g, in, b0, b1, out, mag);
+        case 4: return point_sums_n<4>(g, in, b0, b1, out, mag);
+        default: return point_sums_n<0>(g, in, b0, b1, out, mag);
     }
 }
 
@@ -287,15 +332,29 @@ struct Units {
     }
 };
 
+// out[i] = the sum of v[k] over k != i, from a prefix and a suffix sum: O(n), and, for
+// positive terms, a sum of positive terms (no difference of nearly equal numbers).
+MIMFAST_INLINE void sums_but_one(const double* v, int n, double* out) {
+    double pre = 0.0;
+    for (int i = 0; i < n; ++i) {
+        out[i] = pre;
+        pre += v[i];
+    }
+    double suf = 0.0;
+    for (int i = n - 1; i >= 0; --i) {
+        out[i] += suf;
+        suf += v[i];
+    }
+}
+
 // The sums of one block of a class with named areas, point by point: the per-point formulas of
 // mimfast/backends/numpy_backend.py (kernel) over the units of `un_`, each line's rounding
 // magnitude as in point_sums (|t1| + |t2|, rest's terms taken by absolute value). A point
 // without an unmasked own-area key (U_0 = 0) takes the weights wu0, wm0, wself0 when given.
 // NC > 0: compiled for that many categories, else for g.n_cat.
 template <int NC>
-void named_sums_n(const Grid& g, const Inputs& in, const Units& un_, int64_t row, int64_t first,
-                  int64_t stop, double x0, const double* u, const double* a, double* out,
-                  double* mag) {
+void named_sums_n(const Grid& g, const Inputs& in, const Units& un_, int64_t b0, int64_t b1,
+                  double* out, double* mag) {
     const int n = NC > 0 ? NC : g.n_cat;
     const int nu = un_.n;
     const int ns = n_sums(n);
@@ -303,134 +362,136 @@ void named_sums_n(const Grid& g, const Inputs& in, const Units& un_, int64_t row
     for (int s = 0; s < ns; ++s) o[s] = m[s] = 0.0;
     double U[MAX_CAT], un[MAX_CAT], ms[MAX_CAT], al[MAX_CAT], mu[MAX_CAT], y[MAX_CAT];
     double ua[MAX_CAT], au[MAX_CAT], xu[MAX_CAT], e[MAX_CAT], rest[MAX_CAT], rabs[MAX_CAT];
+    double ua_ex[MAX_CAT], ms_ex[MAX_CAT], eabs[MAX_CAT];
+    double oA[MAX_CAT] = {}, mAs[MAX_CAT] = {};  // each area's gradient and its magnitude
     double zl[MAX_CAT], z2[MAX_CAT];  // the latent of each unit (its first category's), squared
     for (int i = 0; i < nu; ++i) {
         zl[i] = in.z[un_.lead[i]];
         z2[i] = zl[i] * zl[i];
     }
     const double z0 = zl[0], z02 = z2[0];
-    for (int64_t j = first; j < stop; ++j) {
-        const auto [x, w] = point_at(g, row, j, x0);
-        for (int c = 0; c < n; ++c) U[c] = u[c] + a[c] * x;
-        const bool alt = in.wu0 && U[0] == 0.0;
-        const double* wu = alt ? in.wu0 : in.wu;
-        const double* wm = alt ? in.wm0 : in.wm;
-        const double wself = alt ? in.wself0 : in.wself;
-        for (int c = 0; c < n; ++c) {
-            un[c] = wu[c] * U[c];
-            ms[c] = wm[c] * (in.sizes[c] - U[c]);
-        }
-        for (int i = 0; i < nu; ++i) {
-            ua[i] = 0.0;
-            for (int k = un_.start[i]; k < un_.start[i + 1]; ++k) ua[i] += un[un_.cats[k]];
-        }
-        // D without the unmasked keys of a unit (X), and without them and the masked keys of
-        // one category of it (Y): sums of positive terms
-        double msum = wself;
-        for (int c = 0; c < n; ++c) msum += ms[c];
-        for (int i = 0; i < nu; ++i) {
-            double v = msum;
-            for (int k = 0; k < nu; ++k)
-                if (k != i) v += ua[k];
-            xu[i] = v;
-        }
-        const double D = xu[0] + ua[0], iD = 1.0 / D;
-        for (int c = 0; c < n; ++c) {
-            double v = wself;
-            for (int k = 0; k < n; ++k)
-                if (k != c) v += ms[k];
-            for (int k = 0; k < nu; ++k)
-                if (k != un_.of[c]) v += ua[k];
-            y[c] = v * iD;
-            al[c] = un[c] * iD;
-            mu[c] = ms[c] * iD;
-        }
-        for (int i = 0; i < nu; ++i) {
-            au[i] = ua[i] * iD;
-            xu[i] *= iD;
-            const int c = un_.lead[i];
-            if (un_.kind[i] == Units::own) {
-                e[i] = -z02 * au[0] * xu[0];
-            } else if (un_.kind[i] == Units::named) {
-                e[i] = z2[i] * au[i] * au[i];
-            } else {
-                const double s2 = in.s_a[c] * U[c] * (in.sizes[c] - U[c]) + in.s_b[c] * U[c] * U[c];
-                const double r = wu[c] * iD;
-                e[i] = z2[i] * s2 * r * r;
+    double u[MAX_CAT], a[MAX_CAT];
+    int64_t npts = 0;
+    for (int64_t b = b0; b < b1; ++b) {
+        const auto [row, first, stop, x0] = block_counts(g, b, u, a);
+        npts += stop - first;
+        for (int64_t j = first; j < stop; ++j) {
+            const auto [x, w] = point_at(g, row, j, x0);
+            for (int c = 0; c < n; ++c) U[c] = u[c] + a[c] * x;
+            const bool alt = in.wu0 && U[0] == 0.0;
+            const double* wu = alt ? in.wu0 : in.wu;
+            const double* wm = alt ? in.wm0 : in.wm;
+            const double wself = alt ? in.wself0 : in.wself;
+            for (int c = 0; c < n; ++c) {
+                un[c] = wu[c] * U[c];
+                ms[c] = wm[c] * (in.sizes[c] - U[c]);
             }
-        }
-        for (int i = 0; i < nu; ++i) {
-            rest[i] = rabs[i] = 0.0;
-            for (int k = 0; k < nu; ++k)
-                if (k != i) {
-                    rest[i] += e[k];
-                    rabs[i] += std::fabs(e[k]);
-                }
-        }
-        const double loss = 0.5 * (z02 * xu[0] * xu[0] + rest[0]);
-        const double gbar = e[0] + rest[0];
-        o[0] += w;
-        m[0] += w;
-        o[1] += w * loss;
-        m[1] += w * loss;
-        o[2] += -w * gbar * wself * iD;
-        m[2] += w * (std::fabs(e[0]) + rabs[0]) * wself * iD;
-        for (int c = 0; c < n; ++c) {
-            o[3 + c] += w * al[c];
-            m[3 + c] += w * al[c];
-        }
-        for (int i = 0; i < nu; ++i) {
-            const int c0 = un_.lead[i];
-            double dA, mA;
-            if (un_.kind[i] == Units::own) {
-                dA = -2.0 * z0 * au[0] * loss;
-                mA = std::fabs(dA);
-            } else {
-                const double inv = un_.kind[i] == Units::tiles ? in.inv_areas[c0] : 1.0;
-                const double t1 = e[i] * xu[i], t2 = rest[i] * au[i];
-                dA = zl[i] * (t1 - t2) * inv;
-                mA = zl[i] * (std::fabs(t1) + rabs[i] * au[i]) * inv;
+            for (int i = 0; i < nu; ++i) {
+                ua[i] = 0.0;
+                for (int k = un_.start[i]; k < un_.start[i + 1]; ++k) ua[i] += un[un_.cats[k]];
             }
-            // the area's gradient in every member column (tied columns, docs/model.md §3)
-            const double f = un_.kind[i] == Units::own     ? -z02 * xu[0]
-                             : un_.kind[i] == Units::named ? z2[i] * au[i]
-                                                           : 0.0;
-            for (int k = un_.start[i]; k < un_.start[i + 1]; ++k) {
-                const int c = un_.cats[k];
-                o[3 + n + c] += w * dA;
-                m[3 + n + c] += w * mA;
-                const double t2 = rest[i] * (al[c] + mu[c]);
-                double t1, m1;
-                if (un_.kind[i] == Units::tiles) {
-                    t1 = e[i] * y[c];
-                    m1 = std::fabs(t1);
-                } else {  // category c's share of its area's attention term
-                    double others = 0.0;
-                    for (int l = un_.start[i]; l < un_.start[i + 1]; ++l)
-                        if (l != k) others += al[un_.cats[l]];
-                    t1 = f * (al[c] * y[c] - others * mu[c]);
-                    m1 = std::fabs(f) * (al[c] * y[c] + others * mu[c]);
+            // D without the unmasked keys of a unit (X), and without them and the masked keys of
+            // one category of it (Y): sums of positive terms
+            double msum = wself;
+            for (int c = 0; c < n; ++c) msum += ms[c];
+            sums_but_one(ua, nu, ua_ex);
+            sums_but_one(ms, n, ms_ex);
+            for (int i = 0; i < nu; ++i) xu[i] = msum + ua_ex[i];
+            const double D = xu[0] + ua[0], iD = 1.0 / D;
+            for (int c = 0; c < n; ++c) {
+                y[c] = ((wself + ms_ex[c]) + ua_ex[un_.of[c]]) * iD;
+                al[c] = un[c] * iD;
+                mu[c] = ms[c] * iD;
+            }
+            for (int i = 0; i < nu; ++i) {
+                au[i] = ua[i] * iD;
+                xu[i] *= iD;
+                const int c = un_.lead[i];
+                if (un_.kind[i] == Units::own) {
+                    e[i] = -z02 * au[0] * xu[0];
+                } else if (un_.kind[i] == Units::named) {
+                    e[i] = z2[i] * au[i] * au[i];
+                } else {
+                    const double s2 = in.s_a[c] * U[c] * (in.sizes[c] - U[c]) +
+                                      in.s_b[c] * U[c] * U[c];
+                    const double r = wu[c] * iD;
+                    e[i] = z2[i] * s2 * r * r;
                 }
-                o[3 + 2 * n + c] += w * (t1 - t2) * in.inv_sizes[c];
-                m[3 + 2 * n + c] += w * (m1 + rabs[i] * (al[c] + mu[c])) * in.inv_sizes[c];
+            }
+            for (int i = 0; i < nu; ++i) eabs[i] = std::fabs(e[i]);
+            sums_but_one(e, nu, rest);
+            sums_but_one(eabs, nu, rabs);
+            const double loss = 0.5 * (z02 * xu[0] * xu[0] + rest[0]);
+            const double gbar = e[0] + rest[0];
+            o[0] += w;
+            o[1] += w * loss;
+            o[2] += -w * gbar * wself * iD;
+            m[2] += w * (std::fabs(e[0]) + rabs[0]) * wself * iD;
+            for (int c = 0; c < n; ++c) o[3 + c] += w * al[c];
+            for (int i = 0; i < nu; ++i) {
+                const int c0 = un_.lead[i];
+                double dA, mA;
+                if (un_.kind[i] == Units::own) {
+                    dA = -2.0 * z0 * au[0] * loss;
+                    mA = std::fabs(dA);
+                } else {
+                    const double inv = un_.kind[i] == Units::tiles ? in.inv_areas[c0] : 1.0;
+                    const double t1 = e[i] * xu[i], t2 = rest[i] * au[i];
+                    dA = zl[i] * (t1 - t2) * inv;
+                    mA = zl[i] * (std::fabs(t1) + rabs[i] * au[i]) * inv;
+                }
+                // the area's gradient in every member column (tied columns, docs/model.md §3)
+                const double f = un_.kind[i] == Units::own     ? -z02 * xu[0]
+                                 : un_.kind[i] == Units::named ? z2[i] * au[i]
+                                                               : 0.0;
+                oA[i] += w * dA;
+                mAs[i] += w * mA;
+                for (int k = un_.start[i]; k < un_.start[i + 1]; ++k) {
+                    const int c = un_.cats[k];
+                    const double t2 = rest[i] * (al[c] + mu[c]);
+                    double t1, m1;
+                    if (un_.kind[i] == Units::tiles) {
+                        t1 = e[i] * y[c];
+                        m1 = std::fabs(t1);
+                    } else {  // category c's share of its area's attention term
+                        double others = 0.0;
+                        for (int l = un_.start[i]; l < un_.start[i + 1]; ++l)
+                            if (l != k) others += al[un_.cats[l]];
+                        t1 = f * (al[c] * y[c] - others * mu[c]);
+                        m1 = std::fabs(f) * (al[c] * y[c] + others * mu[c]);
+                    }
+                    o[3 + 2 * n + c] += w * (t1 - t2) * in.inv_sizes[c];
+                    m[3 + 2 * n + c] += w * (m1 + rabs[i] * (al[c] + mu[c])) * in.inv_sizes[c];
+                }
             }
         }
     }
-    const double floor = static_cast<double>(stop - first) * underflow_gain(in, n) * TINY_MAG;
+    // mass, loss and attention are sums of non-negative terms: their magnitudes are their
+    // sums; an area's gradient is the same in every member column (tied columns)
+    m[0] = o[0];
+    m[1] = o[1];
+    for (int c = 0; c < n; ++c) {
+        m[3 + c] = o[3 + c];
+        o[3 + n + c] = oA[un_.of[c]];
+        m[3 + n + c] = mAs[un_.of[c]];
+    }
+    const double floor = static_cast<double>(npts) * underflow_gain(in, n) * TINY_MAG;
     for (int s = 0; s < ns; ++s) {
         out[s] = o[s];
         mag[s] = (m[s] > 0 ? m[s] + floor : 0.0) * (8.0 + 2.0 * n);
     }
 }
 
-void named_sums(const Grid& g, const Inputs& in, const Units& un, int64_t row, int64_t first,
-                int64_t stop, double x0, const double* u, const double* a, double* out,
-                double* mag) {
+void named_sums(const Grid& g, const Inputs& in, const Units& un, int64_t b0, int64_t b1,
+                double* out, double* mag) {
     switch (g.n_cat) {
-        case 3: return named_sums_n<3>(g, in, un, row, first, stop, x0, u, a, out, mag);
-        case 4: return named_sums_n<4>(g, in, un, row, first, stop, x0, u, a, out, mag);
-        case 5: return named_sums_n<5>(g, in, un, row, first, stop, x0, u, a, out, mag);
-        default: return named_sums_n<0>(g, in, un, row, first, stop, x0, u, a, out, mag);
+        case 3: return named_sums_n<3>(g, in, un, b0, b1, out, mag);
+        case 4: return named_sums_n<4>(g, in, un, b0, b1, out, mag);
+        case 5: return named_sums_n<5>(g, in, un, b0, b1, out, mag);
+        case 6: return named_sums_n<6>(g, in, un, b0, b1, out, mag);
+        case 7: return named_sums_n<7>(g, in, un, b0, b1, out, mag);
+        case 8: return named_sums_n<8>(g, in, un, b0, b1, out, mag);
+        default: return named_sums_n<0>(g, in, un, b0, b1, out, mag);
     }
 }
 
@@ -465,47 +526,38 @@ struct AbsMoments {
     }
 };
 
-// The sums of block b into out and, into mag, for each sum a magnitude whose EPS multiple
-// estimates its rounding: by moments, or point by point when `points` is set. Returns whether
-// the moments lose much more than point-by-point evaluation would: D is ill-conditioned on the
-// block, or a line's magnitude exceeds ILL times the magnitude of its terms' values.
-bool block_sums(const Grid& g, const Inputs& in, const Units* units, int64_t b, double* out,
-                double* mag, bool points) {
+// Whether block b is summed point by point from the start: a short block, or any block of a
+// class with named areas.
+bool by_points(const Grid& g, const Units* units, int64_t b) {
+    return units || g.blocks[3 * b + 2] - g.blocks[3 * b + 1] <= SHORT_BLOCK;
+}
+
+// The sums of blocks [b0, b1) into out and, into mag, for each sum a magnitude whose EPS
+// multiple estimates its rounding: point by point when `points` is set or by_points holds
+// (several blocks only then), else block b0 by moments. Returns whether the moments lose much
+// more than point-by-point evaluation would: D is ill-conditioned on the block, or a line's
+// magnitude exceeds ILL times the magnitude of its terms' values.
+bool block_sums(const Grid& g, const Inputs& in, const Units* units, int64_t b0, int64_t b1,
+                double* out, double* mag, bool points) {
+    if (units) {  // named areas: point by point on every block
+        named_sums(g, in, *units, b0, b1, out, mag);
+        return false;
+    }
+    if (points || by_points(g, units, b0)) {
+        point_sums(g, in, b0, b1, out, mag);
+        return false;
+    }
     const int n = g.n_cat;
-    const int64_t row = g.blocks[3 * b], first = g.blocks[3 * b + 1], stop = g.blocks[3 * b + 2];
+    const int64_t b = b0;
     // counts U_c(x) = u[c] + a[c] x and free keys V_c(x) = C_c - U_c(x); the inner count is
     // x0 + x (grid: x0 the block's middle value; point set: the row's centre)
     double u[MAX_CAT], a[MAX_CAT];
-    double x0;
-    if (g.node_x) {
-        const double* cnt = g.counts_f + row * n;
-        for (int c = 0; c < n; ++c) u[c] = cnt[c];
-        x0 = g.centre[row];
-        u[g.last] = g.rest_f[row] - x0;
-    } else {
-        const int64_t* cnt = g.counts + row * n;
-        for (int c = 0; c < n; ++c) u[c] = static_cast<double>(cnt[c]);
-        const int64_t ix0 = (first + stop - 1) / 2;
-        x0 = static_cast<double>(ix0);
-        u[g.last] = static_cast<double>(g.rest[row] - ix0);
-    }
-    for (int c = 0; c < n; ++c) a[c] = 0.0;
-    u[g.inner] = x0;
-    a[g.inner] = 1.0;
-    a[g.last] = -1.0;
-    if (units) {  // named areas: point by point on every block
-        named_sums(g, in, *units, row, first, stop, x0, u, a, out, mag);
-        return false;
-    }
+    const auto [row, first, stop, x0] = block_counts(g, b, u, a);
     // a block whose points have no unmasked own-area key uses the weights scaled for them
     const bool none_own = in.wu0 && u[0] == 0.0 && a[0] == 0.0;
     const double* wu = none_own ? in.wu0 : in.wu;
     const double* wm = none_own ? in.wm0 : in.wm;
     const double wself = none_own ? in.wself0 : in.wself;
-    if (points || stop - first <= SHORT_BLOCK) {
-        point_sums(g, in, row, first, stop, x0, u, a, wu, wm, wself, out, mag);
-        return false;
-    }
 
     // Al_c, Mu_c: the unmasked and masked keys' terms of D (alpha_c = Al_c i, mu_c = Mu_c i).
     // D without the unmasked keys of c (X_c: X_c / D = 1 - alpha_c) and without all keys of c
@@ -695,35 +747,64 @@ void part_norms(const double* v, int n, double* norm) {
     norm[2] = scaled(v + 3 + n, 2 * n, top, v[2] * v[2]);
 }
 
+// Consecutive blocks summed point by point are summed together, up to this many points: the
+// point sets of a quadrature have rows of a few nodes, whose per-block set-up and accumulation
+// would otherwise cost as much as their points.
+constexpr int64_t POINT_CHUNK = 256;
+
 void class_sums(const Grid& g, const Inputs& in, int threads, double* out) {
     const int n = g.n_cat;
     const int ns = n_sums(n);
-    const int stride = ns + 4;  // a block's sums, its magnitudes by part, and whether ill
-    std::vector<double> part(static_cast<size_t>(g.n_blocks) * stride, 0.0);
-    // A thread earns its start-up and the risk of waiting on a descheduled peer only with
-    // enough points; the result does not depend on the count (fixed blocks, fixed order).
-    int64_t points = 0;
-    for (int64_t b = 0; b < g.n_blocks; ++b) points += g.blocks[3 * b + 2] - g.blocks[3 * b + 1];
-    threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, points / MIN_POINTS_PER_THREAD)));
-    (void)threads;
     std::unique_ptr<Units> named;
     if (in.named) named = std::make_unique<Units>(in.named, n);
     const Units* units = named.get();
-    const auto run = [&](int64_t b, bool by_points) {
+    // tasks: a block summed by moments, or a run of consecutive blocks summed point by point
+    // (fixed by the grid alone, so the result does not depend on the thread count)
+    // (buffers kept per calling thread between calls: a quadrature step makes many calls on
+    // small point sets, where allocating them would cost as much as a row of points; the
+    // OpenMP threads below reach the caller's through these references)
+    thread_local std::vector<int64_t> task_buf;
+    thread_local std::vector<double> part_buf;
+    std::vector<int64_t>& task = task_buf;  // first block of each task, then n_blocks
+    std::vector<double>& part = part_buf;
+    task.clear();
+    int64_t chunk = 0, n_points = 0;
+    bool chained = false;
+    for (int64_t b = 0; b < g.n_blocks; ++b) {
+        const int64_t len = g.blocks[3 * b + 2] - g.blocks[3 * b + 1];
+        const bool pts = by_points(g, units, b);
+        n_points += len;
+        if (!(pts && chained && chunk + len <= POINT_CHUNK)) {
+            task.push_back(b);
+            chunk = 0;
+        }
+        chunk += len;
+        chained = pts;
+    }
+    task.push_back(g.n_blocks);
+    const int64_t n_tasks = static_cast<int64_t>(task.size()) - 1;
+    const int stride = ns + 4;  // a task's sums, its magnitudes by part, and whether ill
+    part.assign(static_cast<size_t>(n_tasks) * stride, 0.0);
+    // A thread earns its start-up and the risk of waiting on a descheduled peer only with
+    // enough points; the result does not depend on the count (fixed blocks, fixed order).
+    threads = static_cast<int>(
+        std::max<int64_t>(1, std::min<int64_t>(threads, n_points / MIN_POINTS_PER_THREAD)));
+    (void)threads;
+    const auto run = [&](int64_t t, bool points) {
         double mag[3 + 3 * MAX_CAT];
-        double* o = &part[b * stride];
-        const bool ill = block_sums(g, in, units, b, o, mag, by_points);
+        double* o = &part[t * stride];
+        const bool ill = block_sums(g, in, units, task[t], task[t + 1], o, mag, points);
         part_sums(mag, n, o + ns);
         o[ns + 3] = ill ? 1.0 : 0.0;
     };
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
 #endif
-    for (int64_t b = 0; b < g.n_blocks; ++b) run(b, false);
+    for (int64_t t = 0; t < n_tasks; ++t) run(t, false);
     const auto total = [&]() {
         std::fill(out, out + ns + 3, 0.0);
-        for (int64_t b = 0; b < g.n_blocks; ++b)
-            for (int s = 0; s < ns + 3; ++s) out[s] += part[b * stride + s];
+        for (int64_t t = 0; t < n_tasks; ++t)
+            for (int s = 0; s < ns + 3; ++s) out[s] += part[t * stride + s];
     };
     total();
     double norm[3];
@@ -731,12 +812,12 @@ void class_sums(const Grid& g, const Inputs& in, int threads, double* out) {
     // blocks summed again point by point: ill-conditioned, and their rounding estimate above
     // BLOCK_SHARE of a part's norm
     std::vector<int64_t> redo;
-    for (int64_t b = 0; b < g.n_blocks; ++b) {
-        const double* o = &part[b * stride];
+    for (int64_t t = 0; t < n_tasks; ++t) {
+        const double* o = &part[t * stride];
         if (o[ns + 3] == 0.0) continue;
         for (int p = 0; p < 3; ++p)
             if (o[ns + p] > 0 && !(EPS * o[ns + p] <= BLOCK_SHARE * norm[p])) {
-                redo.push_back(b);
+                redo.push_back(t);
                 break;
             }
     }

@@ -67,10 +67,12 @@ void validate(const Grid& grid);
 // to -1 or to the first category of its area (an earlier or the same one, mapped to itself).
 void validate_named(const int64_t* named, int n);
 
-// Sums of docs/model.md §3 over the grid into out[n_out(n_cat)]; each block is summed on its own and
-// the block sums are added in block order, so the result is the same for any thread count.
-// A block is summed by moments, or point by point where its moments are ill-conditioned and
-// their rounding estimate exceeds 2^-48 of a part's norm (docs/model.md §3, conditioning).
+// Sums of docs/model.md §3 over the grid into out[n_out(n_cat)]; each block is summed on its own
+// (consecutive blocks summed point by point together, up to 256 points) and these sums are
+// added in block order, so the result is the same for any thread count. A block is summed by
+// moments, or point by point where it is short, its class has named areas, or its moments are
+// ill-conditioned and their rounding estimate exceeds 2^-48 of a part's norm (docs/model.md §3,
+// conditioning).
 void class_sums(const Grid& grid, const Inputs& in, int threads, double* out);
 
 bool openmp_enabled();
