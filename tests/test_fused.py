@@ -475,3 +475,17 @@ def test_numba_loop_error_estimate_is_the_quadrature_s():
             want = max(sums_error(base, rich, n), rounding(rich, n))
             assert kernels.error_estimate(n, rich, base, True) == want
             assert kernels.error_estimate(n, rich, base, False) == rounding(rich, n)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+def test_exact_rounding_above_rtol_is_reported_by_every_loop(backend):
+    # the compiled loop does not stop for an exact grid's rounding estimate, but it records
+    # it: a run whose estimate exceeds rtol must say so as the Python loop does
+    s = mf.Setting.paper(200, 0.9, 0.5)
+    with pytest.warns(mf.ToleranceWarning, match="step 0"):
+        r = mf.simulate(s, 1.0, 3, method="exact", backend=backend, rtol=1e-17)
+    assert r.error.max() > 1e-17 and not r.tolerance_met
+    with pytest.raises(mf.ToleranceError):
+        mf.simulate(s, 1.0, 3, method="exact", backend=backend, rtol=1e-17, strict=True)
+    quiet = mf.simulate(s, 1.0, 3, method="exact", backend=backend)
+    assert quiet.tolerance_met

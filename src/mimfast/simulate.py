@@ -194,10 +194,12 @@ def _fused_loop(run, loop, steps, record_every, eta, threads, clock):
     threads = check_threads(threads)
     timed = clock.callback is not None
     every = clock.every if timed and clock.every is not None else 0
+    checked = len(run.blocks)
     while True:
         status = loop.loop.run(steps, record_every, eta, threads, stop_every=every,
                                seconds=clock.seconds())
         run.drain()
+        checked = _exact_rounding(run, checked)
         if status == loop.DONE:
             return
         if status == loop.NONFINITE:
@@ -211,6 +213,21 @@ def _fused_loop(run, loop, steps, record_every, eta, threads, clock):
             raise RuntimeError(f"the fused loop stopped with status {status}")
         if timed:
             clock(loop.t, loop.gradient())
+
+
+def _exact_rounding(run, start):
+    """Report, as the Python loop does, a recorded rounding estimate of an exact grid above
+    rtol in the blocks from ``start`` (the compiled loops stop only for a quadrature's
+    estimate, which can grow its rules; an exact grid's is recorded with each record).
+    Returns the number of blocks read."""
+    if run.method == "exact" and run.met:
+        for block in run.blocks[start:]:
+            steps, error = block[1][0], block[1][7]
+            over = np.nonzero(error > run.rtol)[0]
+            if len(over):
+                run.tolerance(False, float(error[over[0]]), f"step {int(steps[over[0]])}: ")
+                break
+    return len(run.blocks)
 
 
 def _nonfinite(setting, state, grad_finite, t, eta):
