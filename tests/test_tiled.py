@@ -7,14 +7,10 @@ import pytest
 from helpers import pp_row_sums, relative_difference, true_error
 
 import mimfast as mf
-from mimfast.backends import NAMED_AREAS
 from mimfast.reference import ExplicitModel
 from mimfast.setting import MAX_EXPLICIT_P
 
 T = mf.Setting.tiled
-
-# Backends that evaluate areas spanning several key categories; the tests run for each.
-TILED_BACKENDS = sorted(NAMED_AREAS)
 
 # (setting, eta): K = 2 and 3, P <= 10 (every mask enumerated)
 SETTINGS = {
@@ -85,7 +81,6 @@ def case(request):
     return setting, eta, explicit_model(setting).run(eta, STEPS, record_every=1)
 
 
-@pytest.mark.parametrize("backend", TILED_BACKENDS)
 def test_tiled_run_matches_explicit_model(case, backend):
     setting, eta, ref = case
     assert setting.P <= 10 and setting.K in (2, 3) and setting.pp == "exact"
@@ -150,7 +145,6 @@ def test_explicit_layout():
         mf.State.zeros(huge).expanded(huge)
 
 
-@pytest.mark.parametrize("backend", TILED_BACKENDS)
 @pytest.mark.parametrize("name", ["K2-spanning", "K2-paper-overlap", "K3-overlap"])
 def test_pp_rows_sum_to_zero_and_loss_falls(name, backend):
     setting = SETTINGS[name][0]
@@ -452,7 +446,3 @@ def test_cli_preset_resume_and_toml(tmp_path, capsys):
     assert "learn PP" in capsys.readouterr().err
     assert main(args[:-1] + [str(tmp_path / "e"), "--overlap", "2"]) == 2
     assert "overlap must lie in [0, 1]" in capsys.readouterr().err
-    for name in sorted(set(mf.backends()) - NAMED_AREAS):  # refused before any work
-        assert main(args[:-1] + [str(tmp_path / name), "--backend", name]) == 2
-        assert f"backend {name!r} does not evaluate" in capsys.readouterr().err
-        assert not (tmp_path / name).exists()

@@ -595,10 +595,6 @@ def _run(args):
             pass
         raise UsageError(f"backend {opts['backend']!r} is not available here{why}; "
                          f"available: {', '.join(mf.backends())}")
-    try:  # an available backend that cannot evaluate this setting
-        get_kernel(opts["backend"], setting)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
     if resume is not None and "flow" not in opts and opts["steps"] < resume.last_step:
         raise UsageError(f"--steps {opts['steps']}: the saved run is already at step "
                          f"{resume.last_step}")

@@ -272,7 +272,7 @@ def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
     tau, rtol, epsilon = float(tau), float(rtol), float(epsilon)
     threads = None if threads is None else check_threads(threads)
     tail_tol = check_tail_tol(tail_tol)
-    kernel = get_kernel(backend, setting)
+    kernel = get_kernel(backend)
     check_tolerance(quad_rtol, strict)
     method = choose_method(setting, method)
     if resume is not None:

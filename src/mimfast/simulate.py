@@ -131,7 +131,7 @@ def simulate(setting, eta, steps, record_every=1, backend=DEFAULT, threads=None,
     if callback_every is not None:
         callback_every = _count("callback_every", callback_every, 1)
     tail_tol = check_tail_tol(tail_tol)
-    kernel = get_kernel(backend, setting)
+    kernel = get_kernel(backend)
     if resume is not None:
         _resume_point(resume, setting, eta, record_every, steps, backend, tail_tol)
     check_tolerance(rtol, strict)
@@ -304,7 +304,7 @@ def gradient(setting, state=None, backend=DEFAULT, threads=None, tail_tol=1e-15,
         raise TypeError(f"state must be a mimfast.State, got {type(state).__name__}")
     state.check(setting)
     threads = None if threads is None else check_threads(threads)
-    kernel = get_kernel(backend, setting)
+    kernel = get_kernel(backend)
     check_tolerance(rtol, strict)
     grids = evaluators(setting, choose_method(setting, method), check_tail_tol(tail_tol))
     grad = evaluate(setting, grids, state, kernel, threads, rtol)

@@ -43,11 +43,6 @@ def backends():
     return out
 
 
-# Backends whose kernels evaluate areas spanning several key categories (docs/model.md §3,
-# tile groups); the others refuse such settings before any work.
-NAMED_AREAS = {"cpp", "numba", "numpy"}
-
-
 def backend_module(name):
     """The module of backend ``name`` (its kernel, and for "cpp" and "numba" its compiled
     loop); ValueError if unknown, ImportError if unavailable."""
@@ -55,17 +50,12 @@ def backend_module(name):
     return _module(name)
 
 
-def get_kernel(name, setting=None):
-    """The kernel of backend ``name``; ValueError if unknown or (given ``setting``) unable to
-    evaluate it, ImportError if unavailable."""
+def get_kernel(name):
+    """The kernel of backend ``name``; ValueError if unknown, ImportError if unavailable."""
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string, got {type(name).__name__}")
     if name not in _MODULES:
         raise ValueError(f"unknown backend {name!r}; choose one of {sorted(_MODULES)}")
-    if setting is not None and name not in NAMED_AREAS and any(
-            setting.class_named(k, h) is not None for k, h in setting.classes()):
-        raise ValueError(f"backend {name!r} does not evaluate areas that span several tile "
-                         f"groups yet; use backend='numpy' ({sorted(NAMED_AREAS)})")
     module = _module(name)
     ok, why = module.available()
     if not ok:
