@@ -188,6 +188,15 @@ def test_bad_input(kwargs, error):
         flow(SMALL, **kwargs)
 
 
+def test_bad_input_is_named():
+    with pytest.raises(TypeError, match="setting must be a mimfast.Setting, got str"):
+        flow("setting", 1.0)
+    with pytest.raises(TypeError, match="epsilon must be a real number, got bool"):
+        flow(SMALL, 1.0, epsilon=True)
+    with pytest.raises(ValueError, match=r"tau must be finite, got 1000.* \(too large for a"):
+        flow(SMALL, 10**400)
+
+
 def test_max_steps():
     with pytest.raises(RuntimeError, match="max_steps"):
         flow(SMALL, 1e4, max_steps=3)

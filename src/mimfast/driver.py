@@ -24,6 +24,7 @@ from .grid import DEFAULT_MAX_BYTES, build_grids
 from .model import Gradient, StateLayout, class_inputs, own_lead
 from .quadrature import build_quadratures
 from .result import Result, _empty
+from .setting import Setting
 
 CALLBACK_SECONDS = 0.25
 
@@ -168,6 +169,25 @@ def evaluators(setting, method, tail_tol, max_grid_bytes=DEFAULT_MAX_BYTES, leve
     if method == "exact":
         return build_grids(setting, tail_tol, max_grid_bytes)
     return build_quadratures(setting, levels)
+
+
+def check_inputs(setting, **reals):
+    """The real-valued arguments ``reals`` of a run as floats, in the order given; TypeError
+    unless ``setting`` is a :class:`~mimfast.Setting` and each value a real number, ValueError
+    for one too large for a float. Their ranges are the caller's to check."""
+    if not isinstance(setting, Setting):
+        raise TypeError(f"setting must be a mimfast.Setting, got {type(setting).__name__}")
+    values = []
+    for name, v in reals.items():
+        if isinstance(v, bool) or not isinstance(v, Real):
+            raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+        try:
+            values.append(float(v))
+        except OverflowError:
+            shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:36] + " ..."
+            raise ValueError(f"{name} must be finite, got {shown} (too large for a float)"
+                             ) from None
+    return values
 
 
 def check_tolerance(rtol, strict):

@@ -8,7 +8,6 @@ locates the events of :data:`EVENTS` by root finding on the continuous extension
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import numpy as np
 
@@ -18,6 +17,7 @@ from .driver import (
     Clock,
     Fused,
     Run,
+    check_inputs,
     check_tolerance,
     evaluators,
     one_record,
@@ -27,7 +27,6 @@ from .driver import (
 from .grid import DEFAULT_MAX_BYTES, check_tail_tol
 from .model import State, StateLayout, evaluate, own_area
 from .quadrature import choose_method
-from .setting import Setting
 
 __all__ = ["flow", "EVENTS", "DP54"]
 
@@ -200,11 +199,8 @@ def _locate(g, lo, hi, glo, ghi, xtol):
 
 
 def _check_flow(setting, tau, rtol, stop_at, epsilon, max_steps):
-    if not isinstance(setting, Setting):
-        raise TypeError(f"setting must be a mimfast.Setting, got {type(setting).__name__}")
-    for name, v in (("tau", tau), ("rtol", rtol), ("epsilon", epsilon)):
-        if isinstance(v, bool) or not isinstance(v, Real):
-            raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    """Validated ``(tau, rtol, epsilon)`` as floats."""
+    tau, rtol, epsilon = check_inputs(setting, tau=tau, rtol=rtol, epsilon=epsilon)
     if not (math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be finite and positive, got {tau}")
     if not 1e-14 <= rtol < 1:
@@ -215,6 +211,7 @@ def _check_flow(setting, tau, rtol, stop_at, epsilon, max_steps):
         raise ValueError(f"stop_at must be None or one of {list(STOP_AT)}, got {stop_at!r}")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    return tau, rtol, epsilon
 
 
 def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
@@ -268,8 +265,7 @@ def flow(setting, tau, rtol=1e-10, stop_at=None, backend=DEFAULT, threads=None,
     Interrupted
         On Ctrl-C, with every accepted step so far, ready for ``resume``.
     """
-    _check_flow(setting, tau, rtol, stop_at, epsilon, max_steps)
-    tau, rtol, epsilon = float(tau), float(rtol), float(epsilon)
+    tau, rtol, epsilon = _check_flow(setting, tau, rtol, stop_at, epsilon, max_steps)
     threads = None if threads is None else check_threads(threads)
     tail_tol = check_tail_tol(tail_tol)
     kernel = get_kernel(backend)

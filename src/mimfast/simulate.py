@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from .driver import (
     ToleranceError,
     ToleranceWarning,
     _tolerance,
+    check_inputs,
     check_tolerance,
     evaluators,
     one_record,
@@ -28,7 +29,6 @@ from .grid import DEFAULT_MAX_BYTES, check_tail_tol
 from .model import State, evaluate
 from .quadrature import choose_method
 from .result import Result
-from .setting import Setting
 
 __all__ = ["simulate", "gradient", "Result", "Interrupted", "ToleranceError", "ToleranceWarning"]
 
@@ -37,14 +37,7 @@ FUSED = {"cpp", "numba"}  # backends whose whole GD loop runs compiled (numpy st
 
 def _check_run(setting, eta, steps, record_every, threads):
     """Validated ``(eta, steps, record_every, threads)`` as plain Python numbers."""
-    if not isinstance(setting, Setting):
-        raise TypeError(f"setting must be a mimfast.Setting, got {type(setting).__name__}")
-    if isinstance(eta, bool) or not isinstance(eta, Real):
-        raise TypeError(f"eta must be a real number, got {type(eta).__name__}")
-    try:
-        eta = float(eta)
-    except OverflowError:
-        raise ValueError(f"eta must be finite, got {eta!r} (too large for a float)") from None
+    (eta,) = check_inputs(setting, eta=eta)
     if not math.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be finite and non-negative, got {eta}")
     steps, record_every = _count("steps", steps, 0), _count("record_every", record_every, 1)
@@ -297,8 +290,7 @@ def gradient(setting, state=None, backend=DEFAULT, threads=None, tail_tol=1e-15,
         dL/dA and dL/dB shaped like the state, with the loss and observables (``error`` and
         ``met`` report the quadrature's estimate).
     """
-    if not isinstance(setting, Setting):
-        raise TypeError(f"setting must be a mimfast.Setting, got {type(setting).__name__}")
+    check_inputs(setting)
     state = State.zeros(setting) if state is None else state
     if not isinstance(state, State):
         raise TypeError(f"state must be a mimfast.State, got {type(state).__name__}")
