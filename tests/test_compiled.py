@@ -10,13 +10,12 @@ import time
 
 import numpy as np
 import pytest
+from helpers import CHILD_SIGINT
 
 import mimfast as mf
 from mimfast import _core
 from mimfast.grid import build_grids
 from mimfast.model import class_inputs, sum_layout
-
-from helpers import CHILD_SIGINT
 
 COMPILED = ["cpp", "numba"]
 

@@ -172,7 +172,7 @@ def test_locate_brackets_the_root():
     from mimfast.flow import _locate
 
     for root in (0.1, 0.5, 0.999):
-        g = lambda t: np.tanh(20 * (t - root))
+        g = lambda t, root=root: np.tanh(20 * (t - root))
         t = _locate(g, 0.0, 1.0, g(0.0), g(1.0), 1e-12)
         assert g(t) >= 0 and abs(t - root) < 1e-11
 

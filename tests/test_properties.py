@@ -144,7 +144,7 @@ def test_gradient_is_the_derivative_of_the_loss(case):
         for h in range(len(cluster.groups)):
             n = entries(s, k, h)
             for c in range(len(n)):
-                def plus(x, d=eps):
+                def plus(x, d=eps, k=k, h=h, c=c):
                     x.fp[k][h, c] += d
                 fd = (loss(plus) - loss(lambda x: plus(x, -eps))) / (2 * eps)
                 assert fd == pytest.approx(n[c] * g.fp[k][h, c], abs=1e-6 * scale * n.max())
@@ -152,7 +152,7 @@ def test_gradient_is_the_derivative_of_the_loss(case):
         for h in range(len(s.clusters[0].groups)):
             n = pp_entries(s, h)
             for c in range(len(n)):
-                def bump(x, d=eps):
+                def bump(x, d=eps, h=h, c=c):
                     x.pp[h, c] += d
                 fd = (loss(bump) - loss(lambda x: bump(x, -eps))) / (2 * eps)
                 assert fd == pytest.approx(n[c] * g.pp[h, c],

@@ -13,8 +13,8 @@ from . import analysis, io, scaling, sweeps
 from .backends import backends
 from .flow import flow
 from .model import Gradient, State
-from .setting import Cluster, Group, Setting
 from .result import Result
+from .setting import Cluster, Group, Setting
 from .simulate import Interrupted, ToleranceError, ToleranceWarning, gradient, simulate
 from .sweeps import sweep
 

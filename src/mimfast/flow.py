@@ -28,7 +28,7 @@ from .grid import DEFAULT_MAX_BYTES, check_tail_tol
 from .model import State, StateLayout, evaluate, own_area
 from .quadrature import choose_method
 
-__all__ = ["flow", "EVENTS", "DP54"]
+__all__ = ["DP54", "EVENTS", "flow"]
 
 # backends whose flow steps run compiled (cpp/flow.hpp); the others, numba's included, step in
 # Python

@@ -45,8 +45,8 @@ import numpy as np
 from ._extras import require
 from .model import State
 from .quadrature import LEVELS, level_of
-from .setting import Cluster, Group, Setting
 from .result import Result
+from .setting import Cluster, Group, Setting
 
 __all__ = ["FORMAT", "DiskFullError", "FolderLockedError", "ResultFileError", "atomic_output",
            "check_file", "clean_temporaries", "digest", "equal", "export", "from_dataset", "load",

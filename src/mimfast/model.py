@@ -12,9 +12,8 @@ from functools import cache
 
 import numpy as np
 
-
-__all__ = ["State", "Gradient", "ClassInputs", "StateLayout", "sum_layout", "evaluate",
-           "rounding", "units", "own_area", "own_attention", "key_weights", "loop_classes"]
+__all__ = ["ClassInputs", "Gradient", "State", "StateLayout", "evaluate", "key_weights",
+           "loop_classes", "own_area", "own_attention", "rounding", "sum_layout", "units"]
 
 
 @dataclass(frozen=True)

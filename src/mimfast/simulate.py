@@ -30,7 +30,7 @@ from .model import State, evaluate
 from .quadrature import choose_method
 from .result import Result
 
-__all__ = ["simulate", "gradient", "Result", "Interrupted", "ToleranceError", "ToleranceWarning"]
+__all__ = ["Interrupted", "Result", "ToleranceError", "ToleranceWarning", "gradient", "simulate"]
 
 FUSED = {"cpp", "numba"}  # backends whose whole GD loop runs compiled (numpy steps in Python)
 
