@@ -169,7 +169,7 @@ def test_quadrature_memory_is_estimated_and_refused_at_once():
                                          r"limit of 2\.0 GiB; use fewer area groups"):
         mf.simulate(s, 1.0, 3, method="auto")
     assert time.monotonic() - t < 2
-    points, nbytes, seconds = mf.quadrature.quadrature_estimate(s)
+    points, nbytes, _ = mf.quadrature.quadrature_estimate(s)
     assert points > 3**20 and nbytes > 2 * 2**30
 
 

@@ -60,7 +60,7 @@ def test_trajectory_matches_explicit_model(case, backend):
     setting, eta, labels, area_group, ref = case
     r = mf.simulate(setting, eta=eta, steps=STEPS, record_every=1, backend=backend)
     np.testing.assert_array_equal(r.steps, ref["steps"])
-    close = dict(rtol=1e-10, atol=1e-12)
+    close = {"rtol": 1e-10, "atol": 1e-12}
     np.testing.assert_allclose(r.loss, ref["loss"], **close)
     assert np.ptp(ref["loss"]) > 1e-3, "the run must move for the comparison to mean something"
     for k in range(setting.K):

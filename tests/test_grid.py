@@ -137,7 +137,7 @@ def test_dropped_against_enumeration(sizes, areas, u, tol):
     tolerance relative to Pr(U_own = 0)."""
     grid = build_grid(sizes, areas, u, tail_tol=tol)
     law = exact_law(sizes, u)
-    counts, prob = grid.probabilities()
+    counts, _ = grid.probabilities()
     got = {tuple(c) for c in counts.tolist()}
     assert got <= set(law)
     left = sum((p for c, p in law.items() if c not in got), Fraction(0))

@@ -465,9 +465,9 @@ class Analysis:
                      fmt(c.fp_global_at_switch, ".4f"), fmt(c.fp_own_at_switch, ".4f"),
                      {None: "-", True: "yes", False: "no"}[c.decoupled]] for c in local]
             out += ["", *_columns(cols, rows),
-                    "R(0): |dL/dA_global| / |dL/dA_own| at Q = 0 (above 1: the global "
-                    "decoupling leads at first);\ndecoupled: at the switch A_global has fallen "
-                    "by more than A_own has risen (-: no switch after Q = 0)"]
+                    ("R(0): |dL/dA_global| / |dL/dA_own| at Q = 0 (above 1: the global "
+                     "decoupling leads at first);\ndecoupled: at the switch A_global has fallen "
+                     "by more than A_own has risen (-: no switch after Q = 0)")]
         if self.pp_report:
             out += ["", self.pp_report]
         out += [""] + ([self.warning] if self.warning else [])
@@ -820,7 +820,7 @@ def evolution(result, rows=8, epsilon=EPSILON):
         spread = tau[1] * (tau[-1] / tau[1]) ** (np.arange(1, rows - 1) / (rows - 2))
         wanted = {0, last} | {int(steps[min(i, last)]) for i in np.searchsorted(tau, spread)}
     else:
-        wanted = {0, last} | {int(round(last ** (i / (rows - 1)))) for i in range(1, rows - 1)}
+        wanted = {0, last} | {round(last ** (i / (rows - 1))) for i in range(1, rows - 1)}
     paper = paper_shaped(s)
     events = {}  # step -> what happens there
     for k, h in s.classes():

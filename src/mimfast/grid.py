@@ -330,7 +330,7 @@ def check_grid_memory(setting, max_bytes=DEFAULT_MAX_BYTES):
     first memory check, without building anything."""
     seen = set()
     for k, h in setting.classes():
-        sizes, areas = class_categories(setting, k, h)
+        sizes, _ = class_categories(setting, k, h)
         key = sizes.tobytes()
         if key in seen:
             continue
