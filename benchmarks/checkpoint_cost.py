@@ -1,7 +1,7 @@
-"""What checkpoints cost a long `mimfast run`, and rewrite its table in docs/performance.md.
+"""What checkpoints cost a long `mimfast run`: prints the table of docs/performance.md.
 
-    python benchmarks/checkpoint_cost.py                    # 20,000 steps at P = 10^4, ~2 min
-    python benchmarks/checkpoint_cost.py --steps 5000 --rule-steps 100 --no-write
+    python benchmarks/doc_tables.py checkpoint-cost     # runs this script, rewrites its section
+    python benchmarks/checkpoint_cost.py --steps 5000 --rule-steps 100   # printed only
 
 Each configuration is the same command (``python -m mimfast run --P 1e4 --steps N --no-plots
 --threads 1``) with its own checkpoint options, run in a fresh process; the configurations are
@@ -37,7 +37,6 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--rule-steps", type=int, default=0,
                     help="also time --checkpoint-every N (checkpoints by steps only)")
-    ap.add_argument("--no-write", action="store_true", help="print the table only")
     args = ap.parse_args()
     configs = {"none (--checkpoint-seconds 0)": ["--checkpoint-seconds", "0"],
                "default (at most one per 30 s)": [],
@@ -51,18 +50,13 @@ def main():
         for name, extra in configs.items():
             best[name] = min(best[name], run_once(args.steps, args.P, extra))
     base = best["none (--checkpoint-seconds 0)"]
-    from doc_tables import machine, rewrite  # scripts beside this one (not benchmarks)
-
-    lines = [f"{machine()}; command: `mimfast run --P {args.P} --steps {args.steps:,} "
-             f"--no-plots --threads 1` plus the options below; best of {args.rounds}",
+    lines = [f"each run: `mimfast run --P {args.P} --steps {args.steps:,} --no-plots "
+             f"--threads 1` plus the options below; best of {args.rounds}",
              "",
              "| checkpoints | wall time (s) | / none |",
              "|---|---|---|"]
     lines += [f"| {name} | {t:.1f} | {t / base:.2f}x |" for name, t in best.items()]
-    table = "\n".join(lines)
-    print(table)
-    if not args.no_write:
-        rewrite("docs/performance.md", "checkpoint-cost", table)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,8 @@
 
 A page holds ``<!-- NAME: start -->`` and ``<!-- NAME: end -->`` around what a script
 measured; :func:`rewrite` replaces what lies between them, so a table in the docs is always
-the whole output of one run of the script that names it. Scripts that write their own
-section (performance_table.py, checkpoint_cost.py, doc_examples.py) call :func:`rewrite`;
-those that print a table are run through this module:
+the whole output of one run of the script that names it. doc_examples.py writes its own
+sections with :func:`rewrite`; the scripts that print a table are run through this module:
 
     python benchmarks/doc_tables.py flow-evaluations    # run the script, rewrite its section
     python benchmarks/doc_tables.py --list              # every section, page and command
@@ -27,6 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # section: (page, command run from the root whose standard output is the section)
 PRINTED = {
+    "performance-table": ("docs/performance.md", "python benchmarks/performance_table.py"),
+    "checkpoint-cost": ("docs/performance.md",
+                        "python benchmarks/checkpoint_cost.py --rounds 2 --rule-steps 100"),
     "fused-loop": ("docs/performance.md", "python benchmarks/fused_loop.py"),
     "numba-loop": ("docs/performance.md", "python benchmarks/numba_loop.py"),
     "quadrature-auto": ("docs/performance.md", "python benchmarks/quadrature_auto.py"),

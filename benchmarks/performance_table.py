@@ -1,7 +1,7 @@
-"""Measure the main table of docs/performance.md and rewrite it there.
+"""Measure the main table of docs/performance.md and print it.
 
-    python benchmarks/performance_table.py                       # full table, ~5 minutes on 2 cores
-    python benchmarks/performance_table.py --quick --no-write    # P up to 10^6, printed only
+    python benchmarks/doc_tables.py performance-table    # runs this script, rewrites its section
+    python benchmarks/performance_table.py --quick       # P up to 10^6, printed only
 
 Every number in one run of this script comes from the same machine state, so ratios between
 backends (and with the minimal loop of benchmarks/roofline.cpp) are what to read.
@@ -102,7 +102,6 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="P up to 10^6 only")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--no-write", action="store_true", help="print the table only")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--rss", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--backends", default="cpp,numba,numpy", help=argparse.SUPPRESS)
@@ -139,9 +138,7 @@ def main():
     cold, warm = numba_compile(cache)
     cached, _ = numba_compile(cache)
 
-    from doc_tables import machine, rewrite  # scripts beside this one (not benchmarks)
-
-    out = [f"{machine()}, threads={args.threads}; mimfast {mf.__version__}",
+    out = [f"threads={args.threads}; mimfast {mf.__version__}",
            "",
            "| P | grid points per step | grid build (s) | cpp s/step | cpp ns/point | "
            "numba s/step | numba/cpp | numpy s/step | numpy/cpp | peak RSS, cpp run (MiB) |",
@@ -179,10 +176,7 @@ def main():
                 f"({r['cpp_1'] / r['points'] * 1e9:.2f} ns/point) | {r['cpp'] * 1e3:.2f} ms "
                 f"({r['cpp'] / r['points'] * 1e9:.2f} ns/point) | {r['cpp_1'] / r['cpp']:.2f}x |"
                 for r in scaling]
-    table = "\n".join(out)
-    print(table)
-    if not args.no_write:
-        rewrite("docs/performance.md", "performance-table", table)
+    print("\n".join(out))
 
 
 if __name__ == "__main__":
