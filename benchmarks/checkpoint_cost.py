@@ -50,8 +50,8 @@ def main():
         for name, extra in configs.items():
             best[name] = min(best[name], run_once(args.steps, args.P, extra))
     base = best["none (--checkpoint-seconds 0)"]
-    lines = [f"each run: `mimfast run --P {args.P} --steps {args.steps:,} --no-plots "
-             f"--threads 1` plus the options below; best of {args.rounds}",
+    lines = [(f"each run: `mimfast run --P {args.P} --steps {args.steps:,} --no-plots "
+              f"--threads 1` plus the options below; best of {args.rounds}"),
              "",
              "| checkpoints | wall time (s) | / none |",
              "|---|---|---|"]

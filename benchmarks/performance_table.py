@@ -140,8 +140,8 @@ def main():
 
     out = [f"threads={args.threads}; mimfast {mf.__version__}",
            "",
-           "| P | grid points per step | grid build (s) | cpp s/step | cpp ns/point | "
-           "numba s/step | numba/cpp | numpy s/step | numpy/cpp | peak RSS, cpp run (MiB) |",
+           ("| P | grid points per step | grid build (s) | cpp s/step | cpp ns/point | "
+            "numba s/step | numba/cpp | numpy s/step | numpy/cpp | peak RSS, cpp run (MiB) |"),
            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         npy = f"{r['numpy']:.3g} | {r['numpy'] / r['cpp']:.0f}x" if "numpy" in r else "– | –"
@@ -154,21 +154,21 @@ def main():
             "",
             f"1,000 GD steps at P = 10^{exps[-1]} (simulate, cpp): {t_1000:.1f} s",
             "",
-            f"numba: first gradient in a fresh process {cold:.2f} s with an empty cache "
-            f"(compilation), {cached:.2f} s with the cache filled; the same call once compiled "
-            f"{warm * 1e3:.2f} ms (grid construction included)"]
+            (f"numba: first gradient in a fresh process {cold:.2f} s with an empty cache "
+             f"(compilation), {cached:.2f} s with the cache filled; the same call once compiled "
+             f"{warm * 1e3:.2f} ms (grid construction included)")]
     if roof:
         big = rows[-1]
         out += ["",
-                f"minimal loops of benchmarks/roofline.cpp (paper grid of ~1.5e7 points): "
-                f"direct model formulas {roof['direct']:.2f} ns/point, bare moment sums "
-                f"{roof['moments']:.2f} ns/point; mimfast cpp at P = 10^{exps[-1]}: "
-                f"{big['cpp'] / big['points'] * 1e9:.2f} ns/point"]
+                (f"minimal loops of benchmarks/roofline.cpp (paper grid of ~1.5e7 points): "
+                 f"direct model formulas {roof['direct']:.2f} ns/point, bare moment sums "
+                 f"{roof['moments']:.2f} ns/point; mimfast cpp at P = 10^{exps[-1]}: "
+                 f"{big['cpp'] / big['points'] * 1e9:.2f} ns/point")]
     scaling = [r for r in rows if "cpp_1" in r]
     if scaling:
         out += ["",
-                f"Thread scaling of one cpp gradient (the same timing, 1 and {args.threads} "
-                f"threads):",
+                (f"Thread scaling of one cpp gradient (the same timing, 1 and {args.threads} "
+                 f"threads):"),
                 "",
                 f"| P | 1 thread | {args.threads} threads | speed-up |",
                 "|---|---|---|---|"]
