@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .grid import class_categories, log_hg_pmf
+from .grid import class_categories, hg_pmf
 from .model import own_area
 
 __all__ = [
@@ -176,7 +176,7 @@ def irreducible_loss(setting, k, h):
 @lru_cache(maxsize=4096)
 def _pr_own_empty(N, u, own):
     """Pr(U_own = 0): no unmasked key among the ``own`` positions (u drawn from N)."""
-    return math.exp(log_hg_pmf([0], own, N, u)[0])
+    return float(hg_pmf([0], own, N, u)[0])
 
 
 def loss_gap(result, k, h, irreducible=None):

@@ -32,6 +32,7 @@ __all__ = [
     "build_grid",
     "build_grids",
     "check_tail_tol",
+    "hg_pmf",
     "log_binom_pmf",
     "log_hg_pmf",
 ]
@@ -45,51 +46,58 @@ MAX_TAIL_TOL = 1e-3
 WARN_POINTS = 10**9
 _QUADRATURE = 'method="quadrature" (its cost does not grow with P)'
 BLOCK = 2048
-_LN_2PI = math.log(2 * math.pi)
 _LOG_TINY = math.log(2.0**-1022)  # smallest normal double
 _WINDOW_BYTES = 160  # peak bytes per count of a 1-D window while it is computed (measured)
 
 
+#: Log-probabilities are formed in the platform's long double (64-bit significand on x86-64):
+#: a log-probability near ln p carries an absolute rounding of about |ln p| times the unit
+#: roundoff of its arithmetic, which becomes the relative error of p. In doubles that reaches
+#: 1e-14 at p ~ 1e-28 and 1e-13 near the least normal double; in long double it stays below
+#: the one rounding of p to a double. Where long double is the double (MSVC, Apple arm64),
+#: the double bound holds (docs/model.md §3, "Probabilities").
+LD = np.longdouble
+_LD_EPS = np.finfo(LD).eps
+_LN_2PI_LD = LD("1.83787706640934548356065947281")
+#: log(n!) - log(sqrt(2 pi n) (n/e)^n) for n = 0..15 (0 for n = 0), to 25 digits.
+_STIRLERR_SMALL = np.array([LD(v) for v in (
+    "0", "0.08106146679532725821967026", "0.04134069595540929409382208",
+    "0.02767792568499833914878929", "0.02079067210376509311152277",
+    "0.01664469118982119216319487", "0.01387612882307074799874573",
+    "0.01189670994589177009505572", "0.01041126526197209649747857",
+    "0.009255462182712732917728637", "0.008330563433362871256469319",
+    "0.007573675487951840794972024", "0.006942840107209529865664153",
+    "0.006408994188004207068439631", "0.005951370112758847735624416",
+    "0.00555473355196280137103869")])
+
+
 def _stirlerr(n):
-    """log(n!) - log(sqrt(2 pi n) (n/e)^n), elementwise for integer n >= 0."""
-    n = np.asarray(n, dtype=np.float64)
+    """log(n!) - log(sqrt(2 pi n) (n/e)^n), elementwise for integer n >= 0, in long double."""
+    n = np.asarray(n, dtype=LD)
     out = np.empty_like(n)
     small = n <= 15
-    ns = n[small]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        direct = np.array(
-            [math.lgamma(v + 1) - (v + 0.5) * math.log(v) + v - 0.5 * _LN_2PI if v > 0 else 0.0
-             for v in ns.ravel()]
-        ).reshape(ns.shape)
-    out[small] = direct
-    nl = n[~small]
-    nn = nl * nl
-    s0, s1, s2, s3, s4 = 1 / 12, 1 / 360, 1 / 1260, 1 / 1680, 1 / 1188
-    out[~small] = np.where(
-        nl > 500,
-        (s0 - s1 / nn) / nl,
-        np.where(
-            nl > 80,
-            (s0 - (s1 - s2 / nn) / nn) / nl,
-            np.where(
-                nl > 35,
-                (s0 - (s1 - (s2 - s3 / nn) / nn) / nn) / nl,
-                (s0 - (s1 - (s2 - (s3 - s4 / nn) / nn) / nn) / nn) / nl,
-            ),
-        ),
-    )
+    out[small] = _STIRLERR_SMALL[n[small].astype(np.int64)]
+    s0, s1, s2, s3, s4 = (LD(1) / LD(d) for d in (12, 360, 1260, 1680, 1188))
+    for lo, hi, terms in ((500, None, 2), (80, 500, 3), (35, 80, 4), (15, 35, 5)):
+        at = (n > lo) if hi is None else (n > lo) & (n <= hi)
+        nl = n[at]
+        nn = nl * nl
+        series = (s0, s1, s2, s3, s4)[terms - 1]
+        for c in (s3, s2, s1, s0)[5 - terms:]:  # Horner in 1/n^2: s0 - s1/n^2 + s2/n^4 - ...
+            series = c - series / nn
+        out[at] = series / nl
     return out
 
 
 def _bd0(x, np_, diff):
-    """Deviance term x log(x / np) + np - x without cancellation (Loader 2000).
+    """Deviance term x log(x / np) + np - x without cancellation (Loader 2000), in long double.
 
     ``diff`` is x - np, computed by the caller as exactly as it can: near the mean the result
     depends on it to first order, so it must not carry the rounding of np.
     """
-    x = np.asarray(x, dtype=np.float64)
-    np_ = np.broadcast_to(np.asarray(np_, dtype=np.float64), x.shape)
-    diff = np.broadcast_to(np.asarray(diff, dtype=np.float64), x.shape)
+    x = np.asarray(x, dtype=LD)
+    np_ = np.broadcast_to(np.asarray(np_, dtype=LD), x.shape)
+    diff = np.broadcast_to(np.asarray(diff, dtype=LD), x.shape)
     out = np.empty_like(x)
     near = np.abs(diff) < 0.1 * (x + np_)
     xn, mn, dn = x[near], np_[near], diff[near]
@@ -97,9 +105,12 @@ def _bd0(x, np_, diff):
     s = dn * v
     ej = 2 * xn * v
     v2 = v * v
-    for j in range(1, 40):
+    small = _LD_EPS * np.abs(s)
+    for j in range(1, 40):  # the terms fall by v^2 < 0.01 each: stop once below rounding
         ej = ej * v2
         s = s + ej / (2 * j + 1)
+        if np.all(np.abs(ej) <= small):
+            break
     out[near] = s
     xf, mf = x[~near], np_[~near]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -119,49 +130,56 @@ def log_binom_pmf(x, n, p):
         Number of trials (may be 0).
     p : float or (int, int)
         Success probability in (0, 1), or the exact fraction ``a / b`` as a pair of integers
-        (then x - n p is formed in integer arithmetic, which keeps the result accurate to
-        about 1e-15 absolute near the mean at any n up to 2^62).
+        (then x - n p is formed from integers, rounded once, which keeps the result accurate
+        near the mean at any n up to 2^62).
 
     Returns
     -------
-    numpy.ndarray
-        The log-probabilities.
+    numpy.ndarray of numpy.longdouble
+        The log-probabilities, in long double (see :data:`LD`): take ``exp`` before rounding
+        to double, so that p keeps its relative accuracy far in the tails.
     """
     x = np.atleast_1d(np.asarray(x, dtype=np.int64))
     if isinstance(p, tuple):
         a, b = (int(v) for v in p)
         exact = "int64" if max(n * a, int(x.max(initial=0)) * b, n * b) < 2**62 else "int"
-        p = a / b
+        p = LD(a) / LD(b)
         certain = 0 if a == 0 else n if a == b else None
     else:
         exact = False
         certain = 0 if p == 0 else n if p == 1 else None
-    q = 1.0 - p
-    xf = x.astype(np.float64)
-    out = np.full(x.shape, -np.inf)
+        p = LD(p)
+    q = 1 - p
+    nL = LD(n)
+    xf = x.astype(LD)
+    out = np.full(x.shape, -np.inf, dtype=LD)
     if n == 0 or certain is not None:  # a certain outcome (p = 0 or 1, or no trials)
-        out[x == (certain or 0)] = 0.0
+        out[x == (certain or 0)] = 0
         return out
     lo, hi = x == 0, x == n
-    nf = np.array([float(n)])
-    out[lo] = -_bd0(nf, n * q, n - n * q)[0] - n * p if p < 0.1 else n * math.log(q)
-    out[hi] = -_bd0(nf, n * p, n - n * p)[0] - n * q if q < 0.1 else n * math.log(p)
+    nf = np.array([nL])
+    out[lo] = -_bd0(nf, nL * q, nL - nL * q)[0] - nL * p if p < 0.1 else nL * np.log(q)
+    out[hi] = -_bd0(nf, nL * p, nL - nL * p)[0] - nL * q if q < 0.1 else nL * np.log(p)
     mid = (x > 0) & (x < n)
     xm = xf[mid]
-    if exact == "int64":
-        diff = (x[mid] * b - n * a) / b
-    elif exact:  # products beyond int64: Python integers, correctly rounded quotients
-        diff = np.array([(int(v) * b - n * a) / b for v in x[mid]], dtype=np.float64)
+    if exact:  # x b - n a in integers, divided by b with one rounding
+        if exact == "int64":
+            whole, part = np.divmod(x[mid] * b - n * a, b)
+        else:  # products beyond int64: Python integers
+            qr = [divmod(int(v) * b - n * a, b) for v in x[mid]]
+            whole = np.array([w for w, _ in qr], dtype=np.int64)
+            part = np.array([r for _, r in qr], dtype=np.int64)
+        diff = whole.astype(LD) + part.astype(LD) / LD(b)
     else:
-        diff = xm - n * p
+        diff = xm - nL * p
     lc = (
         _stirlerr(n)
         - _stirlerr(xm)
         - _stirlerr(n - xm)
-        - _bd0(xm, n * p, diff)
-        - _bd0(n - xm, n * q, -diff)
+        - _bd0(xm, nL * p, diff)
+        - _bd0(n - xm, nL * q, -diff)
     )
-    lf = _LN_2PI + np.log(xm) + np.log1p(-xm / n)
+    lf = _LN_2PI_LD + np.log(xm) + np.log1p(-xm / nL)
     out[mid] = lc - 0.5 * lf
     return out
 
@@ -169,10 +187,15 @@ def log_binom_pmf(x, n, p):
 def log_hg_pmf(x, K, N, u):
     """log Pr(X = x) for X the marked positions among u drawn from N, K of them marked
     (hypergeometric), from three binomial densities of :func:`log_binom_pmf` at p = u / N,
-    whose p^x q^(n-x) factors cancel: accurate at any N up to 2^62."""
+    whose p^x q^(n-x) factors cancel: accurate at any N up to 2^62. In long double."""
     x = np.asarray(x, dtype=np.int64)
     p = (u, N)
     return log_binom_pmf(x, K, p) + log_binom_pmf(u - x, N - K, p) - log_binom_pmf([u], N, p)[0]
+
+
+def hg_pmf(x, K, N, u):
+    """Pr(X = x) of :func:`log_hg_pmf`, as doubles."""
+    return np.exp(log_hg_pmf(x, K, N, u)).astype(np.float64)
 
 
 def category_constants(sizes, areas):
@@ -353,7 +376,7 @@ def _window(N, Ni, u, tol):
         a = max(lo_sup, math.floor(mean - width))
         b = min(hi_sup, math.ceil(mean + width))
         x = np.arange(a, b + 1, dtype=np.int64)
-        pmf = np.exp(log_hg_pmf(x, Ni, N, u))
+        pmf = hg_pmf(x, Ni, N, u)
         # log-concave: the tail beyond an edge is at most pmf(edge) * r / (1 - r)
         ok, beyond = True, 0.0
         if a > lo_sup:
@@ -390,7 +413,7 @@ def _outside(N, Ni, u, a, b, floor=None):
     for first, stop, edge in ((max(lo_sup, a - reach), a, 0), (b + 1, min(hi_sup, b + reach) + 1, -1)):
         if first >= stop:
             continue
-        pmf = np.exp(log_hg_pmf(np.arange(first, stop, dtype=np.int64), Ni, N, u))
+        pmf = hg_pmf(np.arange(first, stop, dtype=np.int64), Ni, N, u)
         total += math.fsum(pmf)
         if (first > lo_sup) if edge == 0 else (stop - 1 < hi_sup):
             r = pmf[edge] / pmf[edge + 1 if edge == 0 else -2] if len(pmf) > 1 else 1.0
@@ -549,8 +572,8 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
     lo = np.maximum(x_in[0], rest - x_last[-1])
     hi = np.minimum(x_in[-1], rest - x_last[0])
     keep = lo <= hi
-    t_in = np.exp(l_in - ref_in)
-    t_last = np.exp(l_last - ref_last)
+    t_in = np.exp(l_in - ref_in).astype(np.float64)
+    t_last = np.exp(l_last - ref_last).astype(np.float64)
     lo, hi = lo[keep], hi[keep]
     starts = [np.arange(a, b + 1, BLOCK, dtype=np.int64) for a, b in zip(lo, hi)]
     blocks = np.zeros((sum(len(s) for s in starts), 3), dtype=np.int64)
@@ -567,7 +590,7 @@ def build_grid(sizes, areas, unmasked, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYT
         rest=rest[keep],
         lo=lo,
         hi=hi,
-        row_weight=np.exp(logw[keep]),
+        row_weight=np.exp(logw[keep]).astype(np.float64),
         t_inner=t_in,
         t_last=t_last,
         off_inner=int(x_in[0]),

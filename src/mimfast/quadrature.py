@@ -34,7 +34,7 @@ from functools import cache
 
 import numpy as np
 
-from .grid import BLOCK, KeyCategories, category_constants, log_binom_pmf, log_hg_pmf
+from .grid import BLOCK, LD, KeyCategories, category_constants, hg_pmf, log_binom_pmf
 from .model import rounding, sum_layout
 
 __all__ = [
@@ -177,7 +177,7 @@ def hg_rule(K, Kc, N, Nc, n):
             M = K + Kc
             logp = log_binom_pmf(x, K, (N, M)) + log_binom_pmf(N - x, Kc, (N, M))
             w = np.exp(logp - logp.max())
-            w /= math.fsum(w)
+            w = (w / w.sum()).astype(np.float64)
             xs = [int(v) for v in x]
             return xs, lo, np.array([float(v - lo) for v in xs]), w, True
     cap = math.floor(min(K, Kc, N, Nc)) + 1
@@ -283,7 +283,7 @@ def own_zero(K, Kc, N):
     """P(U_own = 0) under HG(K + Kc, K, N) (integer counts)."""
     if N > Kc:  # every draw cannot avoid the own area
         return 0.0
-    return math.exp(float(log_hg_pmf([0], K, K + Kc, N)[0]))
+    return float(hg_pmf([0], K, K + Kc, N)[0])
 
 
 def continued_pmf(K, N, Nc):
@@ -301,11 +301,13 @@ def continued_pmf(K, N, Nc):
     -------
     numpy.ndarray, shape (len(N), K + 1)
     """
-    x = np.arange(K, dtype=np.float64)
-    ratio = (K - x) * (N[:, None] - x) / ((x + 1) * (Nc[:, None] - K + x + 1))
-    logw = np.concatenate([np.zeros((len(N), 1)), np.cumsum(np.log(ratio), axis=1)], axis=1)
+    x = np.arange(K, dtype=LD)  # long double, as the grid's log-probabilities (grid.LD)
+    N, Nc = (np.asarray(v, dtype=LD)[:, None] for v in (N, Nc))
+    ratio = (K - x) * (N - x) / ((x + 1) * (Nc - K + x + 1))
+    logw = np.concatenate([np.zeros((len(N), 1), dtype=LD), np.cumsum(np.log(ratio), axis=1)],
+                          axis=1)
     w = np.exp(logw - logw.max(axis=1, keepdims=True))
-    return w / w.sum(axis=1, keepdims=True)
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float64)
 
 
 def _gauss_children(K, Kc, w, counts, N, Nc, n):
