@@ -13,7 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <array>
-#include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -332,148 +332,315 @@ struct Units {
     }
 };
 
-// out[i] = the sum of v[k] over k != i, from a prefix and a suffix sum: O(n), and, for
-// positive terms, a sum of positive terms (no difference of nearly equal numbers).
-MIMFAST_INLINE void sums_but_one(const double* v, int n, double* out) {
-    double pre = 0.0;
-    for (int i = 0; i < n; ++i) {
-        out[i] = pre;
-        pre += v[i];
-    }
-    double suf = 0.0;
-    for (int i = n - 1; i >= 0; --i) {
-        out[i] += suf;
-        suf += v[i];
+// A class with named areas is summed point by point, NAMED_CHUNK points at a time: each line of
+// the per-point formulas runs across the chunk's points (rows [category or unit][point], so the
+// loops over points vectorise, and the loops over units and categories run once per chunk),
+// and the points' terms are then added to the sums point after point. Every point's operations
+// and the order of the additions are those of a loop over the points, and no product is
+// contracted into a fused multiply-add, so the sums are the same bytes at every ISA level. (The
+// lines run over the chunk's points rounded up to a multiple of 8; the points past its end
+// repeat its last point with weight 0 and are not added.)
+constexpr int NAMED_CHUNK = 64;
+
+// acc[s] += rows[s][p] for p in [0, np) in order, G sums at a time (G independent chains)
+template <int G>
+MIMFAST_INLINE void add_rows(const double* rows, int np, double* acc) {
+    double a[G];
+    for (int s = 0; s < G; ++s) a[s] = acc[s];
+    for (int p = 0; p < np; ++p)
+        for (int s = 0; s < G; ++s) a[s] += rows[s * NAMED_CHUNK + p];
+    for (int s = 0; s < G; ++s) acc[s] = a[s];
+}
+
+MIMFAST_INLINE void add_terms(const double* rows, int nr, int np, double* acc) {
+    int s = 0;
+    for (; s + 8 <= nr; s += 8) add_rows<8>(rows + s * NAMED_CHUNK, np, acc + s);
+    const double* r = rows + s * NAMED_CHUNK;
+    switch (nr - s) {
+        case 7: return add_rows<7>(r, np, acc + s);
+        case 6: return add_rows<6>(r, np, acc + s);
+        case 5: return add_rows<5>(r, np, acc + s);
+        case 4: return add_rows<4>(r, np, acc + s);
+        case 3: return add_rows<3>(r, np, acc + s);
+        case 2: return add_rows<2>(r, np, acc + s);
+        case 1: return add_rows<1>(r, np, acc + s);
+        default: return;
     }
 }
 
-// The sums of one block of a class with named areas, point by point: the per-point formulas of
-// mimfast/backends/numpy_backend.py (kernel) over the units of `un_`, each line's rounding
-// magnitude as in point_sums (|t1| + |t2|, rest's terms taken by absolute value). A point
-// without an unmasked own-area key (U_0 = 0) takes the weights wu0, wm0, wself0 when given.
-// NC > 0: compiled for that many categories, else for g.n_cat.
-template <int NC>
-void named_sums_n(const Grid& g, const Inputs& in, const Units& un_, int64_t b0, int64_t b1,
-                  double* out, double* mag) {
-    const int n = NC > 0 ? NC : g.n_cat;
-    const int nu = un_.n;
-    const int ns = n_sums(n);
-    double o[3 + 3 * MAX_CAT], m[3 + 3 * MAX_CAT];
-    for (int s = 0; s < ns; ++s) o[s] = m[s] = 0.0;
-    double U[MAX_CAT], un[MAX_CAT], ms[MAX_CAT], al[MAX_CAT], mu[MAX_CAT], y[MAX_CAT];
-    double ua[MAX_CAT], au[MAX_CAT], xu[MAX_CAT], e[MAX_CAT], rest[MAX_CAT], rabs[MAX_CAT];
-    double ua_ex[MAX_CAT], ms_ex[MAX_CAT], eabs[MAX_CAT];
-    double oA[MAX_CAT] = {}, mAs[MAX_CAT] = {};  // each area's gradient and its magnitude
+// out[i][p] = the sum of v[k][p] (ABS: of |v[k][p]|) over k != i, for rows i, k < n, from a
+// prefix and a suffix sum: O(n), and, for positive terms, a sum of positive terms (no
+// difference of nearly equal numbers).
+template <bool ABS>
+MIMFAST_INLINE void rows_but_one(const double* __restrict v, int n, double* __restrict out,
+                                 double* __restrict tmp, int npad) {
+    constexpr int CH = NAMED_CHUNK;
+    const auto get = [](double t) { return ABS ? std::fabs(t) : t; };
+#pragma omp simd
+    for (int p = 0; p < npad; ++p) tmp[p] = 0.0;
+    for (int i = 0; i < n; ++i)
+#pragma omp simd
+        for (int p = 0; p < npad; ++p) {
+            out[i * CH + p] = tmp[p];
+            tmp[p] += get(v[i * CH + p]);
+        }
+#pragma omp simd
+    for (int p = 0; p < npad; ++p) tmp[p] = 0.0;
+    for (int i = n - 1; i >= 0; --i)
+#pragma omp simd
+        for (int p = 0; p < npad; ++p) {
+            out[i * CH + p] += tmp[p];
+            tmp[p] += get(v[i * CH + p]);
+        }
+}
+
+// The sums of blocks [b0, b1) of a class with named areas, point by point: the per-point
+// formulas of mimfast/backends/numpy_backend.py (kernel) over the units of `un_`, each line's
+// rounding magnitude as in point_sums (|t1| + |t2|, rest's terms taken by absolute value). A
+// point without an unmasked own-area key (U_0 = 0) takes the weights wu0, wm0, wself0 when
+// given.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off", "no-tree-loop-distribute-patterns")
+#endif
+MIMFAST_DISPATCH
+void named_sums(const Grid& g, const Inputs& in, const Units& un_, int64_t b0, int64_t b1,
+                double* out, double* mag) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    constexpr int CH = NAMED_CHUNK;
+    const int n = g.n_cat, nu = un_.n, ns = n_sums(n);
+    // term rows, added point after point: mass, loss, dB_self and its magnitude, then per
+    // category alpha, dB and its magnitude, per unit dA and its magnitude
+    const int t_al = 4, t_dB = t_al + n, t_mB = t_dB + n, t_dA = t_mB + n, t_mA = t_dA + nu;
+    const int nt = t_mA + nu;
+    // rows per category, per unit, per point, then the terms
+    const size_t need = static_cast<size_t>(4 * n + 7 * nu + 7 + nt) * CH;
+    // (kept per thread between calls, its rows aligned to 64 bytes: a vector register's width)
+    thread_local std::vector<double> buf;
+    if (buf.size() < need + 8) buf.resize(need + 8);
+    double* r = buf.data() + (-reinterpret_cast<std::uintptr_t>(buf.data()) / sizeof(double) & 7);
+    const auto rows = [&r](int k) {
+        double* p = r;
+        r += k * CH;
+        return p;
+    };
+    double* __restrict U = rows(n);
+    double* __restrict un = rows(n);
+    double* __restrict ms = rows(n);
+    double* __restrict ms_ex = rows(n);
+    double* __restrict ua = rows(nu);
+    double* __restrict ua_ex = rows(nu);
+    double* __restrict xu = rows(nu);
+    double* __restrict au = rows(nu);
+    double* __restrict e = rows(nu);
+    double* __restrict rest = rows(nu);
+    double* __restrict rabs = rows(nu);
+    double* __restrict w = rows(1);
+    double* __restrict ws = rows(1);
+    double* __restrict msum = rows(1);
+    double* __restrict iD = rows(1);
+    double* __restrict loss = rows(1);
+    double* __restrict others = rows(1);
+    double* __restrict tmp = rows(1);
+    double* __restrict T = rows(nt);
+
+    double acc[4 + 5 * MAX_CAT];
+    for (int s = 0; s < nt; ++s) acc[s] = 0.0;
     double zl[MAX_CAT], z2[MAX_CAT];  // the latent of each unit (its first category's), squared
     for (int i = 0; i < nu; ++i) {
         zl[i] = in.z[un_.lead[i]];
         z2[i] = zl[i] * zl[i];
     }
     const double z0 = zl[0], z02 = z2[0];
+    // whether point p takes the weights of the points without an unmasked own-area key
+    const bool has_alt = in.wu0 != nullptr;
+    const double* wu0 = has_alt ? in.wu0 : in.wu;
+    const double* wm0 = has_alt ? in.wm0 : in.wm;
+    const double wself = in.wself, wself0 = has_alt ? in.wself0 : in.wself;
+    const auto alt = [&](int p) { return has_alt && U[p] == 0.0; };
+
     double u[MAX_CAT], a[MAX_CAT];
-    int64_t npts = 0;
-    for (int64_t b = b0; b < b1; ++b) {
-        const auto [row, first, stop, x0] = block_counts(g, b, u, a);
-        npts += stop - first;
-        for (int64_t j = first; j < stop; ++j) {
-            const auto [x, w] = point_at(g, row, j, x0);
-            for (int c = 0; c < n; ++c) U[c] = u[c] + a[c] * x;
-            const bool alt = in.wu0 && U[0] == 0.0;
-            const double* wu = alt ? in.wu0 : in.wu;
-            const double* wm = alt ? in.wm0 : in.wm;
-            const double wself = alt ? in.wself0 : in.wself;
-            for (int c = 0; c < n; ++c) {
-                un[c] = wu[c] * U[c];
-                ms[c] = wm[c] * (in.sizes[c] - U[c]);
+    int64_t npts = 0, b = b0, j = 0, stop = 0, row = 0;
+    double x0 = 0.0;
+    for (;;) {
+        // the blocks' next points, up to CH: their weights w and counts U
+        int np = 0;
+        while (np < CH) {
+            if (j == stop) {
+                if (b == b1) break;
+                const BlockView v = block_counts(g, b++, u, a);
+                row = v.row;
+                j = v.first;
+                stop = v.stop;
+                x0 = v.x0;
+                npts += stop - j;
             }
-            for (int i = 0; i < nu; ++i) {
-                ua[i] = 0.0;
-                for (int k = un_.start[i]; k < un_.start[i + 1]; ++k) ua[i] += un[un_.cats[k]];
+            const auto [x, wj] = point_at(g, row, j++, x0);
+            w[np] = wj;
+            for (int c = 0; c < n; ++c) U[c * CH + np] = u[c] + a[c] * x;
+            ++np;
+        }
+        if (np == 0) break;
+        const int npad = (np + 7) & ~7;
+        for (int p = np; p < npad; ++p) {
+            w[p] = 0.0;
+            for (int c = 0; c < n; ++c) U[c * CH + p] = U[c * CH + np - 1];
+        }
+
+        // the terms of D: unmasked keys per category and per unit, masked keys and wself
+#pragma omp simd
+        for (int p = 0; p < npad; ++p) msum[p] = ws[p] = alt(p) ? wself0 : wself;
+        for (int i = 0; i < nu; ++i)
+#pragma omp simd
+            for (int p = 0; p < npad; ++p) ua[i * CH + p] = 0.0;
+        for (int c = 0; c < n; ++c) {
+            const double wuc = in.wu[c], wu0c = wu0[c], wmc = in.wm[c], wm0c = wm0[c];
+            const double size = in.sizes[c];
+            const double* __restrict Uc = U + c * CH;
+            double* __restrict uac = ua + un_.of[c] * CH;
+#pragma omp simd
+            for (int p = 0; p < npad; ++p) {
+                const bool a0 = alt(p);
+                const double uv = (a0 ? wu0c : wuc) * Uc[p];
+                const double mv = (a0 ? wm0c : wmc) * (size - Uc[p]);
+                un[c * CH + p] = uv;
+                ms[c * CH + p] = mv;
+                uac[p] += uv;
+                msum[p] += mv;
             }
-            // D without the unmasked keys of a unit (X), and without them and the masked keys of
-            // one category of it (Y): sums of positive terms
-            double msum = wself;
-            for (int c = 0; c < n; ++c) msum += ms[c];
-            sums_but_one(ua, nu, ua_ex);
-            sums_but_one(ms, n, ms_ex);
-            for (int i = 0; i < nu; ++i) xu[i] = msum + ua_ex[i];
-            const double D = xu[0] + ua[0], iD = 1.0 / D;
-            for (int c = 0; c < n; ++c) {
-                y[c] = ((wself + ms_ex[c]) + ua_ex[un_.of[c]]) * iD;
-                al[c] = un[c] * iD;
-                mu[c] = ms[c] * iD;
+        }
+        // D without the unmasked keys of a unit (X = xu D), and without them and the masked
+        // keys of one category of it (Y): sums of positive terms
+        rows_but_one<false>(ua, nu, ua_ex, tmp, npad);
+        rows_but_one<false>(ms, n, ms_ex, tmp, npad);
+#pragma omp simd
+        for (int p = 0; p < npad; ++p) iD[p] = 1.0 / ((msum[p] + ua_ex[p]) + ua[p]);
+        for (int i = 0; i < nu; ++i) {
+            double* __restrict xi = xu + i * CH;
+            double* __restrict ai = au + i * CH;
+            double* __restrict ei = e + i * CH;
+            const double* __restrict uai = ua + i * CH;
+            const double* __restrict uxi = ua_ex + i * CH;
+#pragma omp simd
+            for (int p = 0; p < npad; ++p) {
+                xi[p] = (msum[p] + uxi[p]) * iD[p];
+                ai[p] = uai[p] * iD[p];
             }
-            for (int i = 0; i < nu; ++i) {
-                au[i] = ua[i] * iD;
-                xu[i] *= iD;
+            if (un_.kind[i] == Units::own) {
+#pragma omp simd
+                for (int p = 0; p < npad; ++p) ei[p] = -z02 * ai[p] * xi[p];
+            } else if (un_.kind[i] == Units::named) {
+#pragma omp simd
+                for (int p = 0; p < npad; ++p) ei[p] = z2[i] * ai[p] * ai[p];
+            } else {
                 const int c = un_.lead[i];
-                if (un_.kind[i] == Units::own) {
-                    e[i] = -z02 * au[0] * xu[0];
-                } else if (un_.kind[i] == Units::named) {
-                    e[i] = z2[i] * au[i] * au[i];
-                } else {
-                    const double s2 = in.s_a[c] * U[c] * (in.sizes[c] - U[c]) +
-                                      in.s_b[c] * U[c] * U[c];
-                    const double r = wu[c] * iD;
-                    e[i] = z2[i] * s2 * r * r;
-                }
-            }
-            for (int i = 0; i < nu; ++i) eabs[i] = std::fabs(e[i]);
-            sums_but_one(e, nu, rest);
-            sums_but_one(eabs, nu, rabs);
-            const double loss = 0.5 * (z02 * xu[0] * xu[0] + rest[0]);
-            const double gbar = e[0] + rest[0];
-            o[0] += w;
-            o[1] += w * loss;
-            o[2] += -w * gbar * wself * iD;
-            m[2] += w * (std::fabs(e[0]) + rabs[0]) * wself * iD;
-            for (int c = 0; c < n; ++c) o[3 + c] += w * al[c];
-            for (int i = 0; i < nu; ++i) {
-                const int c0 = un_.lead[i];
-                double dA, mA;
-                if (un_.kind[i] == Units::own) {
-                    dA = -2.0 * z0 * au[0] * loss;
-                    mA = std::fabs(dA);
-                } else {
-                    const double inv = un_.kind[i] == Units::tiles ? in.inv_areas[c0] : 1.0;
-                    const double t1 = e[i] * xu[i], t2 = rest[i] * au[i];
-                    dA = zl[i] * (t1 - t2) * inv;
-                    mA = zl[i] * (std::fabs(t1) + rabs[i] * au[i]) * inv;
-                }
-                // the area's gradient in every member column (tied columns, docs/model.md §3)
-                const double f = un_.kind[i] == Units::own     ? -z02 * xu[0]
-                                 : un_.kind[i] == Units::named ? z2[i] * au[i]
-                                                               : 0.0;
-                oA[i] += w * dA;
-                mAs[i] += w * mA;
-                for (int k = un_.start[i]; k < un_.start[i + 1]; ++k) {
-                    const int c = un_.cats[k];
-                    const double t2 = rest[i] * (al[c] + mu[c]);
-                    double t1, m1;
-                    if (un_.kind[i] == Units::tiles) {
-                        t1 = e[i] * y[c];
-                        m1 = std::fabs(t1);
-                    } else {  // category c's share of its area's attention term
-                        double others = 0.0;
-                        for (int l = un_.start[i]; l < un_.start[i + 1]; ++l)
-                            if (l != k) others += al[un_.cats[l]];
-                        t1 = f * (al[c] * y[c] - others * mu[c]);
-                        m1 = std::fabs(f) * (al[c] * y[c] + others * mu[c]);
-                    }
-                    o[3 + 2 * n + c] += w * (t1 - t2) * in.inv_sizes[c];
-                    m[3 + 2 * n + c] += w * (m1 + rabs[i] * (al[c] + mu[c])) * in.inv_sizes[c];
+                const double* __restrict Uc = U + c * CH;
+                const double wuc = in.wu[c], wu0c = wu0[c];
+                const double sa = in.s_a[c], sb = in.s_b[c], size = in.sizes[c], zz = z2[i];
+#pragma omp simd
+                for (int p = 0; p < npad; ++p) {
+                    const double s2 = sa * Uc[p] * (size - Uc[p]) + sb * Uc[p] * Uc[p];
+                    const double rr = (alt(p) ? wu0c : wuc) * iD[p];
+                    ei[p] = zz * s2 * rr * rr;
                 }
             }
         }
+        rows_but_one<false>(e, nu, rest, tmp, npad);
+        rows_but_one<true>(e, nu, rabs, tmp, npad);
+#pragma omp simd
+        for (int p = 0; p < npad; ++p) {
+            loss[p] = 0.5 * (z02 * xu[p] * xu[p] + rest[p]);
+            const double gbar = e[p] + rest[p];
+            T[p] = w[p];
+            T[CH + p] = w[p] * loss[p];
+            T[2 * CH + p] = -w[p] * gbar * ws[p] * iD[p];
+            T[3 * CH + p] = w[p] * (std::fabs(e[p]) + rabs[p]) * ws[p] * iD[p];
+        }
+        for (int i = 0; i < nu; ++i) {
+            const int I = i * CH, A = (t_dA + i) * CH, M = (t_mA + i) * CH;  // rows of unit i
+            if (un_.kind[i] == Units::own) {
+#pragma omp simd
+                for (int p = 0; p < npad; ++p) {
+                    const double dA = -2.0 * z0 * au[p] * loss[p];
+                    T[A + p] = w[p] * dA;
+                    T[M + p] = w[p] * std::fabs(dA);
+                }
+            } else {
+                const double inv = un_.kind[i] == Units::tiles ? in.inv_areas[un_.lead[i]] : 1.0;
+                const double zi = zl[i];
+#pragma omp simd
+                for (int p = 0; p < npad; ++p) {
+                    const double t1 = e[I + p] * xu[I + p], t2 = rest[I + p] * au[I + p];
+                    T[A + p] = w[p] * (zi * (t1 - t2) * inv);
+                    T[M + p] = w[p] * (zi * (std::fabs(t1) + rabs[I + p] * au[I + p]) * inv);
+                }
+            }
+            // the area's gradient goes to every member column (tied columns, docs/model.md §3);
+            // dB of each member category c: for a named area, c's share of its attention term
+            // (f its factor, `others` the attention of the area's other categories)
+            const bool tiles = un_.kind[i] == Units::tiles, own = un_.kind[i] == Units::own;
+            for (int k = un_.start[i]; k < un_.start[i + 1]; ++k) {
+                const int c = un_.cats[k], C = c * CH;  // rows of category c
+                const double inv = in.inv_sizes[c];
+                // its al and mu, y = 1 - al - mu, and its terms from its line t1 - t2 and
+                // magnitude m1 + rabs (al + mu)
+                const auto at = [&](int p, double& al, double& mu, double& y) {
+                    al = un[C + p] * iD[p];
+                    mu = ms[C + p] * iD[p];
+                    y = ((ws[p] + ms_ex[C + p]) + ua_ex[I + p]) * iD[p];
+                };
+                const auto terms = [&](int p, double al, double am, double t1, double m1) {
+                    T[(t_al + c) * CH + p] = w[p] * al;
+                    T[(t_dB + c) * CH + p] = w[p] * (t1 - rest[I + p] * am) * inv;
+                    T[(t_mB + c) * CH + p] = w[p] * (m1 + rabs[I + p] * am) * inv;
+                };
+                if (tiles) {
+#pragma omp simd
+                    for (int p = 0; p < npad; ++p) {
+                        double al, mu, y;
+                        at(p, al, mu, y);
+                        const double t1 = e[I + p] * y;
+                        terms(p, al, al + mu, t1, std::fabs(t1));
+                    }
+                    continue;
+                }
+#pragma omp simd
+                for (int p = 0; p < npad; ++p) others[p] = 0.0;
+                for (int l = un_.start[i]; l < un_.start[i + 1]; ++l) {
+                    if (l == k) continue;
+                    const int L = un_.cats[l] * CH;
+#pragma omp simd
+                    for (int p = 0; p < npad; ++p) others[p] += un[L + p] * iD[p];
+                }
+                const double fz = own ? -z02 : z2[i];
+                const double* fx = own ? xu : au + I;
+#pragma omp simd
+                for (int p = 0; p < npad; ++p) {
+                    double al, mu, y;
+                    at(p, al, mu, y);
+                    const double f = fz * fx[p];
+                    terms(p, al, al + mu, f * (al * y - others[p] * mu),
+                          std::fabs(f) * (al * y + others[p] * mu));
+                }
+            }
+        }
+        add_terms(T, nt, np, acc);
     }
     // mass, loss and attention are sums of non-negative terms: their magnitudes are their
     // sums; an area's gradient is the same in every member column (tied columns)
-    m[0] = o[0];
-    m[1] = o[1];
+    double o[3 + 3 * MAX_CAT], m[3 + 3 * MAX_CAT];
+    o[0] = m[0] = acc[0];
+    o[1] = m[1] = acc[1];
+    o[2] = acc[2];
+    m[2] = acc[3];
     for (int c = 0; c < n; ++c) {
-        m[3 + c] = o[3 + c];
-        o[3 + n + c] = oA[un_.of[c]];
-        m[3 + n + c] = mAs[un_.of[c]];
+        o[3 + c] = m[3 + c] = acc[t_al + c];
+        o[3 + n + c] = acc[t_dA + un_.of[c]];
+        m[3 + n + c] = acc[t_mA + un_.of[c]];
+        o[3 + 2 * n + c] = acc[t_dB + c];
+        m[3 + 2 * n + c] = acc[t_mB + c];
     }
     const double floor = static_cast<double>(npts) * underflow_gain(in, n) * TINY_MAG;
     for (int s = 0; s < ns; ++s) {
@@ -481,19 +648,9 @@ void named_sums_n(const Grid& g, const Inputs& in, const Units& un_, int64_t b0,
         mag[s] = (m[s] > 0 ? m[s] + floor : 0.0) * (8.0 + 2.0 * n);
     }
 }
-
-void named_sums(const Grid& g, const Inputs& in, const Units& un, int64_t b0, int64_t b1,
-                double* out, double* mag) {
-    switch (g.n_cat) {
-        case 3: return named_sums_n<3>(g, in, un, b0, b1, out, mag);
-        case 4: return named_sums_n<4>(g, in, un, b0, b1, out, mag);
-        case 5: return named_sums_n<5>(g, in, un, b0, b1, out, mag);
-        case 6: return named_sums_n<6>(g, in, un, b0, b1, out, mag);
-        case 7: return named_sums_n<7>(g, in, un, b0, b1, out, mag);
-        case 8: return named_sums_n<8>(g, in, un, b0, b1, out, mag);
-        default: return named_sums_n<0>(g, in, un, b0, b1, out, mag);
-    }
-}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
 
 // A block is summed again point by point when its combination's rounding estimate exceeds this
 // share of a part's norm (docs/model.md §3, conditioning).
@@ -755,9 +912,9 @@ constexpr int64_t POINT_CHUNK = 256;
 void class_sums(const Grid& g, const Inputs& in, int threads, double* out) {
     const int n = g.n_cat;
     const int ns = n_sums(n);
-    std::unique_ptr<Units> named;
-    if (in.named) named = std::make_unique<Units>(in.named, n);
-    const Units* units = named.get();
+    std::optional<Units> named;
+    if (in.named) named.emplace(in.named, n);
+    const Units* units = named ? &*named : nullptr;
     // tasks: a block summed by moments, or a run of consecutive blocks summed point by point
     // (fixed by the grid alone, so the result does not depend on the thread count)
     // (buffers kept per calling thread between calls: a quadrature step makes many calls on

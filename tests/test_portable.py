@@ -19,7 +19,7 @@ BEYOND = re.compile(
     r"|popcnt|movbe|round[sp][sd]|ptest|pblend|blendv|insertps|extractps|dpp[sd]|pmulld"
     r"|pmin[su][bdw]|pmax[su][bdw]|pshufb|palignr|phadd|phsub|pabs|crc32|pcmpgtq|pcmp[ei]str)"
 )
-CLONE = re.compile(r"block_moments.*\.arch_x86_64_v[34]$")
+CLONE = re.compile(r"(block_moments|named_sums).*\.arch_x86_64_v[34]$")
 
 
 def functions_beyond_baseline(path):
@@ -62,10 +62,11 @@ def test_only_dispatched_clones_go_beyond_baseline():
         f"baseline code uses newer instructions (built with "
         f"MIMFAST_MARCH_NATIVE=ON?): {sorted(outside)[:5]}"
     )
-    if platform.libc_ver()[0] == "glibc":  # ifunc: the hot loop must be dispatched
-        # two dispatched walkers (grid rows and point-set rows), each with both clones
+    if platform.libc_ver()[0] == "glibc":  # ifunc: the hot loops must be dispatched
+        # two dispatched walkers (grid rows and point-set rows) and the named-area sums, each
+        # with both clones
         clones = sorted(f.rsplit(".", 1)[-1] for f in found)
-        assert clones == ["arch_x86_64_v3"] * 2 + ["arch_x86_64_v4"] * 2, found
+        assert clones == ["arch_x86_64_v3"] * 3 + ["arch_x86_64_v4"] * 3, found
 
 
 @needs_objdump
