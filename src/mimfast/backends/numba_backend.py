@@ -166,8 +166,11 @@ def kernel(grid, inputs, threads=None):
         _fields(grid)
     threads = kernels.threads_for(np.array([scal]), _threads(threads))
     alt = inputs.wu0 is not None
+    # z copied: a read-only array is another type to numba, whose functions would be compiled
+    # again for it (those of the loop take z writable)
     args = (counts.reshape(-1, grid.n_cat), rest, rw, t_in, scal[0], t_last, scal[1], scal[2],
-            scal[3], blocks.reshape(-1, 3), consts[0], inputs.z, *consts[1:], inputs.wu,
+            scal[3], blocks.reshape(-1, 3), consts[0], np.array(inputs.z, dtype=np.float64),
+            *consts[1:], inputs.wu,
             inputs.wm, inputs.wself, inputs.wu0 if alt else inputs.wu,
             inputs.wm0 if alt else inputs.wm, inputs.wself0, alt, centre, node_x, node_w,
             _NO_NAMES if inputs.named is None else np.asarray(inputs.named, dtype=np.int64))
