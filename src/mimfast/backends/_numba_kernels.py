@@ -182,10 +182,11 @@ def count(counts, rest, row, c, ci, cl, x0):
 # arrays, and counting a reference to each on entry and exit, atomic operations, costs more
 # than the sums of a short block
 @numba.njit(cache=CACHE, error_model="numpy", _nrt=False)
-def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
-               C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre, node_x,
-               node_w, out, mag, by_points, ws, units):
-    """docs/model.md §3 sums of one block: of a count grid, or of a point set when
+def block_sums(b, b_end, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
+               blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre,
+               node_x, node_w, out, mag, by_points, ws, units):
+    """docs/model.md §3 sums of block b (of blocks b .. b_end - 1 together, all summed point
+    by point: :func:`_all_sums`' tasks): of a count grid, or of a point set when
     ``node_x`` is non-empty (float counts, inner count ``centre[row] + node_x[k]``). With
     ``alt``, a block without unmasked own-area keys takes the weights wu0, wm0, wself0.
     ``units`` (:func:`units`): the class's named areas, empty for a class without.
@@ -197,6 +198,11 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
     n = C.shape[0]
     row, first, stop = blocks[b, 0], blocks[b, 1], blocks[b, 2]
     points = node_x.shape[0] > 0
+    if units[1].shape[0] == 0 and (by_points or stop - first <= SHORT_BLOCK):
+        point_sums(b, b_end, blocks, counts, rest, ci, cl, centre, points, row_weight, t_in,
+                   off_in, t_last, off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm,
+                   wself, wu0, wm0, wself0, alt, out, mag, ws)
+        return False
     x0 = centre[row] if points else float((first + stop - 1) // 2)
     u0, a0 = count(counts, rest, row, 0, ci, cl, x0)
     if alt and u0 == 0.0 and a0 == 0.0:
@@ -211,10 +217,6 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
         named_sums(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_last,
                    off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0,
                    wself0, alt, units, out, mag, ws)
-        return False
-    if by_points or stop - first <= SHORT_BLOCK:
-        point_sums(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_last,
-                   off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag, ws)
         return False
     zero = (0.0, 0.0, 0.0, 0.0)
     al = ws[2 * n:6 * n].reshape((n, 4))
@@ -344,11 +346,13 @@ def local_array(typingctx, size):
 NC, NS = 0, 3
 
 
-def _point_sums(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_last,
-                off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag, ws):
-    """The sums of one block point by point (cpp/kernel.cpp, point_sums). ``ws`` holds the
-    counts u + a x of the block (u in ws[0:n], a in ws[n:2n]) and, for a category count not
-    compiled in (:data:`POINT_SUMS`), is the scratch of the per-category values and sums."""
+def _point_sums(b0, b1, blocks, counts, rest, ci, cl, centre, points, row_weight, t_in,
+                off_in, t_last, off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu1, wm1,
+                wself1, wu0, wm0, wself0, alt, out, mag, ws):
+    """The sums of blocks b0 .. b1 - 1 together, point by point (cpp/kernel.cpp, point_sums);
+    a block without unmasked own-area keys takes the weights wu0, wm0, wself0 with ``alt``.
+    ``ws``: for a category count not compiled in (:data:`POINT_SUMS`), the scratch of the
+    per-category values and sums."""
     n = C.shape[0] if NC == 0 else NC
     if NC == 0:
         u, a, U, un, ms = ws[:n], ws[n:2 * n], ws[2 * n:3 * n], ws[3 * n:4 * n], ws[4 * n:5 * n]
@@ -359,65 +363,73 @@ def _point_sums(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_
                            local_array(NC))
         Y, X, e = local_array(NC), local_array(NC), local_array(NC)
         o, m = local_array(NS), local_array(NS)
-        for c in range(NC):
-            u[c], a[c] = ws[c], ws[n + c]
     o[:] = 0.0
     m[:] = 0.0
     z02 = z[0] * z[0]
-    for j in range(first, stop):
-        w = point_at(j, x0, row, points, row_weight, rest, t_in, off_in, t_last, off_last,
-                     node_x, node_w, u, a, U, n)
-        for c in range(n):
-            un[c] = wu[c] * U[c]
-            ms[c] = wm[c] * (C[c] - U[c])
-        for c in range(n):
-            y = wself
-            for k in range(n):
-                if k != c:
-                    y += un[k] + ms[k]
-            Y[c] = y
-            X[c] = y + ms[c]
-        D = X[0] + un[0]
-        iD = 1.0 / D
-        beta, alpha0 = X[0] * iD, un[0] * iD
-        e[0] = -z02 * alpha0 * beta
-        groups = 0.0
-        for c in range(1, n):
-            s2 = sa[c] * U[c] * (C[c] - U[c]) + sb[c] * U[c] * U[c]
-            r = wu[c] * iD
-            e[c] = z[c] * z[c] * s2 * r * r
-            groups += e[c]
-        loss = 0.5 * (z02 * beta * beta + groups)
-        gbar = e[0] + groups
-        o[0] += w
-        m[0] += w
-        o[1] += w * loss
-        m[1] += w * loss
-        sD = wself * iD
-        o[2] += -w * gbar * sD
-        m[2] += w * (abs(e[0]) + groups) * sD
-        for c in range(n):
-            rst, rabs = 0.0, 0.0
-            for k in range(n):
-                if k != c:
-                    rst += e[k]
-                    rabs += abs(e[k])
-            al = un[c] * iD
-            amu = (un[c] + ms[c]) * iD
-            o[3 + c] += w * al
-            m[3 + c] += w * al
-            if c == 0:
-                v = 2.0 * z[0] * alpha0 * loss
-                o[3 + n] -= w * v
-                m[3 + n] += w * abs(v)
-            else:
-                t1, t2 = e[c] * (X[c] * iD), rst * al
-                o[3 + n + c] += w * z[c] * (t1 - t2) * ia[c]
-                m[3 + n + c] += w * z[c] * (abs(t1) + rabs * al) * ia[c]
-            t1, t2 = e[c] * (Y[c] * iD), rst * amu
-            o[3 + 2 * n + c] += w * (t1 - t2) * isz[c]
-            m[3 + 2 * n + c] += w * (abs(t1) + rabs * amu) * isz[c]
-    floor = float(stop - first) * underflow_gain(z) * TINY_MAG
+    npts = 0
+    for b in range(b0, b1):
+        row, first, stop = blocks[b, 0], blocks[b, 1], blocks[b, 2]
+        npts += stop - first
+        x0 = centre[row] if points else float((first + stop - 1) // 2)
+        for c in range(n):  # the block's counts u + a x
+            u[c], a[c] = count(counts, rest, row, c, ci, cl, x0)
+        wu, wm, wself = wu1, wm1, wself1
+        if alt and u[0] == 0.0 and a[0] == 0.0:
+            wu, wm, wself = wu0, wm0, wself0
+        for j in range(first, stop):
+            w = point_at(j, x0, row, points, row_weight, rest, t_in, off_in, t_last, off_last,
+                         node_x, node_w, u, a, U, n)
+            for c in range(n):
+                un[c] = wu[c] * U[c]
+                ms[c] = wm[c] * (C[c] - U[c])
+            for c in range(n):
+                y = wself
+                for k in range(n):
+                    if k != c:
+                        y += un[k] + ms[k]
+                Y[c] = y
+                X[c] = y + ms[c]
+            D = X[0] + un[0]
+            iD = 1.0 / D
+            beta, alpha0 = X[0] * iD, un[0] * iD
+            e[0] = -z02 * alpha0 * beta
+            groups = 0.0
+            for c in range(1, n):
+                s2 = sa[c] * U[c] * (C[c] - U[c]) + sb[c] * U[c] * U[c]
+                r = wu[c] * iD
+                e[c] = z[c] * z[c] * s2 * r * r
+                groups += e[c]
+            loss = 0.5 * (z02 * beta * beta + groups)
+            gbar = e[0] + groups
+            o[0] += w
+            m[0] += w
+            o[1] += w * loss
+            m[1] += w * loss
+            sD = wself * iD
+            o[2] += -w * gbar * sD
+            m[2] += w * (abs(e[0]) + groups) * sD
+            for c in range(n):
+                rst, rabs = 0.0, 0.0
+                for k in range(n):
+                    if k != c:
+                        rst += e[k]
+                        rabs += abs(e[k])
+                al = un[c] * iD
+                amu = (un[c] + ms[c]) * iD
+                o[3 + c] += w * al
+                m[3 + c] += w * al
+                if c == 0:
+                    v = 2.0 * z[0] * alpha0 * loss
+                    o[3 + n] -= w * v
+                    m[3 + n] += w * abs(v)
+                else:
+                    t1, t2 = e[c] * (X[c] * iD), rst * al
+                    o[3 + n + c] += w * z[c] * (t1 - t2) * ia[c]
+                    m[3 + n + c] += w * z[c] * (abs(t1) + rabs * al) * ia[c]
+                t1, t2 = e[c] * (Y[c] * iD), rst * amu
+                o[3 + 2 * n + c] += w * (t1 - t2) * isz[c]
+                m[3 + 2 * n + c] += w * (abs(t1) + rabs * amu) * isz[c]
+    floor = float(npts) * underflow_gain(z) * TINY_MAG
     for s in range(3 + 3 * n):
         out[s] = o[s]
         mag[s] = (m[s] + floor if m[s] > 0 else 0.0) * (8.0 + 2.0 * n)
@@ -441,27 +453,28 @@ point_sums_2, point_sums_3, point_sums_4, point_sums_any = (
     _point_sums_for(nc) for nc in (*POINT_SUMS, 0))
 
 
-@numba.njit(cache=CACHE, inline="always")
-def point_sums(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_last,
-               off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag, ws):
-    """:func:`_point_sums` compiled for the block's category count."""
+@njit_bare
+def point_sums(b0, b1, blocks, counts, rest, ci, cl, centre, points, row_weight, t_in, off_in,
+               t_last, off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, wu0,
+               wm0, wself0, alt, out, mag, ws):
+    """:func:`_point_sums` compiled for the blocks' category count."""
     n = C.shape[0]
     if n == 3:
-        point_sums_3(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_last,
-                     off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag,
-                     ws)
+        point_sums_3(b0, b1, blocks, counts, rest, ci, cl, centre, points, row_weight, t_in,
+                     off_in, t_last, off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm,
+                     wself, wu0, wm0, wself0, alt, out, mag, ws)
     elif n == 2:
-        point_sums_2(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_last,
-                     off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag,
-                     ws)
+        point_sums_2(b0, b1, blocks, counts, rest, ci, cl, centre, points, row_weight, t_in,
+                     off_in, t_last, off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm,
+                     wself, wu0, wm0, wself0, alt, out, mag, ws)
     elif n == 4:
-        point_sums_4(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_last,
-                     off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag,
-                     ws)
+        point_sums_4(b0, b1, blocks, counts, rest, ci, cl, centre, points, row_weight, t_in,
+                     off_in, t_last, off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm,
+                     wself, wu0, wm0, wself0, alt, out, mag, ws)
     else:
-        point_sums_any(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_last,
-                       off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out,
-                       mag, ws)
+        point_sums_any(b0, b1, blocks, counts, rest, ci, cl, centre, points, row_weight, t_in,
+                       off_in, t_last, off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm,
+                       wself, wu0, wm0, wself0, alt, out, mag, ws)
 
 
 @njit_bare
@@ -657,14 +670,20 @@ def scratch(n_blocks, n):
     """The sizes of the float and the integer scratch of :func:`_all_sums` for an evaluator of
     ``n_blocks`` blocks and ``n`` categories."""
     ns = 3 + 3 * n
-    return n_blocks * (2 * ns + WORK_PER_CAT * n + 2) + ns, n_blocks + 4 * n
+    return n_blocks * (2 * ns + WORK_PER_CAT * n + 2) + ns, 2 * n_blocks + 1 + 4 * n
+
+
+# cpp/kernel.cpp: consecutive blocks summed point by point are summed together, up to this many
+# points (a quadrature's rows of a few nodes would otherwise cost as much set-up as points)
+POINT_CHUNK = 256
 
 
 def _all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
               C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre, node_x,
               node_w, named, fb, ib, res):
-    """The sums of every block, by moments (point by point if short), and again point by
-    point for the blocks that are ill-conditioned and whose rounding estimate exceeds
+    """The sums of every block, by moments (point by point if short, consecutive short blocks
+    together up to POINT_CHUNK points), and again point by point for the blocks that are
+    ill-conditioned and whose rounding estimate exceeds
     BLOCK_SHARE of a part's norm (cpp/kernel.cpp, class_sums), into ``res[:3 + 3 n]``; then
     the rounding estimates of their loss, attention and gradient into the last three entries
     of ``res`` (:func:`mimfast.model.rounding_parts`, each part's norm scaled as there), from
@@ -679,41 +698,56 @@ def _all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, 
     mag = fb[n_blocks * ns:2 * n_blocks * ns].reshape((n_blocks, ns))
     ws = fb[2 * n_blocks * ns:n_blocks * (2 * ns + wk)].reshape((n_blocks, wk))
     total = fb[n_blocks * (2 * ns + wk):n_blocks * (2 * ns + wk) + ns]
-    ill = ib[:n_blocks]
-    iu, nn = ib[n_blocks:], named.shape[0]
+    ill, task = ib[:n_blocks], ib[n_blocks:2 * n_blocks + 1]
+    iu, nn = ib[2 * n_blocks + 1:], named.shape[0]
     nu = units(named, iu)
     un = (iu[:nn], iu[nn:nn + nu], iu[2 * nn:2 * nn + nu])  # of, kind, lead (named_sums)
+    # tasks: a block, or consecutive blocks summed point by point (fixed by the evaluator
+    # alone, so the result does not depend on the thread count)
+    n_tasks, chunk, chained = 0, 0, False
+    for b in range(n_blocks):
+        size = blocks[b, 2] - blocks[b, 1]
+        pts = nu == 0 and size <= SHORT_BLOCK
+        if not (pts and chained and chunk + size <= POINT_CHUNK):
+            task[n_tasks] = b
+            n_tasks += 1
+            chunk = 0
+        chunk += size
+        chained = pts
+    task[n_tasks] = n_blocks
     part[:, :] = 0.0  # an ill-conditioned block leaves its sums unset
-    for b in numba.prange(n_blocks):
-        ill[b] = block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
-                            blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt,
-                            centre, node_x, node_w, part[b], mag[b], False, ws[b], un)
+    for t in numba.prange(n_tasks):
+        ill[t] = block_sums(task[t], task[t + 1], counts, rest, row_weight, t_in, off_in,
+                            t_last, off_last, ci, cl, blocks, C, z, sa, sb, ia, isz, wu, wm,
+                            wself, wu0, wm0, wself0, alt, centre, node_x, node_w, part[t],
+                            mag[t], False, ws[t], un)
     out = res[:ns]
     out[:] = 0.0
-    for b in range(n_blocks):
+    for t in range(n_tasks):
         for s in range(ns):
-            out[s] += part[b, s]
+            out[s] += part[t, s]
     norm = _part_norms(out, n)
     redo = False
-    for b in range(n_blocks):  # ill becomes: to be summed again
-        if ill[b] and not _share(mag[b], norm, n) <= BLOCK_SHARE:
+    for t in range(n_tasks):  # ill becomes: to be summed again
+        if ill[t] and not _share(mag[t], norm, n) <= BLOCK_SHARE:
             redo = True
         else:
-            ill[b] = 0
+            ill[t] = 0
     if redo:
-        for b in numba.prange(n_blocks):
-            if ill[b]:
-                block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
-                           blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt,
-                           centre, node_x, node_w, part[b], mag[b], True, ws[b], un)
+        for t in numba.prange(n_tasks):
+            if ill[t]:
+                block_sums(task[t], task[t + 1], counts, rest, row_weight, t_in, off_in, t_last,
+                           off_last, ci, cl, blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0,
+                           wm0, wself0, alt, centre, node_x, node_w, part[t], mag[t], True,
+                           ws[t], un)
         out[:] = 0.0
-        for b in range(n_blocks):
+        for t in range(n_tasks):
             for s in range(ns):
-                out[s] += part[b, s]
+                out[s] += part[t, s]
     total[:] = 0.0
-    for b in range(n_blocks):
+    for t in range(n_tasks):
         for s in range(ns):
-            total[s] += mag[b, s]
+            total[s] += mag[t, s]
     norm = _part_norms(out, n)
     m = _part_mags(total, n)
     for p in range(3):
