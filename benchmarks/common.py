@@ -8,7 +8,10 @@ so that runs on different commits time the same work.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -23,6 +26,7 @@ __all__ = [
     "KAPPA_S",
     "SEED",
     "best_time",
+    "fresh_process",
     "gradient",
     "grids",
     "kernel",
@@ -152,6 +156,15 @@ def script_args(doc, argv=None):
     print(f"date: {time.strftime('%Y-%m-%d')}; machine: {platform.machine()}, "
           f"threads={args.threads}; mimfast {mf.__version__}\n")
     return args
+
+
+def fresh_process(code, cache_dir):
+    """The numbers that the Python ``code`` prints, run in a fresh process with numba's cache
+    in ``cache_dir`` (empty: numba compiles everything the code calls)."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    return [float(v) for v in out.split()]
 
 
 def cpu_time(func, repeat=5):

@@ -78,10 +78,9 @@ def numba_compile(cache_dir):
             "t = time.perf_counter(); mf.gradient(s, backend='numba'); a = time.perf_counter() - t\n"
             "t = time.perf_counter(); mf.gradient(s, backend='numba'); b = time.perf_counter() - t\n"
             "print(a, b)")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
-    return float(out[0]), float(out[1])
+    import common  # beside this script
+
+    return tuple(common.fresh_process(code, cache_dir))
 
 
 def roofline(threads):

@@ -13,6 +13,10 @@ import types
 
 import numba
 import numpy as np
+from numba.core import cgutils
+from numba.core import types as nbtypes
+from numba.extending import intrinsic
+from numba.np.arrayobj import make_array, populate_array
 
 from ..model import (
     OWN_LEAD,
@@ -23,6 +27,10 @@ from ..model import rounding_estimate as _rounding_estimate
 from ._numba_cache import CACHE
 
 njit = numba.njit(cache=CACHE)
+# without reference counting: for functions that allocate nothing, called many times per step
+# with many arrays (numba counts a reference to each on entry and exit, atomic operations that
+# cost more than the sums of a short block)
+njit_bare = numba.njit(cache=CACHE, _nrt=False)
 
 # polynomials c0 + c1 x + c2 x^2 + c3 x^3 as 4-tuples: no allocation per block
 @njit
@@ -174,10 +182,11 @@ def count(counts, rest, row, c, ci, cl, x0):
 # arrays, and counting a reference to each on entry and exit, atomic operations, costs more
 # than the sums of a short block
 @numba.njit(cache=CACHE, error_model="numpy", _nrt=False)
-def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
-               C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre, node_x,
-               node_w, out, mag, by_points, ws, units):
-    """docs/model.md §3 sums of one block: of a count grid, or of a point set when
+def block_sums(b, b_end, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
+               blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre,
+               node_x, node_w, out, mag, by_points, ws, units):
+    """docs/model.md §3 sums of block b (of blocks b .. b_end - 1 together, all summed point
+    by point: :func:`_all_sums`' tasks): of a count grid, or of a point set when
     ``node_x`` is non-empty (float counts, inner count ``centre[row] + node_x[k]``). With
     ``alt``, a block without unmasked own-area keys takes the weights wu0, wm0, wself0.
     ``units`` (:func:`units`): the class's named areas, empty for a class without.
@@ -189,6 +198,11 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
     n = C.shape[0]
     row, first, stop = blocks[b, 0], blocks[b, 1], blocks[b, 2]
     points = node_x.shape[0] > 0
+    if units[1].shape[0] == 0 and (by_points or stop - first <= SHORT_BLOCK):
+        point_sums(b, b_end, blocks, counts, rest, ci, cl, centre, points, row_weight, t_in,
+                   off_in, t_last, off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm,
+                   wself, wu0, wm0, wself0, alt, out, mag, ws)
+        return False
     x0 = centre[row] if points else float((first + stop - 1) // 2)
     u0, a0 = count(counts, rest, row, 0, ci, cl, x0)
     if alt and u0 == 0.0 and a0 == 0.0:
@@ -203,10 +217,6 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
         named_sums(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_last,
                    off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0,
                    wself0, alt, units, out, mag, ws)
-        return False
-    if by_points or stop - first <= SHORT_BLOCK:
-        point_sums(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_last,
-                   off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag, ws)
         return False
     zero = (0.0, 0.0, 0.0, 0.0)
     al = ws[2 * n:6 * n].reshape((n, 4))
@@ -299,101 +309,184 @@ def block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, 
 
 @numba.njit(cache=CACHE, inline="always")
 def point_at(j, x0, row, points, row_weight, rest, t_in, off_in, t_last, off_last, node_x,
-             node_w, ws, n, U):
-    """The weight of point j of a block of row ``row``; its counts u + a x (u in ws[0:n], a in
-    ws[n:2n]) into ws[U:U + n]."""
+             node_w, u, a, U, n):
+    """The weight of point j of a block of row ``row``; its counts u + a x into U."""
     if points:
         x, w = node_x[j], node_w[j]
     else:
         x = float(j) - x0
         w = row_weight[row] * t_in[j - off_in] * t_last[int(rest[row]) - j - off_last]
     for c in range(n):
-        ws[U + c] = ws[c] + ws[n + c] * x
+        U[c] = u[c] + a[c] * x
     return w
 
 
-# inlined where it is called: a call passes two dozen arrays, and numba counts a reference to
-# each on entry and exit, atomic operations that cost more than the sums of a short block
-@numba.njit(cache=CACHE, error_model="numpy", inline="always")
-def point_sums(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_last,
-               off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, out, mag, ws):
-    """The sums of one block point by point (cpp/kernel.cpp, point_sums). ``ws`` holds the
-    counts u + a x of the block (u in ws[0:n], a in ws[n:2n]) and is the scratch of the
-    per-category values U, un, ms, Y, X, e (indexed directly, not through views: each view
-    costs numba an atomic reference count)."""
-    n = C.shape[0]
-    out[:] = 0.0
-    mag[:] = 0.0
-    U, un, ms, Y, X, e = 2 * n, 3 * n, 4 * n, 5 * n, 6 * n, 7 * n
+@intrinsic
+def local_array(typingctx, size):
+    """A float64 array of ``size`` (a compile-time constant) on the calling function's stack:
+    once its loops are unrolled, LLVM keeps its values in registers."""
+    if not isinstance(size, nbtypes.IntegerLiteral):
+        return None
+    n = size.literal_value
+    arr = nbtypes.Array(nbtypes.float64, 1, "C")
+
+    def codegen(context, builder, sig, args):
+        data = cgutils.alloca_once(builder, context.get_value_type(nbtypes.float64), size=n)
+        ary = make_array(arr)(context, builder)
+        intp = context.get_value_type(nbtypes.intp)
+        populate_array(ary, data=data, shape=[intp(n)], strides=[intp(8)], itemsize=intp(8),
+                       meminfo=None)
+        return ary._getvalue()
+
+    return arr(size), codegen
+
+
+# the category count that _point_sums is compiled for (0: any) and its number of sums; each
+# copy (_point_sums_for) has its own
+NC, NS = 0, 3
+
+
+def _point_sums(b0, b1, blocks, counts, rest, ci, cl, centre, points, row_weight, t_in,
+                off_in, t_last, off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu1, wm1,
+                wself1, wu0, wm0, wself0, alt, out, mag, ws):
+    """The sums of blocks b0 .. b1 - 1 together, point by point (cpp/kernel.cpp, point_sums);
+    a block without unmasked own-area keys takes the weights wu0, wm0, wself0 with ``alt``.
+    ``ws``: for a category count not compiled in (:data:`POINT_SUMS`), the scratch of the
+    per-category values and sums."""
+    n = C.shape[0] if NC == 0 else NC
+    if NC == 0:
+        u, a, U, un, ms = ws[:n], ws[n:2 * n], ws[2 * n:3 * n], ws[3 * n:4 * n], ws[4 * n:5 * n]
+        Y, X, e = ws[5 * n:6 * n], ws[6 * n:7 * n], ws[7 * n:8 * n]
+        o, m = out, mag
+    else:  # on the stack, so that the values stay in registers
+        u, a, U, un, ms = (local_array(NC), local_array(NC), local_array(NC), local_array(NC),
+                           local_array(NC))
+        Y, X, e = local_array(NC), local_array(NC), local_array(NC)
+        o, m = local_array(NS), local_array(NS)
+    o[:] = 0.0
+    m[:] = 0.0
     z02 = z[0] * z[0]
-    for j in range(first, stop):
-        w = point_at(j, x0, row, points, row_weight, rest, t_in, off_in, t_last, off_last,
-                     node_x, node_w, ws, n, U)
-        for c in range(n):
-            ws[un + c] = wu[c] * ws[U + c]
-            ws[ms + c] = wm[c] * (C[c] - ws[U + c])
-        for c in range(n):
-            y = wself
-            for k in range(n):
-                if k != c:
-                    y += ws[un + k] + ws[ms + k]
-            ws[Y + c] = y
-            ws[X + c] = y + ws[ms + c]
-        D = ws[X + 0] + ws[un + 0]
-        iD = 1.0 / D
-        beta, alpha0 = ws[X + 0] * iD, ws[un + 0] * iD
-        ws[e + 0] = -z02 * alpha0 * beta
-        groups = 0.0
-        for c in range(1, n):
-            s2 = sa[c] * ws[U + c] * (C[c] - ws[U + c]) + sb[c] * ws[U + c] * ws[U + c]
-            r = wu[c] * iD
-            ws[e + c] = z[c] * z[c] * s2 * r * r
-            groups += ws[e + c]
-        loss = 0.5 * (z02 * beta * beta + groups)
-        gbar = ws[e + 0] + groups
-        out[0] += w
-        mag[0] += w
-        out[1] += w * loss
-        mag[1] += w * loss
-        sD = wself * iD
-        out[2] += -w * gbar * sD
-        mag[2] += w * (abs(ws[e + 0]) + groups) * sD
-        for c in range(n):
-            rst, rabs = 0.0, 0.0
-            for k in range(n):
-                if k != c:
-                    rst += ws[e + k]
-                    rabs += abs(ws[e + k])
-            al = ws[un + c] * iD
-            amu = (ws[un + c] + ws[ms + c]) * iD
-            out[3 + c] += w * al
-            mag[3 + c] += w * al
-            if c == 0:
-                v = 2.0 * z[0] * alpha0 * loss
-                out[3 + n] -= w * v
-                mag[3 + n] += w * abs(v)
-            else:
-                t1, t2 = ws[e + c] * (ws[X + c] * iD), rst * al
-                out[3 + n + c] += w * z[c] * (t1 - t2) * ia[c]
-                mag[3 + n + c] += w * z[c] * (abs(t1) + rabs * al) * ia[c]
-            t1, t2 = ws[e + c] * (ws[Y + c] * iD), rst * amu
-            out[3 + 2 * n + c] += w * (t1 - t2) * isz[c]
-            mag[3 + 2 * n + c] += w * (abs(t1) + rabs * amu) * isz[c]
-    floor = float(stop - first) * underflow_gain(z) * TINY_MAG
-    for s in range(out.shape[0]):
-        mag[s] = (mag[s] + floor if mag[s] > 0 else 0.0) * (8.0 + 2.0 * n)
+    npts = 0
+    for b in range(b0, b1):
+        row, first, stop = blocks[b, 0], blocks[b, 1], blocks[b, 2]
+        npts += stop - first
+        x0 = centre[row] if points else float((first + stop - 1) // 2)
+        for c in range(n):  # the block's counts u + a x
+            u[c], a[c] = count(counts, rest, row, c, ci, cl, x0)
+        wu, wm, wself = wu1, wm1, wself1
+        if alt and u[0] == 0.0 and a[0] == 0.0:
+            wu, wm, wself = wu0, wm0, wself0
+        for j in range(first, stop):
+            w = point_at(j, x0, row, points, row_weight, rest, t_in, off_in, t_last, off_last,
+                         node_x, node_w, u, a, U, n)
+            for c in range(n):
+                un[c] = wu[c] * U[c]
+                ms[c] = wm[c] * (C[c] - U[c])
+            for c in range(n):
+                y = wself
+                for k in range(n):
+                    if k != c:
+                        y += un[k] + ms[k]
+                Y[c] = y
+                X[c] = y + ms[c]
+            D = X[0] + un[0]
+            iD = 1.0 / D
+            beta, alpha0 = X[0] * iD, un[0] * iD
+            e[0] = -z02 * alpha0 * beta
+            groups = 0.0
+            for c in range(1, n):
+                s2 = sa[c] * U[c] * (C[c] - U[c]) + sb[c] * U[c] * U[c]
+                r = wu[c] * iD
+                e[c] = z[c] * z[c] * s2 * r * r
+                groups += e[c]
+            loss = 0.5 * (z02 * beta * beta + groups)
+            gbar = e[0] + groups
+            o[0] += w
+            m[0] += w
+            o[1] += w * loss
+            m[1] += w * loss
+            sD = wself * iD
+            o[2] += -w * gbar * sD
+            m[2] += w * (abs(e[0]) + groups) * sD
+            for c in range(n):
+                rst, rabs = 0.0, 0.0
+                for k in range(n):
+                    if k != c:
+                        rst += e[k]
+                        rabs += abs(e[k])
+                al = un[c] * iD
+                amu = (un[c] + ms[c]) * iD
+                o[3 + c] += w * al
+                m[3 + c] += w * al
+                if c == 0:
+                    v = 2.0 * z[0] * alpha0 * loss
+                    o[3 + n] -= w * v
+                    m[3 + n] += w * abs(v)
+                else:
+                    t1, t2 = e[c] * (X[c] * iD), rst * al
+                    o[3 + n + c] += w * z[c] * (t1 - t2) * ia[c]
+                    m[3 + n + c] += w * z[c] * (abs(t1) + rabs * al) * ia[c]
+                t1, t2 = e[c] * (Y[c] * iD), rst * amu
+                o[3 + 2 * n + c] += w * (t1 - t2) * isz[c]
+                m[3 + 2 * n + c] += w * (abs(t1) + rabs * amu) * isz[c]
+    floor = float(npts) * underflow_gain(z) * TINY_MAG
+    for s in range(3 + 3 * n):
+        out[s] = o[s]
+        mag[s] = (m[s] + floor if m[s] > 0 else 0.0) * (8.0 + 2.0 * n)
 
 
-@njit
-def units(named):
+def _point_sums_for(nc):
+    """:func:`_point_sums` compiled for ``nc`` categories (0: any), without reference
+    counting (it allocates nothing); a renamed copy per count, which numba's cache keeps
+    apart."""
+    name = f"point_sums_{nc}"
+    func = types.FunctionType(_point_sums.__code__, {**_point_sums.__globals__, "NC": nc,
+                                                       "NS": 3 + 3 * nc}, name)
+    func.__qualname__ = name
+    return numba.njit(cache=CACHE, error_model="numpy", _nrt=False)(func)
+
+
+# the category counts whose point sums are compiled with their loops unrolled (cpp/kernel.cpp,
+# point_sums_n); any other count takes the general function
+POINT_SUMS = (2, 3, 4)
+point_sums_2, point_sums_3, point_sums_4, point_sums_any = (
+    _point_sums_for(nc) for nc in (*POINT_SUMS, 0))
+
+
+@njit_bare
+def point_sums(b0, b1, blocks, counts, rest, ci, cl, centre, points, row_weight, t_in, off_in,
+               t_last, off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm, wself, wu0,
+               wm0, wself0, alt, out, mag, ws):
+    """:func:`_point_sums` compiled for the blocks' category count."""
+    n = C.shape[0]
+    if n == 3:
+        point_sums_3(b0, b1, blocks, counts, rest, ci, cl, centre, points, row_weight, t_in,
+                     off_in, t_last, off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm,
+                     wself, wu0, wm0, wself0, alt, out, mag, ws)
+    elif n == 2:
+        point_sums_2(b0, b1, blocks, counts, rest, ci, cl, centre, points, row_weight, t_in,
+                     off_in, t_last, off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm,
+                     wself, wu0, wm0, wself0, alt, out, mag, ws)
+    elif n == 4:
+        point_sums_4(b0, b1, blocks, counts, rest, ci, cl, centre, points, row_weight, t_in,
+                     off_in, t_last, off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm,
+                     wself, wu0, wm0, wself0, alt, out, mag, ws)
+    else:
+        point_sums_any(b0, b1, blocks, counts, rest, ci, cl, centre, points, row_weight, t_in,
+                       off_in, t_last, off_last, node_x, node_w, C, z, sa, sb, ia, isz, wu, wm,
+                       wself, wu0, wm0, wself0, alt, out, mag, ws)
+
+
+@njit_bare
+def units(named, ib):
     """The areas of a class with named areas as units of its categories
-    (``numpy_backend.units``): ``(of, kind, lead)``, the unit of each category, and per unit
-    its kind (0 own, 1 named, 2 tiles) and first category. Empty arrays for ``named`` empty."""
+    (``numpy_backend.units``), into ``ib`` (4 n values): ``of`` in ib[0:n], the unit of each
+    category, and per unit its kind (0 own, 1 named, 2 tiles) in ib[n:2n] and its first
+    category in ib[2n:3n]; returns the number of units (0 for ``named`` empty). (It returns
+    no array: a function compiled without reference counts cannot hand one back.)"""
     n = named.shape[0]
-    of = np.empty(n, dtype=np.int64)
-    kind = np.empty(n, dtype=np.int64)
-    lead = np.empty(n, dtype=np.int64)
-    first = np.full(n, -1, dtype=np.int64)
+    of, kind, lead, first = ib[:n], ib[n:2 * n], ib[2 * n:3 * n], ib[3 * n:4 * n]
+    first[:] = -1
     nu = 0
     for c in range(n):
         a = named[c]
@@ -406,7 +499,7 @@ def units(named):
         if a >= 0:
             first[a] = nu
         nu += 1
-    return of, kind[:nu], lead[:nu]
+    return nu
 
 
 @numba.njit(cache=CACHE, error_model="numpy")
@@ -424,14 +517,14 @@ def named_sums(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_l
     # scratch in ws (block_sums allocates nothing): the block's u, a in ws[0:2n], then per
     # category the counts U of a point (point_at) and un, ms, al, mu, y, then per unit (at
     # most n) ua, au, xu, e, rst, rabs
-    U, un, ms = ws[2 * n:3 * n], ws[3 * n:4 * n], ws[4 * n:5 * n]
+    u, a, U, un, ms = ws[:n], ws[n:2 * n], ws[2 * n:3 * n], ws[3 * n:4 * n], ws[4 * n:5 * n]
     al, mu, y = ws[5 * n:6 * n], ws[6 * n:7 * n], ws[7 * n:8 * n]
     ua, au, xu = ws[8 * n:8 * n + nu], ws[9 * n:9 * n + nu], ws[10 * n:10 * n + nu]
     e, rst, rabs = ws[11 * n:11 * n + nu], ws[12 * n:12 * n + nu], ws[13 * n:13 * n + nu]
     z02 = z[0] * z[0]
     for j in range(first, stop):
         w = point_at(j, x0, row, points, row_weight, rest, t_in, off_in, t_last, off_last,
-                     node_x, node_w, ws, n, 2 * n)
+                     node_x, node_w, u, a, U, n)
         wu, wm, wself = wu1, wm1, wself1
         if alt and U[0] == 0.0:
             wu, wm, wself = wu0, wm0, wself0
@@ -526,46 +619,42 @@ def named_sums(first, stop, x0, row, points, row_weight, rest, t_in, off_in, t_l
         mag[s] = (mag[s] + floor if mag[s] > 0 else 0.0) * (8.0 + 2.0 * n)
 
 
-@njit
+@njit_bare
 def _part_norms(out, n):
     """Norms of the loss, attention and gradient parts of a sum vector."""
-    norm = np.zeros(3)
-    norm[0] = abs(out[1])
-    norm[1] = _scaled_norm(out[3:3 + n])
-    grad = np.empty(1 + 2 * n)
-    grad[0] = out[2]
-    grad[1:] = out[3 + n:3 + 3 * n]
-    norm[2] = _scaled_norm(grad)
-    return norm
+    return abs(out[1]), _scaled_norm(out, 3, 3 + n, -1), _scaled_norm(out, 3 + n, 3 + 3 * n, 2)
 
 
-@njit
-def _scaled_norm(v):
-    """The 2-norm, scaled so that values near the least double keep a norm."""
-    top = 0.0
-    for x in v:
-        top = max(top, abs(x))
+@njit_bare
+def _scaled_norm(v, first, stop, extra):
+    """The 2-norm of v[extra] (when ``extra`` >= 0) and v[first:stop], in that order, scaled so
+    that values near the least double keep a norm."""
+    top = abs(v[extra]) if extra >= 0 else 0.0
+    for i in range(first, stop):
+        top = max(top, abs(v[i]))
     if top == 0:
         return 0.0
     s = 0.0
-    for x in v:
-        s += (x / top) ** 2
+    if extra >= 0:
+        s += (v[extra] / top) ** 2
+    for i in range(first, stop):
+        s += (v[i] / top) ** 2
     return top * np.sqrt(s)
 
 
-@njit
+@njit_bare
 def _part_mags(mag, n):
-    m = np.zeros(3)
-    m[0] = mag[1]
+    """The magnitudes of the loss, attention and gradient parts."""
+    m1 = 0.0
     for c in range(n):
-        m[1] += mag[3 + c]
-    m[2] = mag[2]
+        m1 += mag[3 + c]
+    m2 = mag[2]
     for s in range(3 + n, 3 + 3 * n):
-        m[2] += mag[s]
-    return m
+        m2 += mag[s]
+    return mag[1], m1, m2
 
 
-@njit
+@njit_bare
 def _share(mag, norm, n):
     """A block's rounding estimate relative to each part's norm, the largest."""
     m = _part_mags(mag, n)
@@ -577,67 +666,95 @@ def _share(mag, norm, n):
     return worst
 
 
+def scratch(n_blocks, n):
+    """The sizes of the float and the integer scratch of :func:`_all_sums` for an evaluator of
+    ``n_blocks`` blocks and ``n`` categories."""
+    ns = 3 + 3 * n
+    return n_blocks * (2 * ns + WORK_PER_CAT * n + 2) + ns, 2 * n_blocks + 1 + 4 * n
+
+
+# cpp/kernel.cpp: consecutive blocks summed point by point are summed together, up to this many
+# points (a quadrature's rows of a few nodes would otherwise cost as much set-up as points)
+POINT_CHUNK = 256
+
+
 def _all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, blocks,
-             C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre, node_x,
-             node_w, named):
-    """The sums of every block, by moments (point by point if short), and again point by
-    point for the blocks that are ill-conditioned and whose rounding estimate exceeds
-    BLOCK_SHARE of a part's norm (cpp/kernel.cpp, class_sums); and each sum's rounding
-    magnitude, summed over the blocks (:func:`with_rounding` turns them into the estimates,
-    as :func:`mimfast.model.rounding_parts` does). ``named``: the class's named areas (``ClassInputs.named``), empty for a
-    class without."""
+              C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt, centre, node_x,
+              node_w, named, fb, ib, res):
+    """The sums of every block, by moments (point by point if short, consecutive short blocks
+    together up to POINT_CHUNK points), and again point by point for the blocks that are
+    ill-conditioned and whose rounding estimate exceeds
+    BLOCK_SHARE of a part's norm (cpp/kernel.cpp, class_sums), into ``res[:3 + 3 n]``; then
+    the rounding estimates of their loss, attention and gradient into the last three entries
+    of ``res`` (:func:`mimfast.model.rounding_parts`, each part's norm scaled as there), from
+    each sum's rounding magnitude summed over the blocks. ``named``: the class's named areas
+    (``ClassInputs.named``), empty for a class without. ``fb``, ``ib``: float and integer
+    scratch (:func:`scratch`): the function allocates nothing."""
     n_blocks = blocks.shape[0]
-    un = units(named)
     n = C.shape[0]
     ns = 3 + 3 * n
-    part = np.zeros((n_blocks, ns))
-    mag = np.zeros((n_blocks, ns))
-    ill = np.zeros(n_blocks, dtype=np.bool_)
-    ws = np.empty((n_blocks, WORK_PER_CAT * n + 2))
-    for b in numba.prange(n_blocks):
-        ill[b] = block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
-                            blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt,
-                            centre, node_x, node_w, part[b], mag[b], False, ws[b], un)
-    out = np.zeros(ns)
+    wk = WORK_PER_CAT * n + 2
+    part = fb[:n_blocks * ns].reshape((n_blocks, ns))
+    mag = fb[n_blocks * ns:2 * n_blocks * ns].reshape((n_blocks, ns))
+    ws = fb[2 * n_blocks * ns:n_blocks * (2 * ns + wk)].reshape((n_blocks, wk))
+    total = fb[n_blocks * (2 * ns + wk):n_blocks * (2 * ns + wk) + ns]
+    ill, task = ib[:n_blocks], ib[n_blocks:2 * n_blocks + 1]
+    iu, nn = ib[2 * n_blocks + 1:], named.shape[0]
+    nu = units(named, iu)
+    un = (iu[:nn], iu[nn:nn + nu], iu[2 * nn:2 * nn + nu])  # of, kind, lead (named_sums)
+    # tasks: a block, or consecutive blocks summed point by point (fixed by the evaluator
+    # alone, so the result does not depend on the thread count)
+    n_tasks, chunk, chained = 0, 0, False
     for b in range(n_blocks):
+        size = blocks[b, 2] - blocks[b, 1]
+        pts = nu == 0 and size <= SHORT_BLOCK
+        if not (pts and chained and chunk + size <= POINT_CHUNK):
+            task[n_tasks] = b
+            n_tasks += 1
+            chunk = 0
+        chunk += size
+        chained = pts
+    task[n_tasks] = n_blocks
+    part[:, :] = 0.0  # an ill-conditioned block leaves its sums unset
+    for t in numba.prange(n_tasks):
+        ill[t] = block_sums(task[t], task[t + 1], counts, rest, row_weight, t_in, off_in,
+                            t_last, off_last, ci, cl, blocks, C, z, sa, sb, ia, isz, wu, wm,
+                            wself, wu0, wm0, wself0, alt, centre, node_x, node_w, part[t],
+                            mag[t], False, ws[t], un)
+    out = res[:ns]
+    out[:] = 0.0
+    for t in range(n_tasks):
         for s in range(ns):
-            out[s] += part[b, s]
+            out[s] += part[t, s]
     norm = _part_norms(out, n)
-    redo = np.zeros(n_blocks, dtype=np.bool_)
-    for b in range(n_blocks):
-        redo[b] = ill[b] and not _share(mag[b], norm, n) <= BLOCK_SHARE
-    if redo.any():
-        for b in numba.prange(n_blocks):
-            if redo[b]:
-                block_sums(b, counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl,
-                           blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0, alt,
-                           centre, node_x, node_w, part[b], mag[b], True, ws[b], un)
+    redo = False
+    for t in range(n_tasks):  # ill becomes: to be summed again
+        if ill[t] and not _share(mag[t], norm, n) <= BLOCK_SHARE:
+            redo = True
+        else:
+            ill[t] = 0
+    if redo:
+        for t in numba.prange(n_tasks):
+            if ill[t]:
+                block_sums(task[t], task[t + 1], counts, rest, row_weight, t_in, off_in, t_last,
+                           off_last, ci, cl, blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0,
+                           wm0, wself0, alt, centre, node_x, node_w, part[t], mag[t], True,
+                           ws[t], un)
         out[:] = 0.0
-        for b in range(n_blocks):
+        for t in range(n_tasks):
             for s in range(ns):
-                out[s] += part[b, s]
-    total = np.zeros(ns)
-    for b in range(n_blocks):
+                out[s] += part[t, s]
+    total[:] = 0.0
+    for t in range(n_tasks):
         for s in range(ns):
-            total[s] += mag[b, s]
-    return out, total
+            total[s] += mag[t, s]
+    norm = _part_norms(out, n)
+    m = _part_mags(total, n)
+    for p in range(3):
+        res[ns + p] = rounding_estimate(m[p], norm[p])
 
 
 rounding_estimate = njit(_rounding_estimate)
-
-
-@njit
-def with_rounding(sums, mag, n):
-    """The sums followed by the rounding estimates of their loss, attention and gradient
-    (:func:`mimfast.model.rounding_parts`, each part's norm scaled as there) from the
-    magnitudes ``mag`` of :func:`all_sums`."""
-    out = np.empty(sums.shape[0] + 3)
-    out[:sums.shape[0]] = sums
-    norm = _part_norms(sums, n)
-    m = _part_mags(mag, n)
-    for p in range(3):
-        out[sums.shape[0] + p] = rounding_estimate(m[p], norm[p])
-    return out
 
 
 # the same function compiled without threads (prange runs as range), for the classes too small
@@ -649,7 +766,7 @@ def _renamed(func, name):
 
 
 all_sums = numba.njit(cache=CACHE, parallel=True)(_renamed(_all_sums, "all_sums"))
-all_sums_serial = numba.njit(cache=CACHE)(_renamed(_all_sums, "all_sums_serial"))
+all_sums_serial = njit_bare(_renamed(_all_sums, "all_sums_serial"))
 
 # cpp/kernel.cpp: a thread only per this many points (on a busy machine a parallel region can
 # wait a whole scheduler slice for a descheduled thread)
@@ -670,13 +787,14 @@ def threaded(points, threads):
     return threads > 1 and points >= 2 * MIN_POINTS_PER_THREAD
 
 
-@njit
-def class_sums(fa, off, scal, e, z, wu, wm, wself, wu0, wm0, wself0, alt, named, threads):
-    """The sums of evaluator e of packed arrays ``fa`` (:func:`_all_sums`) and their rounding
-    estimates (:func:`with_rounding`): threaded (on numba's thread count, which the caller
-    sets) when ``threads`` > 1 and the evaluator has points for at least two threads
-    (MIN_POINTS_PER_THREAD each), else in the calling thread. The result does not depend on
-    it."""
+@njit_bare
+def class_sums(fa, off, scal, e, z, wu, wm, wself, wu0, wm0, wself0, alt, named, threads, fb,
+               ib, res):
+    """The sums of evaluator e of packed arrays ``fa`` and their rounding estimates into
+    ``res`` (:func:`_all_sums`, scratch ``fb``, ``ib``): threaded (on numba's thread count,
+    which the caller sets) when ``threads`` > 1 and the evaluator has points for at least two
+    threads (MIN_POINTS_PER_THREAD each), else in the calling thread. The result does not
+    depend on it."""
     n = scal[e, 5]
     counts = fa[0][off[e, 0]:off[e + 1, 0]].reshape((-1, n))
     rest = fa[1][off[e, 1]:off[e + 1, 1]]
@@ -693,15 +811,13 @@ def class_sums(fa, off, scal, e, z, wu, wm, wself, wu0, wm0, wself0, alt, named,
     node_x = fa[12][off[e, 12]:off[e + 1, 12]]
     node_w = fa[13][off[e, 13]:off[e + 1, 13]]
     if threaded(scal[e, 4], threads):
-        sums, mag = all_sums(counts, rest, rw, t_in, scal[e, 0], t_last, scal[e, 1],
-                             scal[e, 2], scal[e, 3], blocks, C, z, sa, sb, ia, isz, wu, wm,
-                             wself, wu0, wm0, wself0, alt, centre, node_x, node_w, named)
+        all_sums(counts, rest, rw, t_in, scal[e, 0], t_last, scal[e, 1], scal[e, 2],
+                 scal[e, 3], blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0, wself0,
+                 alt, centre, node_x, node_w, named, fb, ib, res)
     else:
-        sums, mag = all_sums_serial(counts, rest, rw, t_in, scal[e, 0], t_last, scal[e, 1],
-                                    scal[e, 2], scal[e, 3], blocks, C, z, sa, sb, ia, isz, wu,
-                                    wm, wself, wu0, wm0, wself0, alt, centre, node_x, node_w,
-                                    named)
-    return with_rounding(sums, mag, n)
+        all_sums_serial(counts, rest, rw, t_in, scal[e, 0], t_last, scal[e, 1], scal[e, 2],
+                        scal[e, 3], blocks, C, z, sa, sb, ia, isz, wu, wm, wself, wu0, wm0,
+                        wself0, alt, centre, node_x, node_w, named, fb, ib, res)
 
 
 def threads_for(scal, threads):
@@ -751,14 +867,16 @@ def error_estimate(n, s, check, has_check):
     return err
 
 
-@njit
+@njit_bare
 def evaluate_classes(fa, off, scal, ev, chk, n_cat, c_off, z, live, named, has_named, a_off,
                      p_off, coef, coef_loss, state, grad, att, ploss, err, max_err, work,
-                     threads):
+                     fb, ib, sums, threads):
     """One gradient of the whole state (mimfast/model.py evaluate, cpp/fused.cpp evaluate):
     per class its key weights, its evaluator's sums (and its check's), the gradient rows;
     returns the loss. ``named`` (per category, like ``z``) holds the named areas of the
-    classes with ``has_named``. ``work``: scratch rows wu, wm, wu0, wm0 and zeros."""
+    classes with ``has_named``. ``work``: scratch rows wu, wm, wu0, wm0 and zeros; ``fb``,
+    ``ib``: the kernel's scratch (:func:`scratch`) for the largest evaluator; ``sums``: two
+    rows for the sums of a class and of its check."""
     grad[:] = 0.0
     loss = 0.0
     wu, wm, wu0, wm0, zeros = work[0], work[1], work[2], work[3], work[4]
@@ -777,12 +895,14 @@ def evaluate_classes(fa, off, scal, ev, chk, n_cat, c_off, z, live, named, has_n
                                           wm, wu0, wm0)
         alt = lead > OWN_LEAD
         u0, m0 = (wu0, wm0) if alt else (wu, wm)
-        s = class_sums(fa, off, scal, ev[i], zi, wu, wm, wself, u0, m0, wself0, alt, nm,
-                       threads)
+        s = sums[0, :3 * n + 6]
+        class_sums(fa, off, scal, ev[i], zi, wu, wm, wself, u0, m0, wself0, alt, nm, threads,
+                   fb, ib, s)
         check = s
         if chk[i] >= 0:
-            check = class_sums(fa, off, scal, chk[i], zi, wu, wm, wself, u0, m0, wself0, alt,
-                               nm, threads)
+            check = sums[1, :3 * n + 6]
+            class_sums(fa, off, scal, chk[i], zi, wu, wm, wself, u0, m0, wself0, alt, nm,
+                       threads, fb, ib, check)
         err[i] = error_estimate(n, s, check, chk[i] >= 0)
         max_err[i] = max(max_err[i], err[i])
         for k in range(n):
@@ -803,8 +923,9 @@ DONE, CHUNK, NONFINITE, TOLERANCE, BUDGET = 0, 1, 2, 3, 5
 
 @njit
 def run_steps(fa, off, scal, ev, chk, n_cat, c_off, z, live, named, has_named, a_off, p_off,
-              coef, coef_loss, tol, accept, state, nxt, grad, att, ploss, err, max_err, last, work, ctr, rec,
-              rec_steps, steps, record_every, eta, threads, stop_every, budget):
+              coef, coef_loss, tol, accept, state, nxt, grad, att, ploss, err, max_err, last,
+              work, fb, ib, sums, ctr, rec, rec_steps, steps, record_every, eta, threads,
+              stop_every, budget):
     """GD steps of a run (cpp/fused.cpp, FusedLoop::run), at most ``budget``.
 
     ``ctr``: the step t, the last recorded step and the records held; ``rec`` rows loss,
@@ -814,7 +935,7 @@ def run_steps(fa, off, scal, ev, chk, n_cat, c_off, z, live, named, has_named, a
         t = ctr[0]
         last[0] = evaluate_classes(fa, off, scal, ev, chk, n_cat, c_off, z, live, named,
                                    has_named, a_off, p_off, coef, coef_loss, state, grad, att,
-                                   ploss, err, max_err, work, threads)
+                                   ploss, err, max_err, work, fb, ib, sums, threads)
         for i in range(n_cat.shape[0]):
             if tol[i] > 0 and accept[i] != t and not err[i] <= tol[i]:
                 return TOLERANCE

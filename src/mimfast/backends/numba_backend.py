@@ -166,14 +166,19 @@ def kernel(grid, inputs, threads=None):
         _fields(grid)
     threads = kernels.threads_for(np.array([scal]), _threads(threads))
     alt = inputs.wu0 is not None
+    # z copied: a read-only array is another type to numba, whose functions would be compiled
+    # again for it (those of the loop take z writable)
     args = (counts.reshape(-1, grid.n_cat), rest, rw, t_in, scal[0], t_last, scal[1], scal[2],
-            scal[3], blocks.reshape(-1, 3), consts[0], inputs.z, *consts[1:], inputs.wu,
+            scal[3], blocks.reshape(-1, 3), consts[0], np.array(inputs.z, dtype=np.float64),
+            *consts[1:], inputs.wu,
             inputs.wm, inputs.wself, inputs.wu0 if alt else inputs.wu,
             inputs.wm0 if alt else inputs.wm, inputs.wself0, alt, centre, node_x, node_w,
             _NO_NAMES if inputs.named is None else np.asarray(inputs.named, dtype=np.int64))
     func = kernels.all_sums if kernels.threaded(scal[4], threads) else kernels.all_sums_serial
-    sums, mag = _call(func, threads, *args)
-    return kernels.with_rounding(sums, mag, grid.n_cat)
+    fb, ib = kernels.scratch(len(blocks) // 3, grid.n_cat)
+    out = np.empty(3 * grid.n_cat + 6)
+    _call(func, threads, *args, np.empty(fb), np.zeros(ib, dtype=np.int64), out)
+    return out
 
 
 def evaluators(grid):
@@ -254,6 +259,12 @@ class FusedLoop:
             if c is not None:
                 chk[i], j = j, j + 1
         self._packed = (*pack(grids), ev, chk)
+        # the kernel's scratch, for the largest evaluator, and rows for a class's sums and its
+        # check's: a step allocates nothing
+        kernels = _kernels()
+        fb, ib = np.max([kernels.scratch(len(g.blocks), g.n_cat) for g in grids], axis=0)
+        self._scratch = (np.empty(fb), np.zeros(ib, dtype=np.int64),
+                         np.zeros((2, 3 * int(self.n_cat.max()) + 6)))
 
     def set_state(self, t, state, last_recorded):
         state = np.asarray(state, dtype=np.float64)
@@ -355,10 +366,11 @@ class FusedLoop:
             t0, before = time.monotonic(), int(ctr[0])
             status = _call(kernels.run_steps, threads, *self._packed, self.n_cat, self.c_off,
                            self.z, self.live, self.named, self.has_named, self.a_off, self.p_off,
-                           self.coef, self.coef_loss, self.tol, self.accept, self._state, self._next, self._grad,
-                           self._att, self._ploss, self._err, self._max_err, self._last,
-                           self._work, ctr, rows, rec_steps, steps, record_every, float(eta),
-                           threads, stop_every, budget)
+                           self.coef, self.coef_loss, self.tol, self.accept, self._state,
+                           self._next, self._grad, self._att, self._ploss, self._err,
+                           self._max_err, self._last, self._work, *self._scratch, ctr, rows,
+                           rec_steps, steps, record_every, float(eta), threads, stop_every,
+                           budget)
             now = time.monotonic()
             done = int(ctr[0]) - before
             # steps per call: about poll_seconds each, growing at most fourfold at a time
