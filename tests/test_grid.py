@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import multivariate_hypergeom
 
 import mimfast as mf
-from mimfast.grid import build_grid, build_grids, hg_pmf, log_binom_pmf
+from mimfast.grid import build_grid, build_grids, hg_pmf, log_binom_pmf, log_hg_pmf
 
 
 def mp_log_binom(x, n, p):
@@ -161,25 +161,49 @@ def mp_hg(x, K, N, u):
     return mpmath.binomial(K, x) * mpmath.binomial(N - K, u - x) / mpmath.binomial(N, u)
 
 
+def tail_points(K, N, u, depths=(5, 40, 120, 300, 500, 650, 700)):
+    """Counts x on each side of the mode where ln Pr(X = x) is nearest each of -depths."""
+    lo, hi = max(0, u - (N - K)), min(K, u)
+    mode = int(np.argmax(log_hg_pmf(np.arange(lo, hi + 1), K, N, u))) + lo if hi - lo < 10**6 \
+        else round(K * u / N)
+    xs = {lo, hi, mode}
+    for a, b in ((lo, mode), (mode, hi)):
+        for d in depths:  # the log-pmf is monotone on each side of the mode: bisect
+            left, right = a, b
+            while right - left > 1:
+                mid = (left + right) // 2
+                inside = log_hg_pmf([mid], K, N, u)[0] > -d
+                if (b == mode) == bool(inside):
+                    right = mid
+                else:
+                    left = mid
+            xs |= {left, right}
+    return sorted(xs)
+
+
 @pytest.mark.parametrize("K, N, u", [
     (60, 10**6, 5 * 10**5), (3981, 10**12, 5 * 10**11), (10**6, 10**9, 5 * 10**8),
-    (2**40, 2**62, 2**61 + 12345), (7, 30, 11), (10**9 + 7, 10**18, 10**17 + 3)])
+    (2**40, 2**62, 2**61 + 12345), (7, 30, 11), (10**9 + 7, 10**18, 10**17 + 3),
+    (32, 64, 32), (60, 10**6, 10**6 - 10), (500, 10**9 + 7, 10**9 - 23),
+    (30, 3 * 10**17 + 1, 3 * 10**17 - 40)])
 def test_probabilities_keep_their_relative_accuracy_far_in_the_tails(K, N, u):
-    """Each table entry is within 2.5e-16 relative of its exact value (50 digits) down to the
-    least normal double: the saturated classes' loss sits on points of probability 1e-300."""
+    """Each table entry is within 2.5e-16 relative of its exact value (50 digits) at points
+    chosen down to ln p = -700, near the least normal double (a saturated class's loss sits on
+    points of probability 1e-300), at even and at tiny shares of masked patches."""
     mpmath.mp.dps = 50
-    sd = math.sqrt(K * (u / N) * (1 - u / N) * (N - K) / max(N - 1, 1))
-    mean = K * u / N
-    xs = sorted({x for x in (0, 1, 5, K // 4, K - 1, K, *(round(mean + t * sd) for t in
-                 (-60, -38, -20, -8, -1, 0, 3, 30))) if 0 <= x <= min(K, u)})
+    xs = tail_points(K, N, u)
     got = hg_pmf(xs, K, N, u)
+    deepest = 0.0
     for x, p in zip(xs, got):
         want = mp_hg(x, K, N, u)
         if want < mpmath.mpf(2) ** -1022:
             continue
+        deepest = min(deepest, float(mpmath.log(want)))
         err = float(abs(mpmath.mpf(float(p)) / want - 1))
         bound = 2.5e-16 if EXTENDED else 4e-16 * (1 + abs(float(mpmath.log(want))))
         assert err <= bound, (x, float(want), err)
+    edge = min(float(mpmath.log(mp_hg(x, K, N, u))) for x in (xs[0], xs[-1]))
+    assert deepest <= max(edge, -708.0, -600.0)  # reached the deepest normal points there are
 
 
 def test_grid_points_far_in_the_tails_keep_their_relative_accuracy():

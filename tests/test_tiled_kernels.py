@@ -273,9 +273,9 @@ def assert_equals_exact_at_every_state(r, s):
     """At every recorded state of the quadrature run ``r``: a quadrature gradient (rtol 1e-13)
     and the run's own record (FP gradient, attention, patch loss, loss) equal the exact grid's
     to 1e-12, and their error estimates are not below that difference less the exact grid's
-    own rounding estimate, nor below 1e-14. (The grid's probabilities are within a few
-    roundings of exact, test_grid.py; formed in doubles they were off by up to 2e-14 on the
-    points U_own = 0 that carry a saturated class's patch loss, and this check failed.)"""
+    own rounding estimate, nor below 1e-14. This relies on the grid's probabilities being
+    within a few roundings of exact (test_grid.py), also on the rare points U_own = 0 that
+    carry a saturated class's patch loss."""
     grids, quads = build_grids(s), build_quadratures(s)
     kernel = get_kernel("cpp")
     for i in range(len(r.steps)):

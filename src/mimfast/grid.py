@@ -59,31 +59,46 @@ _WINDOW_BYTES = 160  # peak bytes per count of a 1-D window while it is computed
 LD = np.longdouble
 _LD_EPS = np.finfo(LD).eps
 _LN_2PI_LD = LD("1.83787706640934548356065947281")
-#: log(n!) - log(sqrt(2 pi n) (n/e)^n) for n = 0..15 (0 for n = 0), to 25 digits.
+#: log(n!) - log(sqrt(2 pi n) (n/e)^n) for n = 0..40 (0 for n = 0), to 25 digits.
 _STIRLERR_SMALL = np.array([LD(v) for v in (
-    "0", "0.08106146679532725821967026", "0.04134069595540929409382208",
+    "0.0", "0.08106146679532725821967026", "0.04134069595540929409382208",
     "0.02767792568499833914878929", "0.02079067210376509311152277",
     "0.01664469118982119216319487", "0.01387612882307074799874573",
     "0.01189670994589177009505572", "0.01041126526197209649747857",
     "0.009255462182712732917728637", "0.008330563433362871256469319",
     "0.007573675487951840794972024", "0.006942840107209529865664153",
     "0.006408994188004207068439631", "0.005951370112758847735624416",
-    "0.00555473355196280137103869")])
+    "0.00555473355196280137103869", "0.005207655919609640440717997",
+    "0.004901395948434737860716818", "0.004629153749334028592427213",
+    "0.004385560249232324268287736", "0.004166319691996922457462923",
+    "0.003967954218640859617287637", "0.003787618068444434577866677",
+    "0.003622960224683094707381198", "0.003472021382978766962945115",
+    "0.003333155636728092875807019", "0.003204970228055038011184157",
+    "0.003086278682608777063256241", "0.002976063983550408826021163",
+    "0.002873449362352466387552351", "0.002777674929752693603594904",
+    "0.002688078828531142867802099", "0.002604081919251656422419193",
+    "0.002525175249756784364002446", "0.002450909735438118343141977",
+    "0.002380887608234111985727839", "0.002314755290514683866814115",
+    "0.002252197424337523742169285", "0.002192931843287834061023698",
+    "0.00213670531775250019580838", "0.002083289938302421748749125")])
+#: Magnitudes of the Stirling series' terms, 1/12 n - 1/360 n^3 + 1/1260 n^5 - ...
+_STIRLING = tuple(LD(a) / LD(b) for a, b in ((1, 12), (1, 360), (1, 1260), (1, 1680),
+                                             (1, 1188), (691, 360360)))
 
 
 def _stirlerr(n):
-    """log(n!) - log(sqrt(2 pi n) (n/e)^n), elementwise for integer n >= 0, in long double."""
+    """log(n!) - log(sqrt(2 pi n) (n/e)^n), elementwise for integer n >= 0, in long double:
+    the table up to 40, then the Stirling series to 6 terms (3 above 500), whose next term is
+    below 1e-20 (the long double's rounding of a log-probability near 1)."""
     n = np.asarray(n, dtype=LD)
     out = np.empty_like(n)
-    small = n <= 15
+    small = n <= 40
     out[small] = _STIRLERR_SMALL[n[small].astype(np.int64)]
-    s0, s1, s2, s3, s4 = (LD(1) / LD(d) for d in (12, 360, 1260, 1680, 1188))
-    for lo, hi, terms in ((500, None, 2), (80, 500, 3), (35, 80, 4), (15, 35, 5)):
-        at = (n > lo) if hi is None else (n > lo) & (n <= hi)
+    for at, terms in ((n > 500, 3), ((n > 40) & (n <= 500), 6)):
         nl = n[at]
         nn = nl * nl
-        series = (s0, s1, s2, s3, s4)[terms - 1]
-        for c in (s3, s2, s1, s0)[5 - terms:]:  # Horner in 1/n^2: s0 - s1/n^2 + s2/n^4 - ...
+        series = _STIRLING[terms - 1]
+        for c in _STIRLING[terms - 2::-1]:  # Horner in 1/n^2, alternating signs
             series = c - series / nn
         out[at] = series / nl
     return out
@@ -130,8 +145,8 @@ def log_binom_pmf(x, n, p):
         Number of trials (may be 0).
     p : float or (int, int)
         Success probability in (0, 1), or the exact fraction ``a / b`` as a pair of integers
-        (then x - n p is formed from integers, rounded once, which keeps the result accurate
-        near the mean at any n up to 2^62).
+        (then x - n p and 1 - p are formed from integers, within a unit of the long double's
+        last place, which keeps the result accurate at any n up to 2^62 and any p).
 
     Returns
     -------
@@ -143,13 +158,13 @@ def log_binom_pmf(x, n, p):
     if isinstance(p, tuple):
         a, b = (int(v) for v in p)
         exact = "int64" if max(n * a, int(x.max(initial=0)) * b, n * b) < 2**62 else "int"
-        p = LD(a) / LD(b)
+        p, q = LD(a) / LD(b), LD(b - a) / LD(b)  # q from integers: tiny when few are masked
         certain = 0 if a == 0 else n if a == b else None
     else:
         exact = False
         certain = 0 if p == 0 else n if p == 1 else None
         p = LD(p)
-    q = 1 - p
+        q = 1 - p
     nL = LD(n)
     xf = x.astype(LD)
     out = np.full(x.shape, -np.inf, dtype=LD)
@@ -158,11 +173,11 @@ def log_binom_pmf(x, n, p):
         return out
     lo, hi = x == 0, x == n
     nf = np.array([nL])
-    out[lo] = -_bd0(nf, nL * q, nL - nL * q)[0] - nL * p if p < 0.1 else nL * np.log(q)
-    out[hi] = -_bd0(nf, nL * p, nL - nL * p)[0] - nL * q if q < 0.1 else nL * np.log(p)
+    out[lo] = -_bd0(nf, nL * q, nL * p)[0] - nL * p if p < 0.1 else nL * np.log(q)
+    out[hi] = -_bd0(nf, nL * p, nL * q)[0] - nL * q if q < 0.1 else nL * np.log(p)
     mid = (x > 0) & (x < n)
     xm = xf[mid]
-    if exact:  # x b - n a in integers, divided by b with one rounding
+    if exact:  # x b - n a in integers, then whole and fractional part in long double
         if exact == "int64":
             whole, part = np.divmod(x[mid] * b - n * a, b)
         else:  # products beyond int64: Python integers
@@ -179,7 +194,7 @@ def log_binom_pmf(x, n, p):
         - _bd0(xm, nL * p, diff)
         - _bd0(n - xm, nL * q, -diff)
     )
-    lf = _LN_2PI_LD + np.log(xm) + np.log1p(-xm / nL)
+    lf = _LN_2PI_LD + np.log(xm) + np.log((nL - xm) / nL)  # n - x exact: x may be near n
     out[mid] = lc - 0.5 * lf
     return out
 
