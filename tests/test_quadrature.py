@@ -199,8 +199,9 @@ CASES = {
 
 def assert_same_trajectory(q, e, gradient=True):
     """A quadrature run q met its tolerance, reached own-area attention >= 0.99 and agrees with
-    the exact run e to 1e-12 normwise per class and recorded step (FP correlations, attention,
-    patch loss, and with ``gradient`` their gradient) and in the loss."""
+    the exact run e normwise per class and recorded step: FP correlations and attention to
+    1e-12; the patch loss, the loss and, with ``gradient``, the FP gradient to 5e-12, which
+    the trajectory's conditioning at a switch needs (the per-state checks hold 1e-12)."""
     s = q.setting
     assert q.method == "quadrature" and e.method == "exact" and q.tolerance_met
     assert np.array_equal(q.steps, e.steps)
@@ -210,11 +211,16 @@ def assert_same_trajectory(q, e, gradient=True):
         for name_ in ("fp", "fp_grad", "attention") if gradient else ("fp", "attention"):
             a = np.stack([getattr(q, name_)(k, h, key) for key in keys], axis=1)
             b = np.stack([getattr(e, name_)(k, h, key) for key in keys], axis=1)
-            assert max(_rel(x, y) for x, y in zip(a, b)) <= 1e-12, (name_, k, h)
-        # (the patch loss at 2e-12: at the attention switch of a 6-group class the two runs'
-        # ~1e-14 state differences reach 1.3e-12 in it)
-        assert max(_rel(x, y) for x, y in zip(q.patch_loss(k, h), e.patch_loss(k, h))) <= 2e-12
-    assert max(_rel(x, y) for x, y in zip(q.loss, e.loss)) <= 1e-12
+            # (the gradient at 5e-12: near the switch of a local class at 10^7 it magnifies the
+            # runs' 5e-14 state difference to 2e-12, while at the same state the two engines
+            # agree to 1e-15, which the per-state checks of the callers hold to 1e-12)
+            tol = 5e-12 if name_ == "fp_grad" else 1e-12
+            assert max(_rel(x, y) for x, y in zip(a, b)) <= tol, (name_, k, h)
+        # (the patch loss at 5e-12: at the attention switch of a 6-group class the two runs'
+        # ~1e-14 state differences reach 1.3e-12 in it, after a local class's switch at 10^7
+        # 2e-12 in it and in the loss)
+        assert max(_rel(x, y) for x, y in zip(q.patch_loss(k, h), e.patch_loss(k, h))) <= 5e-12
+    assert max(_rel(x, y) for x, y in zip(q.loss, e.loss)) <= 5e-12
 
 
 # whole runs of the exact grid at its largest here: run by `python -m pytest -m slow`
@@ -224,9 +230,10 @@ SLOW_CASES = {"positive-1e7-k0.3", "three-groups"}
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES
                                   else n for n in CASES])
 def test_trajectory_equals_exact(name):
-    """Whole runs to own-area attention >= 0.99 agree with the exact grid to 1e-12, and at
-    every recorded state the error estimate is not below the true error (up to rounding: the
-    exact engine's cpp-to-numpy difference, and 1e-14)."""
+    """Whole runs to own-area attention >= 0.99 agree with the exact grid (to 1e-12 in the
+    state: assert_same_trajectory), and at every recorded state the error estimate is not
+    below the true error (up to rounding: the exact engine's cpp-to-numpy difference, and
+    1e-14)."""
     make, eta, steps = CASES[name]
     s = make()
     q = mf.simulate(s, eta, steps, record_every=steps // 5, method="quadrature")
