@@ -24,6 +24,8 @@ from numbers import Integral, Real
 
 import numpy as np
 
+from .model import own_area
+
 __all__ = [
     "BLOCK",
     "MAX_TAIL_TOL",
@@ -666,8 +668,7 @@ def build_grids(setting, tail_tol=1e-15, max_bytes=DEFAULT_MAX_BYTES):
     grids, built = {}, {}
     for k, h in setting.classes():
         sizes, areas = class_categories(setting, k, h)
-        named = setting.class_named(k, h)
-        own = (0,) if named is None else tuple(c for c, a in enumerate(named) if a == 0)
+        own = tuple(own_area(setting, k, h))
         key = (sizes.tobytes(), areas.tobytes(), own)
         if key not in built:
             built[key] = build_grid(sizes, areas, setting.unmasked, tail_tol, max_bytes,

@@ -35,7 +35,7 @@ from functools import cache
 import numpy as np
 
 from .grid import BLOCK, LD, KeyCategories, category_constants, hg_pmf, log_binom_pmf
-from .model import rounding, sum_layout
+from .model import own_area, rounding, sum_layout
 
 __all__ = [
     "AUTO_GRID_POINTS",
@@ -663,9 +663,8 @@ def build_quadratures(setting, levels=None):
     for i, (k, h) in enumerate(classes):
         sizes, areas = class_categories(setting, k, h)
         start = None if levels is None else levels.get((k, h))
-        named = setting.class_named(k, h)
-        own = (0,) if named is None else tuple(c for c, a in enumerate(named) if a == 0)
-        q = out[k, h] = ClassQuadrature(sizes, areas, setting.unmasked, start, shared, own,
+        q = out[k, h] = ClassQuadrature(sizes, areas, setting.unmasked, start, shared,
+                                        tuple(own_area(setting, k, h)),
                                         coarse=coarse)
         q.base(), q.rich()  # built now, where a long set-up can show its progress
         report(i + 1)
