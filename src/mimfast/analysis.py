@@ -51,6 +51,7 @@ __all__ = [
     "phase_switch",
     "pp_across_clusters",
     "pp_fp_sizes",
+    "pp_share",
     "rival_keys",
     "step_moves",
 ]
@@ -549,6 +550,15 @@ def logit_gap_parts(result, k, h):
     return fp[low, steps] - fp[high, steps], pp[low, steps] - pp[high, steps]
 
 
+def pp_share(parts):
+    """Per recorded step, the share of a logit gap that comes from PP, |PP part| /
+    (|FP part| + |PP part|), from the ``parts`` of :func:`logit_gap_parts`; NaN where both
+    parts are 0."""
+    fp, pp = np.abs(parts[0]), np.abs(parts[1])
+    mag = fp + pp
+    return np.divide(pp, mag, out=np.full_like(mag, np.nan), where=mag > 0)
+
+
 def pp_across_clusters(result):
     """What learned PP does across the clusters of a tiled setting with K > 1, as text: the
     largest |PP| over the largest |FP| over the run, and per query class the share of its
@@ -566,8 +576,7 @@ def pp_across_clusters(result):
         if parts is None:
             continue
         a, b = parts
-        mag = np.abs(a) + np.abs(b)
-        share = np.divide(np.abs(b), mag, out=np.full_like(mag, np.nan), where=mag > 0)
+        share = pp_share(parts)
         rows.append([class_name(s, k, h, paper), f"{a[-1] + b[-1]:.4g}", f"{a[-1]:.4g}", f"{b[-1]:.4g}",
                      "-" if np.isnan(share[-1]) else f"{share[-1]:.3g}",
                      "-" if np.all(np.isnan(share)) else f"{np.nanmax(share):.3g}"])

@@ -356,26 +356,23 @@ def _measure(result, analysis):
 
 def _pp_shares(result, classes):
     """The largest share of a class's own-area logit gap that comes from PP
-    (:func:`mimfast.analysis.logit_gap_parts`: |PP part| / (|FP part| + |PP part|)), over
-    ``classes`` (:class:`~mimfast.analysis.ClassSummary`) and the recorded steps, and over
-    them at the last step; NaN with frozen PP or no class whose gap has a part."""
+    (:func:`mimfast.analysis.pp_share`), over ``classes``
+    (:class:`~mimfast.analysis.ClassSummary`) and the recorded steps, and over them at the
+    last step; NaN with frozen PP or no class whose gap has a part."""
     import numpy as np
 
-    from .analysis import logit_gap_parts
+    from .analysis import logit_gap_parts, pp_share
 
     best, final = math.nan, math.nan
     for c in classes:
         parts = logit_gap_parts(result, c.k, c.h)
         if parts is None:
             continue
-        fp, pp = np.abs(parts[0]), np.abs(parts[1])
-        mag = fp + pp
-        if not np.any(mag > 0):
+        share = pp_share(parts)
+        if np.all(np.isnan(share)):
             continue
-        share = pp[mag > 0] / mag[mag > 0]
-        best = float(np.fmax(best, share.max()))
-        if mag[-1] > 0:
-            final = float(np.fmax(final, pp[-1] / mag[-1]))
+        best = float(np.fmax(best, np.nanmax(share)))
+        final = float(np.fmax(final, share[-1]))
     return best, final
 
 
