@@ -297,7 +297,7 @@ void point_sums(const Grid& g, const Inputs& in, int64_t b0, int64_t b1, double*
 }
 
 // The areas of a class with named areas as *units* of its key categories
-// (mimfast/backends/numpy_backend.py, units): unit 0 the query's own area, then in order of
+// (mimfast/model.py, units): unit 0 the query's own area, then in order of
 // first category the other named areas and the categories of one-tile areas.
 struct Units {
     enum Kind { own, named, tiles };

@@ -480,7 +480,7 @@ def point_sums(b0, b1, blocks, counts, rest, ci, cl, centre, points, row_weight,
 @njit_bare
 def units(named, ib):
     """The areas of a class with named areas as units of its categories
-    (``numpy_backend.units``), into ``ib`` (4 n values): ``of`` in ib[0:n], the unit of each
+    (:func:`mimfast.model.units`), into ``ib`` (4 n values): ``of`` in ib[0:n], the unit of each
     category, and per unit its kind (0 own, 1 named, 2 tiles) in ib[n:2n] and its first
     category in ib[2n:3n]; returns the number of units (0 for ``named`` empty). (It returns
     no array: a function compiled without reference counts cannot hand one back.)"""
@@ -715,7 +715,7 @@ def _all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, 
         chunk += size
         chained = pts
     task[n_tasks] = n_blocks
-    part[:, :] = 0.0  # an ill-conditioned block leaves its sums unset
+    part[:n_tasks] = 0.0  # an ill-conditioned block leaves its sums unset
     for t in numba.prange(n_tasks):
         ill[t] = block_sums(task[t], task[t + 1], counts, rest, row_weight, t_in, off_in,
                             t_last, off_last, ci, cl, blocks, C, z, sa, sb, ia, isz, wu, wm,
@@ -744,11 +744,11 @@ def _all_sums(counts, rest, row_weight, t_in, off_in, t_last, off_last, ci, cl, 
         for t in range(n_tasks):
             for s in range(ns):
                 out[s] += part[t, s]
+        norm = _part_norms(out, n)
     total[:] = 0.0
     for t in range(n_tasks):
         for s in range(ns):
             total[s] += mag[t, s]
-    norm = _part_norms(out, n)
     m = _part_mags(total, n)
     for p in range(3):
         res[ns + p] = rounding_estimate(m[p], norm[p])
